@@ -1,0 +1,75 @@
+"""A control client: how the CLI, `serve` and the control center talk to a dispatcher."""
+
+from __future__ import annotations
+
+import os
+from typing import AsyncIterator
+
+from . import protocol as p
+from .statedir import StateDir, resolve_token
+
+
+class NoDispatcher(Exception):
+    pass
+
+
+class Control:
+    """Requests over one control connection; ``subscribe`` takes a connection of its own."""
+
+    def __init__(self, host: str, port: int, token: str):
+        self.host, self.port, self.token = host, port, token
+        self._conn: p.Connection | None = None
+
+    @classmethod
+    def for_state(cls, state: StateDir, token: str | None = None) -> "Control":
+        address = os.environ.get("TUICI_DISPATCHER") or state.address()
+        if not address:
+            raise NoDispatcher(f"no dispatcher has run for this repository ({state.path} has no address)")
+        host, port = p.parse_address(address)
+        return cls(host, port, resolve_token(token, state))
+
+    async def _connect(self) -> p.Connection:
+        try:
+            conn, _ = await p.handshake(self.host, self.port, p.Hello(role="control", token=self.token))
+        except (OSError, TimeoutError) as exc:
+            raise NoDispatcher(f"no dispatcher answers at {self.host}:{self.port} ({exc})") from None
+        return conn
+
+    async def request(self, msg: p.Message) -> p.Message:
+        if self._conn is None:
+            self._conn = await self._connect()
+        try:
+            return await self._conn.request(msg)
+        except (OSError, ConnectionError):
+            await self.close()
+            raise
+
+    async def status(self, limit: int = 0) -> p.StatusReply:
+        reply = await self.request(p.StatusRequest(limit=limit))
+        assert isinstance(reply, p.StatusReply)
+        return reply
+
+    async def rerun(self, commit: str) -> p.Reply:
+        return await self.request(p.RerunRequest(commit=commit))
+
+    async def cancel(self, job_id: int) -> p.Reply:
+        return await self.request(p.CancelRequest(job_id=job_id))
+
+    async def notice(self, kind: str, name: str, message: str) -> None:
+        await self.request(p.Notice(kind=kind, name=name, message=message))
+
+    async def subscribe(self, after_seq: int = 0, output: bool = False) -> AsyncIterator[p.Event | p.JobOutput]:
+        """Events after ``after_seq`` (and live output if asked), until the connection drops."""
+        conn = await self._connect()
+        try:
+            await conn.send(p.Subscribe(after_seq=after_seq, output=output))
+            while (msg := await conn.recv()) is not None:
+                if isinstance(msg, (p.Event, p.JobOutput)):
+                    yield msg
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None

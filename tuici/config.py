@@ -1,0 +1,87 @@
+"""A repository's tuici configuration: ``tuici.toml``, or ``[tool.tuici]`` in ``pyproject.toml``.
+
+Errors name the file, the key and the problem, so a broken config fails its job
+with a message the user can act on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from typing import Callable
+
+import msgspec
+
+DEFAULT_COMMAND = ["python", "-m", "pytest"]
+DEFAULT_TIMEOUT = 3600.0
+
+
+class ConfigError(Exception):
+    pass
+
+
+class RepoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    command: str | list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_COMMAND))
+    timeout: float = DEFAULT_TIMEOUT
+    env: dict[str, str] = {}
+    branches: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    coalesce: bool = False
+
+    @property
+    def argv(self) -> list[str]:
+        """The command as an argument vector: a string runs through the shell, a list does not."""
+        if isinstance(self.command, str):
+            return ["/bin/sh", "-c", self.command]
+        return list(self.command)
+
+    def watches(self, branch: str) -> bool:
+        return any(fnmatch.fnmatchcase(branch, pattern) for pattern in self.branches)
+
+
+_PATH = re.compile(r"at `\$\.?(.*)`")
+
+
+def _check(data: dict, filename: str) -> RepoConfig:
+    try:
+        config = msgspec.convert(data, RepoConfig)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _PATH.search(text)
+        key = match.group(1) if match else "?"
+        problem = _PATH.sub("", text).strip(" -")
+        if "Object contains unknown field" in text:
+            key = text.split("`")[1]
+            problem = "unknown key"
+        raise ConfigError(f"{filename}: key '{key}': {problem}") from None
+    if isinstance(config.command, str) and not config.command.strip():
+        raise ConfigError(f"{filename}: key 'command': must not be empty")
+    if isinstance(config.command, list) and not config.command:
+        raise ConfigError(f"{filename}: key 'command': must not be an empty list")
+    if config.timeout <= 0:
+        raise ConfigError(f"{filename}: key 'timeout': must be a positive number of seconds")
+    return config
+
+
+def _parse_toml(text: bytes, filename: str) -> dict:
+    try:
+        return tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{filename}: not UTF-8 text ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{filename}: invalid TOML: {exc}") from None
+
+
+def load(read: Callable[[str], bytes | None]) -> RepoConfig:
+    """The config from whichever file ``read(name)`` finds (None: the file is absent)."""
+    raw = read("tuici.toml")
+    if raw is not None:
+        return _check(_parse_toml(raw, "tuici.toml"), "tuici.toml")
+    raw = read("pyproject.toml")
+    if raw is not None:
+        section = _parse_toml(raw, "pyproject.toml").get("tool", {}).get("tuici")
+        if section is not None:
+            if not isinstance(section, dict):
+                raise ConfigError("pyproject.toml: key 'tool.tuici': must be a table")
+            return _check(section, "pyproject.toml [tool.tuici]")
+    return RepoConfig()

@@ -1,0 +1,716 @@
+"""The dispatcher: a socket server that owns the job queue.
+
+State lives in memory for speed and is written through to the store in batches;
+events are published to subscribers only once the batch that holds them is durable,
+so a subscriber never sees something a crash could take back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import heapq
+import hmac
+import logging
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from . import protocol as p
+from .statedir import StateDir
+from .store import Batch, Store
+
+log = logging.getLogger("tuici.dispatcher")
+
+RING_SIZE = 10_000
+OUTPUT_QUEUE = 256  # live output chunks buffered per subscriber before dropping
+
+
+@dataclass
+class RunnerSession:
+    info: p.RunnerInfo
+    conn: p.Connection | None
+    last_seen: float
+    idle_since: float = 0.0
+    attempt: int = 0
+
+
+@dataclass(eq=False)
+class Subscriber:
+    conn: p.Connection
+    cursor: int
+    output: bool
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    chunks: deque = field(default_factory=lambda: deque(maxlen=OUTPUT_QUEUE))
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        state: StateDir,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        heartbeat_timeout: float = 5.0,
+        max_attempts: int = 3,
+        repo_url: str = "",
+    ):
+        self.state = state.ensure()
+        self.host = host
+        self.port = port
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_attempts = max_attempts
+        self.repo_url = repo_url
+        self.token = state.token(create=True)
+        self.store = Store(state.db)
+
+        self.commits: dict[str, p.CommitInfo] = {}
+        self.tips: dict[str, str] = {}
+        self.jobs: dict[int, p.JobInfo] = {}
+        self.priority: dict[int, int] = {}
+        self.attempts: dict[tuple[int, int], p.AttemptInfo] = {}
+        self.active_job: dict[str, int] = {}  # commit -> its queued or running job
+        self.queue: list[tuple[int, int]] = []  # heap of (-priority, job id)
+        self.runners: dict[str, RunnerSession] = {}
+        self.cancel_requested: set[int] = set()
+        self.subscribers: set[Subscriber] = set()
+        self.recent: deque[p.Event] = deque(maxlen=RING_SIZE)
+        self.seq = 0
+        self.durable_seq = 0
+        self.next_job_id = 1
+
+        self._pending = Batch()
+        self._flush_task: asyncio.Task | None = None
+        self._flush_waiters: list[asyncio.Future] = []
+        self._logs: dict[int, object] = {}
+        self._log_executor = None
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._handlers: set[asyncio.Task] = set()
+        self._lock_fd: int | None = None
+        self._restart_grace_until = 0.0
+        self._closing = False
+        self.address = ""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> str:
+        self._lock_fd = os.open(self.state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise AlreadyRunning(
+                f"a dispatcher is already running for {self.state.path} at {self.state.address()}"
+            ) from None
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._log_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuici-logs")
+        snap = await self.store.run(self.store.open)
+        self._load(snap)
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self.port, limit=p.MAX_FRAME + 16, reuse_address=True
+        )
+        sock = self._server.sockets[0]
+        host, port = sock.getsockname()[:2]
+        self.port = port
+        self.address = f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+        self.state.write_address(self.address)
+        self._spawn(self._watch_heartbeats())
+        log.info("dispatcher listening on %s (state %s)", self.address, self.state.path)
+        return self.address
+
+    def _load(self, snap) -> None:
+        self.repo_url = self.repo_url or snap.meta.get("repo_url", "")
+        if self.repo_url:
+            self._pending.meta["repo_url"] = self.repo_url
+        for c in snap.commits:
+            self.commits[c.sha] = c
+        self.tips = dict(snap.tips)
+        for job, prio in snap.jobs:
+            self.jobs[job.id] = job
+            self.priority[job.id] = prio
+            self.next_job_id = max(self.next_job_id, job.id + 1)
+            if job.state in ("queued", "running"):
+                self.active_job[job.commit] = job.id
+            if job.state == "queued":
+                heapq.heappush(self.queue, (-prio, job.id))
+            size = self._log_size(job.id)
+            if job.log_size != size:
+                job.log_size = size
+        for a in snap.attempts:
+            self.attempts[(a.job_id, a.attempt)] = a
+        self.seq = self.durable_seq = snap.last_seq
+        if any(j.state == "running" for j in self.jobs.values()):
+            # Runners that were busy when we went down get this long to reconnect and keep their job.
+            self._restart_grace_until = time.monotonic() + self.heartbeat_timeout
+
+    def _log_size(self, job_id: int) -> int:
+        try:
+            return self.state.job_log(job_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def stop(self) -> None:
+        self._closing = True  # runners dropping now keep their jobs: they may reconnect to our successor
+        if self._server is not None:
+            self._server.close()
+        for sess in self.runners.values():
+            if sess.conn is not None:
+                sess.conn.writer.close()
+        for sub in list(self.subscribers):
+            sub.conn.writer.close()
+        for task in list(self._tasks) + list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._flush()
+        for fh in self._logs.values():
+            await self._in_log_thread(fh.close)
+        self._logs.clear()
+        self.store.shutdown()
+        if self._log_executor is not None:
+            self._log_executor.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ durability
+
+    def _save_job(self, job: p.JobInfo) -> None:
+        self._pending.jobs[job.id] = (job, self.priority[job.id])
+        self._schedule_flush()
+
+    def _save_attempt(self, a: p.AttemptInfo) -> None:
+        self._pending.attempts[(a.job_id, a.attempt)] = a
+        self._schedule_flush()
+
+    def _publish(self, kind: str, **fields) -> None:
+        """Record an event with copies of its records as they are now (they go on changing)."""
+        self.seq += 1
+        fields = {k: msgspec.structs.replace(v) if isinstance(v, msgspec.Struct) else v for k, v in fields.items()}
+        event = p.Event(seq=self.seq, ts=time.time(), kind=kind, **fields)
+        self._pending.events.append(event)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = self._spawn(self._flush())
+
+    async def _flush(self) -> None:
+        """Write pending changes, then hand their events to subscribers. Loops until none are left."""
+        while self._pending:
+            batch, self._pending = self._pending, Batch()
+            waiters, self._flush_waiters = self._flush_waiters, []
+            # Job records are copied so later in-memory changes cannot race the writer thread.
+            batch.jobs = {k: (msgspec.structs.replace(j), pr) for k, (j, pr) in batch.jobs.items()}
+            batch.attempts = {k: msgspec.structs.replace(a) for k, a in batch.attempts.items()}
+            try:
+                await self.store.run(self.store.write, batch)
+            except Exception as exc:  # disk full, I/O error: keep the changes and retry
+                log.error("could not write state (%s); retrying", exc)
+                self._pending = _merge(batch, self._pending)
+                self._flush_waiters = waiters + self._flush_waiters
+                await asyncio.sleep(1.0)
+                continue
+            self.recent.extend(batch.events)
+            if batch.events:
+                self.durable_seq = batch.events[-1].seq
+            for sub in self.subscribers:
+                sub.wake.set()
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def durable(self) -> None:
+        """Return once every change made so far is on disk."""
+        if not self._pending and (self._flush_task is None or self._flush_task.done()):
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append(fut)
+        self._schedule_flush()
+        await fut
+
+    # ------------------------------------------------------------------ connections
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = p.Connection(reader, writer)
+        peer = conn.peer
+        self._handlers.add(asyncio.current_task())
+        session: RunnerSession | None = None
+        try:
+            hello = await asyncio.wait_for(conn.recv(), 5.0)
+            if hello is None:
+                return
+            if not isinstance(hello, p.Hello):
+                raise p.ProtocolError(f"expected hello, got {type(hello).__name__}")
+            if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
+                log.warning("refused %s: wrong token", peer)
+                await conn.send(p.Refused(reason="wrong token"))
+                return
+            if hello.version != p.PROTOCOL_VERSION:
+                await conn.send(p.Refused(reason=f"protocol version {hello.version} is not {p.PROTOCOL_VERSION}"))
+                return
+            if hello.role == "runner":
+                session = await self._register_runner(conn, hello)
+                if session is not None:
+                    await self._serve_runner(conn, session)
+            elif hello.role == "observer":
+                await self._serve_observer(conn, hello)
+            else:
+                await conn.send(p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.repo_url))
+                await self._serve_control(conn)
+        except p.ProtocolError as exc:
+            log.warning("closing connection from %s: %s", peer, exc)
+        except asyncio.TimeoutError:
+            log.warning("closing connection from %s: no hello within 5 s", peer)
+        except (ConnectionError, OSError) as exc:
+            log.info("connection from %s dropped: %s", peer, exc)
+        except asyncio.CancelledError:
+            pass  # shutting down
+        except Exception:
+            log.exception("closing connection from %s after an internal error", peer)
+        finally:
+            self._handlers.discard(asyncio.current_task())
+            if session is not None and session.conn is conn:
+                self._runner_gone(session, "connection closed")
+            await conn.close()
+
+    # ------------------------------------------------------------------ observer
+
+    async def _serve_observer(self, conn: p.Connection, hello: p.Hello) -> None:
+        if hello.repo_url and hello.repo_url != self.repo_url:
+            self.repo_url = hello.repo_url
+            self._pending.meta["repo_url"] = hello.repo_url
+            self._schedule_flush()
+        await conn.send(p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.repo_url, tips=dict(self.tips)))
+        log.info("observer connected from %s", conn.peer)
+        while (msg := await conn.recv()) is not None:
+            if isinstance(msg, p.CommitsSeen):
+                queued = self._commits_seen(msg)
+                await self.durable()
+                await conn.send(p.TipsAck(branch=msg.branch, tip=msg.tip, queued=queued))
+                self._dispatch()
+            elif isinstance(msg, p.BranchGone):
+                self.tips.pop(msg.branch, None)
+                self._pending.tips[msg.branch] = None
+                self._publish("branch.deleted", message=msg.branch)
+                await self.durable()
+                await conn.send(p.TipsAck(branch=msg.branch, tip="", queued=0))
+            elif isinstance(msg, p.Heartbeat):
+                continue
+            else:
+                raise p.ProtocolError(f"an observer may not send {type(msg).__name__}")
+
+    def _commits_seen(self, msg: p.CommitsSeen) -> int:
+        now = time.time()
+        queued = 0
+        for commit in msg.commits:
+            if commit.sha in self.commits:
+                continue
+            self.commits[commit.sha] = commit
+            self._pending.commits.append((commit, now))
+            self._publish("commit.seen", commit=commit)
+            self._new_job(commit.sha, commit.branch, priority=0)
+            queued += 1
+        self.tips[msg.branch] = msg.tip
+        self._pending.tips[msg.branch] = msg.tip
+        self._schedule_flush()
+        return queued
+
+    def _new_job(self, sha: str, branch: str, priority: int) -> p.JobInfo:
+        job = p.JobInfo(id=self.next_job_id, commit=sha, branch=branch, state="queued", queued_at=time.time())
+        self.next_job_id += 1
+        self.jobs[job.id] = job
+        self.priority[job.id] = priority
+        self.active_job[sha] = job.id
+        heapq.heappush(self.queue, (-priority, job.id))
+        self._save_job(job)
+        self._publish("job.queued", job=job)
+        return job
+
+    # ------------------------------------------------------------------ runners
+
+    async def _register_runner(self, conn: p.Connection, hello: p.Hello) -> RunnerSession | None:
+        name = hello.name or f"{hello.host or 'runner'}-{hello.pid}"
+        old = self.runners.get(name)
+        if old is not None and old.info.state != "lost":
+            log.warning("refused runner %r from %s: name taken", name, conn.peer)
+            await conn.send(p.Refused(reason=f"a runner named {name!r} is already registered"))
+            return None
+        now = time.monotonic()
+        info = p.RunnerInfo(name=name, host=hello.host, pid=hello.pid, state="idle", last_heartbeat=time.time(),
+                            jobs_done=old.info.jobs_done if old else 0)
+        session = RunnerSession(info=info, conn=conn, last_seen=now, idle_since=now)
+        offsets: dict[int, int] = {}
+        for held in hello.held:
+            job = self.jobs.get(held.job_id)
+            if job is not None and job.state == "running" and job.runner == name and job.attempts == held.attempt:
+                offsets[job.id] = job.log_size
+                info.state, info.job, session.attempt = "busy", job.id, held.attempt
+            else:
+                log.info("runner %s holds job %s attempt %s that is no longer its own", name, held.job_id, held.attempt)
+        self.runners[name] = session
+        await conn.send(p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.repo_url, log_offsets=offsets, name=name))
+        log.info("runner %s joined from %s (pid %s)%s", name, conn.peer, hello.pid,
+                 f", keeps job {info.job}" if info.job else "")
+        self._publish("runner.joined", runner=info)
+        if info.job is not None and info.job in self.cancel_requested:
+            await conn.send(p.CancelJob(job_id=info.job))
+        self._dispatch()
+        return session
+
+    async def _serve_runner(self, conn: p.Connection, session: RunnerSession) -> None:
+        while (msg := await conn.recv()) is not None:
+            session.last_seen = time.monotonic()
+            if isinstance(msg, p.Heartbeat):
+                session.info.last_heartbeat = time.time()
+            elif isinstance(msg, p.Output):
+                await self._output(session, msg)
+            elif isinstance(msg, p.JobResult):
+                await conn.send(await self._result(session, msg))
+                self._dispatch()
+            elif isinstance(msg, p.Bye):
+                self._runner_gone(session, "runner left", left=True)
+                return
+            else:
+                raise p.ProtocolError(f"a runner may not send {type(msg).__name__}")
+            if session.conn is not conn:  # marked lost while we waited
+                return
+
+    def _owns(self, session: RunnerSession, job_id: int, attempt: int) -> bool:
+        job = self.jobs.get(job_id)
+        return (
+            job is not None and job.state == "running" and job.runner == session.info.name
+            and job.attempts == attempt and session.info.job == job_id
+        )
+
+    async def _output(self, session: RunnerSession, msg: p.Output) -> None:
+        if not self._owns(session, msg.job_id, msg.attempt):
+            raise p.ProtocolError(f"output for job {msg.job_id} attempt {msg.attempt}, which is not this runner's")
+        job = self.jobs[msg.job_id]
+        have = job.log_size
+        if msg.offset > have:
+            raise p.ProtocolError(f"output for job {job.id} at offset {msg.offset} leaves a gap after {have}")
+        data = msg.data[have - msg.offset:]
+        if not data:
+            return
+        fh = self._logs.get(job.id)
+        if fh is None:
+            fh = self._logs[job.id] = await self._in_log_thread(open, self.state.job_log(job.id), "ab")
+        await self._in_log_thread(fh.write, data)
+        if not self._owns(session, msg.job_id, msg.attempt):
+            return  # lost while writing; the attempt's log is being discarded
+        job.log_size = have + len(data)
+        for sub in self.subscribers:
+            if sub.output:
+                sub.chunks.append(p.JobOutput(job_id=job.id, offset=have, data=data))
+                sub.wake.set()
+
+    async def _in_log_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._log_executor, fn, *args)
+
+    async def _close_log(self, job_id: int) -> None:
+        fh = self._logs.pop(job_id, None)
+        if fh is not None:
+            await self._in_log_thread(fh.close)
+
+    async def _result(self, session: RunnerSession, msg: p.JobResult) -> p.ResultAck:
+        if not self._owns(session, msg.job_id, msg.attempt):
+            log.warning("rejected result from %s for job %s attempt %s: not its job (any more)",
+                        session.info.name, msg.job_id, msg.attempt)
+            return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=False,
+                               reason="this attempt is no longer assigned to this runner")
+        job = self.jobs[msg.job_id]
+        await self._close_log(job.id)
+        if msg.cancelled or job.id in self.cancel_requested:
+            state, outcome = "cancelled", "cancelled"
+        elif msg.error:
+            state, outcome = "error", "error"
+        elif msg.timed_out:
+            state, outcome = "failed", "timeout"
+        else:
+            state = outcome = "passed" if msg.exit_code == 0 else "failed"
+        job.exit_code = msg.exit_code
+        job.duration_s = msg.duration_s
+        job.passed, job.failed, job.skipped = msg.passed, msg.failed, msg.skipped
+        job.error = msg.error or (f"timed out after {msg.duration_s:.0f} s" if msg.timed_out else "")
+        self._finish(job, state, outcome, job.error)
+        session.info.state, session.info.job = "idle", None
+        session.info.jobs_done += 1
+        session.idle_since = time.monotonic()
+        self._publish("runner.idle", runner=session.info)
+        await self.durable()
+        return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=True)
+
+    def _finish(self, job: p.JobInfo, state: str, outcome: str, reason: str) -> None:
+        job.state = state
+        job.finished_at = time.time()
+        self.active_job.pop(job.commit, None)
+        self.cancel_requested.discard(job.id)
+        a = self.attempts.get((job.id, job.attempts))
+        if a is not None and a.ended_at is None:
+            a.ended_at, a.outcome, a.reason = job.finished_at, outcome, reason
+            self._save_attempt(a)
+        self._save_job(job)
+        self._publish("job.finished", job=job, message=reason)
+
+    def _runner_gone(self, session: RunnerSession, reason: str, left: bool = False) -> None:
+        """The runner is gone (lost, or left on purpose); its job goes back to the queue."""
+        if self._closing:
+            return
+        info = session.info
+        if session.conn is not None:
+            session.conn.writer.close()
+        session.conn = None
+        info.state = "lost"
+        job_id, info.job = info.job, None
+        if left:
+            log.info("runner %s left", info.name)
+            self.runners.pop(info.name, None)
+        else:
+            log.warning("runner %s lost: %s", info.name, reason)
+        self._publish("runner.left" if left else "runner.lost", runner=info, message=reason)
+        if job_id is not None:
+            self._requeue(self.jobs[job_id], reason if left else "runner lost")
+        self._dispatch()
+
+    def _requeue(self, job: p.JobInfo, reason: str) -> None:
+        a = self.attempts.get((job.id, job.attempts))
+        if a is not None and a.ended_at is None:
+            a.ended_at, a.outcome, a.reason = time.time(), "lost", reason
+            self._save_attempt(a)
+        self._close_log_later(job.id)
+        if job.id in self.cancel_requested:
+            self._finish(job, "cancelled", "cancelled", reason)
+        elif job.attempts >= self.max_attempts:
+            job.error = f"gave up after {job.attempts} attempts: {reason}"
+            self._finish(job, "error", "error", job.error)
+        else:
+            job.state, job.runner = "queued", None
+            # Everything it printed belongs to the lost attempt; the next attempt starts a fresh log.
+            job.log_size = 0
+            self._truncate_log_later(job.id)
+            heapq.heappush(self.queue, (-self.priority[job.id], job.id))
+            self._save_job(job)
+            self._publish("job.requeued", job=job, message=reason)
+
+    def _close_log_later(self, job_id: int) -> None:
+        fh = self._logs.pop(job_id, None)
+        if fh is not None:
+            self._log_executor.submit(fh.close)
+
+    def _truncate_log_later(self, job_id: int) -> None:
+        path = self.state.job_log(job_id)
+        self._log_executor.submit(_truncate, path)
+
+    async def _watch_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.5, self.heartbeat_timeout / 4))
+            now = time.monotonic()
+            for sess in list(self.runners.values()):
+                if sess.conn is not None and now - sess.last_seen > self.heartbeat_timeout:
+                    self._runner_gone(sess, f"no heartbeat for {now - sess.last_seen:.1f} s")
+            if self._restart_grace_until and now > self._restart_grace_until:
+                self._restart_grace_until = 0.0
+                held = {s.info.job for s in self.runners.values() if s.conn is not None}
+                for job in list(self.jobs.values()):
+                    if job.state == "running" and job.id not in held:
+                        self._requeue(job, "runner lost")
+                self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Give queued jobs to idle runners: oldest job first, longest-idle runner first."""
+        idle = sorted(
+            (s for s in self.runners.values() if s.conn is not None and s.info.state == "idle"),
+            key=lambda s: s.idle_since,
+        )
+        for session in idle:
+            job = self._pop_queue()
+            if job is None:
+                return
+            self._assign(session, job)
+
+    def _pop_queue(self) -> p.JobInfo | None:
+        while self.queue:
+            neg_prio, job_id = heapq.heappop(self.queue)
+            job = self.jobs.get(job_id)
+            if job is not None and job.state == "queued" and -neg_prio == self.priority[job_id]:
+                return job
+        return None
+
+    def _assign(self, session: RunnerSession, job: p.JobInfo) -> None:
+        job.attempts += 1
+        job.state, job.runner = "running", session.info.name
+        job.started_at, job.finished_at = time.time(), None
+        job.exit_code = job.duration_s = job.passed = job.failed = job.skipped = None
+        job.error = ""
+        session.info.state, session.info.job, session.attempt = "busy", job.id, job.attempts
+        a = p.AttemptInfo(job_id=job.id, attempt=job.attempts, runner=session.info.name, started_at=job.started_at)
+        self.attempts[(job.id, job.attempts)] = a
+        self._save_attempt(a)
+        self._save_job(job)
+        self._publish("job.started", job=job, runner=session.info)
+        assert session.conn is not None
+        session.conn.send_nowait(p.Assign(job_id=job.id, attempt=job.attempts, commit=job.commit,
+                                          branch=job.branch, repo_url=self.repo_url))
+
+    # ------------------------------------------------------------------ control clients
+
+    async def _serve_control(self, conn: p.Connection) -> None:
+        while (msg := await conn.recv()) is not None:
+            if isinstance(msg, p.Subscribe):
+                await self._stream(conn, msg)
+                return
+            if isinstance(msg, p.StatusRequest):
+                await conn.send(self._status(msg.limit))
+            elif isinstance(msg, p.RerunRequest):
+                await conn.send(self._rerun(msg.commit))
+                await self.durable()
+                self._dispatch()
+            elif isinstance(msg, p.CancelRequest):
+                await conn.send(await self._cancel(msg.job_id))
+            elif isinstance(msg, p.Notice):
+                if not msg.kind.startswith("process."):
+                    raise p.ProtocolError(f"notice of unknown kind {msg.kind!r}")
+                self._publish(msg.kind, message=f"{msg.name}: {msg.message}")
+                await conn.send(p.Reply(ok=True))
+            else:
+                raise p.ProtocolError(f"a control client may not send {type(msg).__name__}")
+
+    def _status(self, limit: int) -> p.StatusReply:
+        jobs = list(self.jobs.values())
+        if limit:
+            jobs = jobs[-limit:]
+        shas = {j.commit for j in jobs}
+        commits = [c for c in self.commits.values() if not limit or c.sha in shas]
+        ids = {j.id for j in jobs}
+        return p.StatusReply(
+            repo_url=self.repo_url, last_seq=self.seq, commits=commits, jobs=jobs,
+            runners=[s.info for s in self.runners.values()],
+            attempts=[a for a in self.attempts.values() if a.job_id in ids],
+        )
+
+    def _rerun(self, prefix: str) -> p.Reply:
+        prefix = prefix.strip().lower()
+        matches = [sha for sha in self.commits if sha.startswith(prefix)] if len(prefix) >= 4 else []
+        if len(matches) != 1:
+            return p.Reply(ok=False, message=f"{'no' if not matches else 'more than one'} commit matches {prefix!r}")
+        sha = matches[0]
+        top = max(self.priority.values(), default=0) + 1
+        active = self.active_job.get(sha)
+        if active is not None and self.jobs[active].state == "queued":
+            job = self.jobs[active]
+            self.priority[job.id] = top
+            heapq.heappush(self.queue, (-top, job.id))
+            self._save_job(job)
+            self._publish("job.queued", job=job, message="moved to the front")
+            return p.Reply(ok=True, message=f"job {job.id} moved to the front of the queue", job=job)
+        if active is not None:
+            return p.Reply(ok=False, message=f"job {active} for {sha[:10]} is running already")
+        commit = self.commits[sha]
+        job = self._new_job(sha, commit.branch, priority=top)
+        return p.Reply(ok=True, message=f"job {job.id} queued at the front", job=job)
+
+    async def _cancel(self, job_id: int) -> p.Reply:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return p.Reply(ok=False, message=f"no job {job_id}")
+        if job.state == "queued":
+            self._finish(job, "cancelled", "cancelled", "cancelled while queued")
+            await self.durable()
+            return p.Reply(ok=True, message=f"job {job_id} cancelled", job=job)
+        if job.state == "running":
+            self.cancel_requested.add(job_id)
+            session = self.runners.get(job.runner or "")
+            if session is not None and session.conn is not None:
+                await session.conn.send(p.CancelJob(job_id=job_id))
+            return p.Reply(ok=True, message=f"job {job_id} is being cancelled on {job.runner}", job=job)
+        return p.Reply(ok=False, message=f"job {job_id} has already finished ({job.state})", job=job)
+
+    async def _stream(self, conn: p.Connection, sub_msg: p.Subscribe) -> None:
+        """Send every event after the subscriber's cursor, then live ones; no gaps, no duplicates."""
+        sub = Subscriber(conn=conn, cursor=sub_msg.after_seq, output=sub_msg.output)
+        self.subscribers.add(sub)
+        closed = asyncio.ensure_future(conn.reader.read(1))
+        try:
+            while not closed.done():
+                sub.wake.clear()
+                events = await self._events_after(sub.cursor)
+                for event in events:
+                    conn.send_nowait(event)
+                    sub.cursor = event.seq
+                while sub.chunks:
+                    conn.send_nowait(sub.chunks.popleft())
+                await conn.writer.drain()
+                if not events:
+                    woken = asyncio.ensure_future(sub.wake.wait())
+                    await asyncio.wait([closed, woken], return_when=asyncio.FIRST_COMPLETED)
+                    woken.cancel()
+        finally:
+            closed.cancel()
+            self.subscribers.discard(sub)
+
+    async def _events_after(self, cursor: int, limit: int = 1000) -> list[p.Event]:
+        """Durable events after ``cursor``: from the in-memory ring, or the store for older ones."""
+        if cursor >= self.durable_seq:
+            return []
+        if not self.recent or cursor + 1 < self.recent[0].seq:
+            return await self.store.run(self.store.events_after, cursor, limit)
+        start = cursor + 1 - self.recent[0].seq
+        return [self.recent[i] for i in range(start, min(len(self.recent), start + limit))]
+
+
+def _truncate(path: Path) -> None:
+    try:
+        with open(path, "r+b") as fh:
+            fh.truncate(0)
+    except FileNotFoundError:
+        pass
+
+
+def _merge(first: Batch, second: Batch) -> Batch:
+    first.commits += second.commits
+    first.tips.update(second.tips)
+    first.jobs.update(second.jobs)
+    first.attempts.update(second.attempts)
+    first.events += second.events
+    first.meta.update(second.meta)
+    return first
+
+
+async def run_dispatcher(state: StateDir, host: str, port: int, **kwargs) -> None:
+    """Run until cancelled or signalled (SIGINT/SIGTERM)."""
+    import signal
+
+    dispatcher = Dispatcher(state, host, port, **kwargs)
+    await dispatcher.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    serve = asyncio.ensure_future(dispatcher.serve_forever())
+    try:
+        await stop.wait()
+    finally:
+        serve.cancel()
+        await dispatcher.stop()
+        log.info("dispatcher stopped")

@@ -1,0 +1,248 @@
+"""The observer: turns new commits on watched branches into reports to the dispatcher.
+
+It keeps no state of its own. The dispatcher remembers the last tip it acknowledged
+per branch; on every (re)connect the observer compares the repository against those
+tips, which is how commits made while either was down are caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+import watchfiles
+
+from . import config as cfg
+from . import protocol as p
+from .statedir import find_git_dir
+
+log = logging.getLogger("tuici.observer")
+
+REPORT_CHUNK = 1000  # commits per message
+SEP = "\x1f"
+
+
+@dataclass
+class Report:
+    branch: str
+    tip: str
+    commits: list[p.CommitInfo]
+
+
+class Source:
+    """Where commits come from: a local repository, or a mirror of a remote one refreshed by polling."""
+
+    def __init__(self, repo: str, mirror_dir: Path | None = None):
+        self.remote = not os.path.isdir(repo)
+        if self.remote:
+            if mirror_dir is None:
+                raise ValueError("a remote repository needs a directory for its mirror")
+            self.url = repo
+            self.git_dir = mirror_dir
+            self.work_tree: Path | None = None
+        else:
+            top, self.git_dir = find_git_dir(repo)
+            self.work_tree = None if top == self.git_dir else top
+            self.url = str(top)
+        self._repo: git.Repo | None = None
+
+    @property
+    def repo(self) -> git.Repo:
+        if self._repo is None:
+            if self.remote and not (self.git_dir / "HEAD").exists():
+                git.Repo.clone_from(self.url, self.git_dir, mirror=True, quiet=True)
+            self._repo = git.Repo(self.git_dir)
+        return self._repo
+
+    def fetch(self) -> None:
+        self.repo.git.fetch("--prune", "--quiet", "origin")
+
+    def config(self) -> cfg.RepoConfig:
+        """Branch patterns and coalescing from the work tree's config (the default branch's, for a mirror)."""
+        def read(name: str) -> bytes | None:
+            if self.work_tree is not None:
+                path = self.work_tree / name
+                return path.read_bytes() if path.is_file() else None
+            try:
+                return self.repo.git.show(f"HEAD:{name}", stdout_as_string=False)
+            except git.GitCommandError:
+                return None
+        try:
+            return cfg.load(read)
+        except cfg.ConfigError as exc:
+            log.error("%s; watching every branch", exc)
+            return cfg.RepoConfig()
+
+    def branches(self) -> dict[str, str]:
+        out = self.repo.git.for_each_ref("--format=%(refname:short)%00%(objectname)%00%(objecttype)", "refs/heads")
+        heads = {}
+        for line in out.splitlines():
+            name, sha, kind = line.split("\0")
+            if kind == "commit":
+                heads[name] = sha
+        return heads
+
+    def new_commits(self, tip: str, exclude: list[str]) -> list[p.CommitInfo]:
+        """Commits reachable from ``tip`` but from none of ``exclude``, oldest first."""
+        return self._log(tip, "--not", *exclude, "--ignore-missing", "--reverse", "--topo-order")
+
+    def commit_info(self, sha: str) -> p.CommitInfo:
+        return self._log(sha, "-1")[0]
+
+    def _log(self, *args: str) -> list[p.CommitInfo]:
+        out = self.repo.git.log(*args, f"--format=%H{SEP}%an{SEP}%ct{SEP}%s", "--")
+        commits = []
+        for line in out.splitlines():
+            sha, author, ctime, subject = line.split(SEP, 3)
+            commits.append(p.CommitInfo(sha=sha, branch="", author=author, subject=subject, time=float(ctime)))
+        return commits
+
+
+def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]]:
+    """What to tell the dispatcher, given the tips it knows: reports for changed branches, names of gone ones."""
+    conf = source.config()
+    heads = {b: sha for b, sha in source.branches().items() if conf.watches(b)}
+    first_start = not known
+    reports = []
+    for branch in sorted(heads):
+        tip = heads[branch]
+        if known.get(branch) == tip:
+            continue
+        if first_start:
+            commits = [source.commit_info(tip)]
+        else:
+            commits = source.new_commits(tip, sorted(set(known.values())))
+            if conf.coalesce:
+                commits = commits[-1:]
+        for c in commits:
+            c.branch = branch
+        reports.append(Report(branch, tip, commits))
+    gone = sorted(b for b in known if b not in heads)
+    return reports, gone
+
+
+class Observer:
+    def __init__(self, source: Source, host: str, port: int, token: str, poll: float | None = None):
+        self.source = source
+        self.host, self.port, self.token = host, port, token
+        self.poll = poll
+        self.changed = asyncio.Event()
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        watcher = None if self.poll else asyncio.ensure_future(self._watch())
+        backoff = 0.1
+        try:
+            while not self.stopping.is_set():
+                try:
+                    conn, welcome = await p.handshake(
+                        self.host, self.port,
+                        p.Hello(role="observer", token=self.token, pid=os.getpid(), repo_url=self.source.url),
+                    )
+                except ConnectionRefusedError as exc:
+                    raise SystemExit(f"tuici observer: dispatcher refused us: {exc}") from None
+                except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
+                    log.info("cannot reach dispatcher at %s:%s: %s", self.host, self.port, exc)
+                    await self._wait(self.stopping, backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                log.info("connected to dispatcher %s:%s; it knows %d branch tips", self.host, self.port,
+                         len(welcome.tips))
+                try:
+                    await self._session(conn, dict(welcome.tips))
+                except (OSError, ConnectionError, p.ProtocolError, asyncio.TimeoutError) as exc:
+                    log.warning("lost the dispatcher: %s", exc)
+                finally:
+                    await conn.close()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _session(self, conn: p.Connection, known: dict[str, str]) -> None:
+        closed = asyncio.ensure_future(conn.reader.read(0x10000))  # the dispatcher sends nothing unasked
+        try:
+            while not self.stopping.is_set():
+                self.changed.clear()
+                if self.poll:
+                    try:
+                        await asyncio.to_thread(self.source.fetch)
+                    except git.GitCommandError as exc:
+                        log.error("fetch from %s failed: %s", self.source.url, exc.stderr.strip())
+                reports, gone = await asyncio.to_thread(plan, self.source, known)
+                closed.cancel()
+                for report in reports:
+                    await self._report(conn, report)
+                    known[report.branch] = report.tip
+                for branch in gone:
+                    await conn.request(p.BranchGone(branch=branch))
+                    known.pop(branch, None)
+                closed = asyncio.ensure_future(conn.reader.read(0x10000))
+                waits = [closed, asyncio.ensure_future(self.stopping.wait())]
+                if self.poll:
+                    waits.append(asyncio.ensure_future(asyncio.sleep(self.poll)))
+                else:
+                    waits.append(asyncio.ensure_future(self.changed.wait()))
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits[1:]:
+                    w.cancel()
+                if closed.done():
+                    raise ConnectionError("dispatcher closed the connection")
+        finally:
+            closed.cancel()
+
+    async def _report(self, conn: p.Connection, report: Report) -> None:
+        commits = report.commits
+        chunks = [commits[i:i + REPORT_CHUNK] for i in range(0, len(commits), REPORT_CHUNK)] or [[]]
+        for i, chunk in enumerate(chunks):
+            tip = report.tip if i == len(chunks) - 1 else chunk[-1].sha
+            ack = await asyncio.wait_for(conn.request(p.CommitsSeen(branch=report.branch, tip=tip, commits=chunk)), 30)
+            if not isinstance(ack, p.TipsAck):
+                raise p.ProtocolError(f"expected tips_ack, got {type(ack).__name__}")
+        if commits:
+            log.info("reported %d new commit(s) on %s", len(commits), report.branch)
+
+    async def _watch(self) -> None:
+        """Set ``changed`` whenever a ref moves: loose refs (recursively), packed-refs or HEAD."""
+        git_dir = self.source.git_dir
+
+        def ref_file(change: watchfiles.Change, path: str) -> bool:
+            return not path.endswith(".lock")
+
+        def top_file(change: watchfiles.Change, path: str) -> bool:
+            return os.path.basename(path) in ("packed-refs", "HEAD")
+
+        async def watch(path: Path, flt, recursive: bool) -> None:
+            async for _ in watchfiles.awatch(path, watch_filter=flt, debounce=200, step=5, recursive=recursive,
+                                             stop_event=self.stopping):
+                self.changed.set()
+
+        await asyncio.gather(watch(git_dir / "refs", ref_file, True), watch(git_dir, top_file, False))
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+
+def mirror_dir_for(url: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "tuici" / "mirrors" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+async def run_observer(source: Source, host: str, port: int, token: str, poll: float | None) -> None:
+    observer = Observer(source, host, port, token, poll)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, observer.stopping.set)
+    await observer.run()
+

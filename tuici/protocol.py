@@ -1,0 +1,374 @@
+"""The wire format: every message tuici components exchange, typed and validated here.
+
+A frame is a 4-byte big-endian length followed by a msgpack body of at most
+``MAX_FRAME`` bytes. The body decodes to exactly one of the ``Message`` structs
+(tagged by their ``type`` field); anything else raises ``ProtocolError`` and the
+receiving side closes that one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Literal, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 16 * 1024 * 1024
+OUTPUT_CHUNK = 64 * 1024
+
+_HEADER = struct.Struct(">I")
+
+Role = Literal["runner", "observer", "control"]
+JobState = Literal["queued", "running", "passed", "failed", "error", "cancelled"]
+RunnerState = Literal["idle", "busy", "lost"]
+FINAL_STATES = frozenset({"passed", "failed", "error", "cancelled"})
+
+
+class ProtocolError(Exception):
+    """A peer sent something that is not a valid frame or message."""
+
+
+class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+# ----------------------------------------------------------------- shared records
+
+
+class CommitInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    sha: str
+    branch: str
+    author: str = ""
+    subject: str = ""
+    time: float = 0.0  # committer time, unix seconds
+
+
+class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    id: int
+    commit: str
+    branch: str
+    state: JobState
+    runner: str | None = None
+    attempts: int = 0
+    exit_code: int | None = None
+    duration_s: float | None = None
+    passed: int | None = None
+    failed: int | None = None
+    skipped: int | None = None
+    error: str = ""
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    log_size: int = 0
+
+
+class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    name: str
+    host: str
+    pid: int
+    state: RunnerState
+    job: int | None = None
+    jobs_done: int = 0
+    last_heartbeat: float = 0.0
+
+
+class AttemptInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    job_id: int
+    attempt: int
+    runner: str
+    started_at: float
+    ended_at: float | None = None
+    outcome: str = ""  # passed/failed/error/cancelled/lost/timeout
+    reason: str = ""
+
+
+class HeldJob(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A job a reconnecting runner still owns: running, or finished with an undelivered result."""
+
+    job_id: int
+    attempt: int
+    finished: bool = False
+
+
+# ----------------------------------------------------------------- handshake
+
+
+class Hello(_Msg, tag="hello"):
+    role: Role
+    token: str
+    version: int = PROTOCOL_VERSION
+    name: str = ""
+    host: str = ""
+    pid: int = 0
+    repo_url: str = ""
+    held: list[HeldJob] = []
+
+
+class Welcome(_Msg, tag="welcome"):
+    version: int
+    repo_url: str = ""
+    tips: dict[str, str] = {}  # observer: branch -> last reported tip
+    log_offsets: dict[int, int] = {}  # runner: held job id -> bytes already stored
+    name: str = ""  # runner: the name the dispatcher registered
+
+
+class Refused(_Msg, tag="refused"):
+    reason: str
+
+
+# ----------------------------------------------------------------- observer
+
+
+class CommitsSeen(_Msg, tag="commits"):
+    branch: str
+    tip: str
+    commits: list[CommitInfo]  # oldest first
+
+
+class BranchGone(_Msg, tag="branch_gone"):
+    branch: str
+
+
+class TipsAck(_Msg, tag="tips_ack"):
+    branch: str
+    tip: str
+    queued: int
+
+
+# ----------------------------------------------------------------- runner
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    pass
+
+
+class Bye(_Msg, tag="bye"):
+    """A runner leaving on purpose (as opposed to being lost)."""
+
+
+class Assign(_Msg, tag="assign"):
+    job_id: int
+    attempt: int
+    commit: str
+    branch: str
+    repo_url: str
+
+
+class CancelJob(_Msg, tag="cancel_job"):
+    job_id: int
+
+
+class Output(_Msg, tag="output"):
+    job_id: int
+    attempt: int
+    offset: int
+    data: bytes
+
+
+class JobResult(_Msg, tag="result"):
+    job_id: int
+    attempt: int
+    exit_code: int | None
+    duration_s: float
+    log_size: int
+    passed: int | None = None
+    failed: int | None = None
+    skipped: int | None = None
+    error: str = ""  # set when tuici, not the tests, could not run the job
+    cancelled: bool = False
+    timed_out: bool = False
+
+
+class ResultAck(_Msg, tag="result_ack"):
+    job_id: int
+    attempt: int
+    accepted: bool
+    reason: str = ""
+
+
+# ----------------------------------------------------------------- control
+
+
+class Subscribe(_Msg, tag="subscribe"):
+    after_seq: int = 0
+    output: bool = False
+
+
+class Event(_Msg, tag="event"):
+    seq: int
+    ts: float
+    kind: str  # commit.seen, job.queued/started/finished/requeued, runner.joined/lost/left, process.*
+    commit: CommitInfo | None = None
+    job: JobInfo | None = None
+    runner: RunnerInfo | None = None
+    message: str = ""
+
+
+class JobOutput(_Msg, tag="job_output"):
+    """Live output for subscribers that asked for it; not sequenced: the stored log is the record."""
+
+    job_id: int
+    offset: int
+    data: bytes
+
+
+class StatusRequest(_Msg, tag="status"):
+    limit: int = 0  # newest N jobs; 0 for all
+
+
+class StatusReply(_Msg, tag="status_reply"):
+    repo_url: str
+    last_seq: int
+    commits: list[CommitInfo]
+    jobs: list[JobInfo]
+    runners: list[RunnerInfo]
+    attempts: list[AttemptInfo] = []
+
+
+class RerunRequest(_Msg, tag="rerun"):
+    commit: str  # full sha or unique prefix
+
+
+class CancelRequest(_Msg, tag="cancel"):
+    job_id: int
+
+
+class Notice(_Msg, tag="notice"):
+    """A supervisor telling the dispatcher what happened to a process, to publish as an event."""
+
+    kind: str  # process.started/exited/restarted/stopped
+    name: str
+    message: str = ""
+
+
+class Reply(_Msg, tag="reply"):
+    ok: bool
+    message: str = ""
+    job: JobInfo | None = None
+
+
+Message = Union[
+    Hello, Welcome, Refused,
+    CommitsSeen, BranchGone, TipsAck,
+    Heartbeat, Bye, Assign, CancelJob, Output, JobResult, ResultAck,
+    Subscribe, Event, JobOutput, StatusRequest, StatusReply, RerunRequest, CancelRequest, Notice, Reply,
+]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+_json_encoder = msgspec.json.Encoder()
+
+
+def encode(msg: Message) -> bytes:
+    """One complete frame for ``msg``."""
+    body = _encoder.encode(msg)
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return _HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes) -> Message:
+    """The message in one frame body; ``ProtocolError`` names what is wrong with it."""
+    try:
+        return _decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ProtocolError(f"invalid message: {exc}") from None
+
+
+def to_json(obj: msgspec.Struct) -> str:
+    return _json_encoder.encode(obj).decode()
+
+
+def to_builtins(obj: msgspec.Struct) -> dict:
+    return msgspec.to_builtins(obj)
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message | None:
+    """The next message, or None at a clean end of stream."""
+    try:
+        header = await reader.readexactly(_HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("connection closed inside a frame header") from None
+        return None
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+    try:
+        body = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise ProtocolError("connection closed inside a frame") from None
+    return decode(body)
+
+
+class Connection:
+    """A framed, typed message stream over one asyncio socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int, timeout: float = 5.0) -> "Connection":
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=MAX_FRAME + 16), timeout
+        )
+        return cls(reader, writer)
+
+    @property
+    def peer(self) -> str:
+        peer = self.writer.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+    async def recv(self) -> Message | None:
+        return await read_message(self.reader)
+
+    async def send(self, msg: Message) -> None:
+        self.writer.write(encode(msg))
+        await self.writer.drain()
+
+    def send_nowait(self, msg: Message) -> None:
+        self.writer.write(encode(msg))
+
+    async def request(self, msg: Message) -> Message:
+        """Send ``msg`` and return the reply; the peer closing instead is an error."""
+        await self.send(msg)
+        reply = await self.recv()
+        if reply is None:
+            raise ConnectionError("dispatcher closed the connection")
+        if isinstance(reply, Refused):
+            raise ConnectionRefusedError(reply.reason)
+        return reply
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[v6]:PORT``) into its parts, with a clear error."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"address {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def handshake(
+    host: str, port: int, hello: Hello, timeout: float = 5.0
+) -> tuple[Connection, Welcome]:
+    """Connect and authenticate; raises ConnectionRefusedError with the dispatcher's reason."""
+    conn = await Connection.open(host, port, timeout)
+    try:
+        reply = await asyncio.wait_for(conn.request(hello), timeout)
+    except BaseException:
+        await conn.close()
+        raise
+    if not isinstance(reply, Welcome):
+        await conn.close()
+        raise ProtocolError(f"expected welcome, got {type(reply).__name__}")
+    return conn, reply

@@ -1,0 +1,408 @@
+"""The runner: registers with the dispatcher, tests one commit at a time in its own workspace.
+
+A job's output goes to a local spool file first and is sent from there, so a
+dispatcher that goes away loses nothing: on reconnect the runner resends from the
+offset the dispatcher reports, then delivers the result it has been holding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import git
+
+from . import config as cfg
+from . import protocol as p
+
+log = logging.getLogger("tuici.runner")
+
+HEARTBEAT_INTERVAL = 1.0
+KILL_GRACE = 2.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child before exec: be killed if the process that started us dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class JobError(Exception):
+    """tuici could not run the job (bad config, missing commit): the job ends in error."""
+
+
+@dataclass
+class ActiveJob:
+    assign: p.Assign
+    spool: Path
+    size: int = 0
+    result: p.JobResult | None = None
+    pgid: int | None = None
+    cancelled: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.pgid is not None:
+            kill_group(self.pgid, signal.SIGTERM)
+        elif self.task is not None and self.result is None:
+            self.task.cancel()
+
+
+class Workspace:
+    """A kept clone that shares objects with the repository, reset to exactly one commit per job."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.checkout = root / "checkout"
+        self._repo: git.Repo | None = None
+        self._url = ""
+
+    def prepare(self, url: str, sha: str) -> Path:
+        repo = self._open(url)
+        try:
+            repo.git.cat_file("-e", f"{sha}^{{commit}}")
+        except git.GitCommandError:
+            try:
+                repo.git.fetch("--quiet", "origin", "+refs/heads/*:refs/remotes/origin/*")
+                repo.git.cat_file("-e", f"{sha}^{{commit}}")
+            except git.GitCommandError:
+                raise JobError(f"commit {sha} is not in the repository {url}") from None
+        repo.git.checkout("--force", "--detach", "--quiet", sha)
+        repo.git.clean("-ffdxq")
+        return self.checkout
+
+    def _open(self, url: str) -> git.Repo:
+        if self._repo is not None and self._url == url:
+            return self._repo
+        if not url:
+            raise JobError("the dispatcher does not know the repository's location yet")
+        if self.checkout.exists():
+            try:
+                repo = git.Repo(self.checkout)
+                if repo.remotes and repo.remotes.origin.url == url:
+                    self._repo, self._url = repo, url
+                    return repo
+            except (git.InvalidGitRepositoryError, git.NoSuchPathError, AttributeError):
+                pass
+            shutil.rmtree(self.checkout)
+        self.root.mkdir(parents=True, exist_ok=True)
+        local = os.path.isdir(url)
+        try:
+            repo = git.Repo.clone_from(url, self.checkout, no_checkout=True, shared=local, quiet=True)
+        except git.GitCommandError as exc:
+            raise JobError(f"cannot clone {url}: {exc.stderr.strip()}") from None
+        self._repo, self._url = repo, url
+        return repo
+
+
+def junit_counts(paths: list[str]) -> tuple[int, int, int] | None:
+    """(passed, failed, skipped) summed over the JUnit XML files that exist, or None."""
+    total = failed = skipped = 0
+    found = False
+    for path in paths:
+        try:
+            root = ET.parse(path).getroot()
+        except (OSError, ET.ParseError):
+            continue
+        suites = [root] if root.tag == "testsuite" else root.iter("testsuite")
+        for suite in suites:
+            found = True
+            total += int(suite.get("tests", 0))
+            failed += int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+            skipped += int(suite.get("skipped", 0))
+    if not found:
+        return None
+    return total - failed - skipped, failed, skipped
+
+
+class Runner:
+    def __init__(self, host: str, port: int, token: str, name: str, workdir: Path):
+        self.host, self.port, self.token = host, port, token
+        self.name = name
+        self.workdir = workdir
+        self.workspace = Workspace(workdir)
+        self.job: ActiveJob | None = None
+        self.stopping = asyncio.Event()
+        self.new_job = asyncio.Event()
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ connection
+
+    async def run(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.workdir / "runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"tuici runner: {self.workdir} is in use by another runner") from None
+        backoff = 0.1
+        try:
+            while not self.stopping.is_set():
+                try:
+                    conn, welcome = await p.handshake(self.host, self.port, self._hello())
+                except ConnectionRefusedError as exc:
+                    if "token" in str(exc) or "version" in str(exc):
+                        raise SystemExit(f"tuici runner: dispatcher refused us: {exc}") from None
+                    log.warning("dispatcher refused us: %s", exc)
+                except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
+                    log.info("cannot reach dispatcher at %s:%s: %s", self.host, self.port, exc)
+                else:
+                    backoff = 0.1
+                    self.name = welcome.name or self.name
+                    log.info("registered with dispatcher %s:%s as %s", self.host, self.port, self.name)
+                    await self._session(conn, welcome)
+                    continue
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            if self.job is not None:
+                self.job.cancel()
+                if self.job.task is not None:
+                    await asyncio.gather(self.job.task, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    def _hello(self) -> p.Hello:
+        held = []
+        if self.job is not None:
+            held.append(p.HeldJob(job_id=self.job.assign.job_id, attempt=self.job.assign.attempt,
+                                  finished=self.job.result is not None))
+        return p.Hello(role="runner", token=self.token, name=self.name, host=socket.gethostname(),
+                       pid=os.getpid(), held=held)
+
+    async def _session(self, conn: p.Connection, welcome: p.Welcome) -> None:
+        sent = 0
+        if self.job is not None:
+            if self.job.assign.job_id in welcome.log_offsets:
+                sent = welcome.log_offsets[self.job.assign.job_id]
+            else:
+                log.warning("dispatcher no longer gives us job %s; dropping it", self.job.assign.job_id)
+                await self._drop_job()
+        tasks = [
+            asyncio.ensure_future(self._receive(conn)),
+            asyncio.ensure_future(self._heartbeat(conn)),
+            asyncio.ensure_future(self._send(conn, sent)),
+            asyncio.ensure_future(self.stopping.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None and not isinstance(task.exception(), (ConnectionError, OSError)):
+                    log.warning("connection to dispatcher ended: %r", task.exception())
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.stopping.is_set():
+                try:
+                    await asyncio.wait_for(conn.send(p.Bye()), 1.0)
+                except (OSError, asyncio.TimeoutError):
+                    pass
+            await conn.close()
+
+    async def _drop_job(self) -> None:
+        job, self.job = self.job, None
+        if job is None:
+            return
+        job.cancel()
+        job.changed.set()
+        if job.task is not None:
+            await asyncio.gather(job.task, return_exceptions=True)
+        job.spool.unlink(missing_ok=True)
+
+    async def _receive(self, conn: p.Connection) -> None:
+        while (msg := await conn.recv()) is not None:
+            if isinstance(msg, p.Assign):
+                if self.job is not None:
+                    log.error("dispatcher assigned job %s while job %s runs", msg.job_id, self.job.assign.job_id)
+                    continue
+                self._start(msg)
+            elif isinstance(msg, p.CancelJob):
+                if self.job is not None and self.job.assign.job_id == msg.job_id:
+                    log.info("cancelling job %s", msg.job_id)
+                    self.job.cancel()
+            elif isinstance(msg, p.ResultAck):
+                if self.job is not None and self.job.assign.job_id == msg.job_id:
+                    if not msg.accepted:
+                        log.warning("dispatcher rejected our result for job %s: %s", msg.job_id, msg.reason)
+                    await self._drop_job()
+            else:
+                raise p.ProtocolError(f"unexpected {type(msg).__name__} from dispatcher")
+
+    async def _heartbeat(self, conn: p.Connection) -> None:
+        while True:
+            await conn.send(p.Heartbeat())
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _send(self, conn: p.Connection, sent: int) -> None:
+        """Stream the job's spool from ``sent`` on, then its result; repeat for each job."""
+        current = None
+        result_sent = False
+        while True:
+            job = self.job
+            if job is None:
+                self.new_job.clear()
+                await self.new_job.wait()
+                continue
+            if job is not current:
+                if current is not None:
+                    sent = 0
+                current, result_sent = job, False
+            job.changed.clear()
+            if sent < job.size:
+                with open(job.spool, "rb") as fh:
+                    fh.seek(sent)
+                    while sent < job.size:
+                        data = fh.read(min(p.OUTPUT_CHUNK, job.size - sent))
+                        await conn.send(p.Output(job_id=job.assign.job_id, attempt=job.assign.attempt,
+                                                 offset=sent, data=data))
+                        sent += len(data)
+                continue
+            if job.result is not None and not result_sent:
+                await conn.send(job.result)
+                result_sent = True
+            await job.changed.wait()
+
+    # ------------------------------------------------------------------ jobs
+
+    def _start(self, assign: p.Assign) -> None:
+        spool = self.workdir / f"job-{assign.job_id}-{assign.attempt}.log"
+        spool.unlink(missing_ok=True)
+        self.job = ActiveJob(assign=assign, spool=spool)
+        self.job.task = asyncio.ensure_future(self._execute(self.job))
+        self.new_job.set()
+
+    async def _execute(self, job: ActiveJob) -> None:
+        a = job.assign
+        started = time.monotonic()
+        with open(job.spool, "ab", buffering=0) as spool:
+
+            def write(data: bytes) -> None:
+                spool.write(data)
+                job.size += len(data)
+                job.changed.set()
+
+            exit_code = None
+            error = ""
+            timed_out = False
+            counts = None
+            try:
+                write(f"tuici: {self.name} testing {a.commit[:12]} ({a.branch}), attempt {a.attempt}\n".encode())
+                checkout = await asyncio.to_thread(self.workspace.prepare, a.repo_url, a.commit)
+                repo_config = cfg.load(lambda name: _read_file(checkout / name))
+                junit = str(self.workdir / f"junit-{a.job_id}.xml")
+                Path(junit).unlink(missing_ok=True)
+                argv = repo_config.argv
+                if repo_config.command == cfg.DEFAULT_COMMAND:
+                    argv = argv + [f"--junitxml={junit}"]
+                write(f"$ {' '.join(argv)}\n".encode())
+                env = {**os.environ, **repo_config.env, "CI": "true", "TUICI_COMMIT": a.commit,
+                       "TUICI_BRANCH": a.branch, "TUICI_JOB_ID": str(a.job_id),
+                       "TUICI_ATTEMPT": str(a.attempt), "TUICI_JUNIT_XML": junit}
+                started = time.monotonic()
+                exit_code, timed_out = await self._run_command(job, argv, checkout, env, repo_config.timeout, write)
+                counts = junit_counts([junit])
+                if timed_out:
+                    write(f"\ntuici: timed out after {repo_config.timeout:g} s; killed\n".encode())
+            except cfg.ConfigError as exc:
+                error = f"bad config: {exc}"
+            except JobError as exc:
+                error = str(exc)
+            except asyncio.CancelledError:
+                if not job.cancelled:
+                    raise
+            except OSError as exc:
+                error = f"cannot run the test command: {exc}"
+            if error:
+                write(f"tuici: {error}\n".encode())
+            elif job.cancelled:
+                write(b"\ntuici: cancelled\n")
+            duration = time.monotonic() - started
+        passed, failed, skipped = counts if counts else (None, None, None)
+        job.result = p.JobResult(job_id=a.job_id, attempt=a.attempt, exit_code=exit_code, duration_s=duration,
+                                 log_size=job.size, passed=passed, failed=failed, skipped=skipped,
+                                 error=error, cancelled=job.cancelled, timed_out=timed_out)
+        job.changed.set()
+
+    async def _run_command(self, job, argv, cwd, env, timeout, write) -> tuple[int | None, bool]:
+        if job.cancelled:
+            return None, False
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+        )
+        job.pgid = proc.pid
+        timed_out = False
+
+        async def pump() -> None:
+            while data := await proc.stdout.read(p.OUTPUT_CHUNK):
+                write(data)
+
+        reader = asyncio.ensure_future(pump())
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            timed_out = True
+            kill_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), KILL_GRACE)
+            except asyncio.TimeoutError:
+                pass
+        finally:
+            # Nothing the job started outlives it, whether it ended, timed out or was cancelled.
+            kill_group(proc.pid, signal.SIGKILL)
+            if proc.returncode is None:
+                await proc.wait()
+            job.pgid = None
+            try:
+                await asyncio.wait_for(reader, 2.0)
+            except asyncio.TimeoutError:
+                reader.cancel()
+        return proc.returncode, timed_out
+
+
+def _read_file(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def default_workdir(name: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "tuici" / "runners" / name
+
+
+async def run_runner(host: str, port: int, token: str, name: str, workdir: Path) -> None:
+    runner = Runner(host, port, token, name, workdir)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, runner.stopping.set)
+    await runner.run()
+

@@ -1,0 +1,113 @@
+"""Where a repository's tuici state lives: database, logs, token and the dispatcher's address.
+
+By default that is ``<repo>/.git/tuici/`` so that it never dirties the work tree.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NotARepository(Exception):
+    pass
+
+
+def find_git_dir(repo: str | os.PathLike) -> tuple[Path, Path]:
+    """(work tree or bare dir, git dir) of the repository at ``repo``."""
+    path = Path(repo).resolve()
+    if not path.exists():
+        raise NotARepository(f"{path}: no such directory")
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir", "--is-bare-repository",
+             "--show-toplevel"],
+            cwd=path, capture_output=True, text=True, check=True,
+        ).stdout.splitlines()
+    except subprocess.CalledProcessError as exc:
+        raise NotARepository(f"{path}: not a git repository ({exc.stderr.strip()})") from None
+    git_dir = Path(out[0])
+    top = Path(out[2]) if len(out) > 2 and out[1] == "false" else git_dir
+    return top, git_dir
+
+
+@dataclass(frozen=True)
+class StateDir:
+    path: Path
+
+    @classmethod
+    def for_repo(cls, repo: str | os.PathLike) -> "StateDir":
+        _, git_dir = find_git_dir(repo)
+        return cls(git_dir / "tuici")
+
+    def ensure(self) -> "StateDir":
+        (self.path / "logs" / "jobs").mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def db(self) -> Path:
+        return self.path / "tuici.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def component_log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def job_log(self, job_id: int) -> Path:
+        return self.logs / "jobs" / f"{int(job_id)}.log"
+
+    @property
+    def token_file(self) -> Path:
+        return self.path / "token"
+
+    @property
+    def address_file(self) -> Path:
+        return self.path / "address"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "dispatcher.lock"
+
+    def token(self, create: bool = False) -> str:
+        """The shared secret; created with mode 0600 on the dispatcher's first start."""
+        try:
+            return self.token_file.read_text().strip()
+        except FileNotFoundError:
+            if not create:
+                raise
+        self.ensure()
+        token = secrets.token_urlsafe(32)
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        return token
+
+    def address(self) -> str | None:
+        try:
+            return self.address_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def write_address(self, address: str) -> None:
+        tmp = self.address_file.with_suffix(".tmp")
+        tmp.write_text(address + "\n")
+        tmp.replace(self.address_file)
+
+
+def resolve_token(explicit: str | None, state: StateDir | None) -> str:
+    """--token, then TUICI_TOKEN, then the state dir's token file."""
+    if explicit:
+        return explicit
+    if os.environ.get("TUICI_TOKEN"):
+        return os.environ["TUICI_TOKEN"]
+    if state is not None:
+        try:
+            return state.token()
+        except FileNotFoundError:
+            pass
+    raise SystemExit("tuici: no token: pass --token, set TUICI_TOKEN, or run on the dispatcher's machine")

@@ -1,0 +1,313 @@
+"""Starts, watches and stops the dispatcher, observer and runners as child processes.
+
+Shared by ``tuici serve`` and the control center. A child that dies unasked is
+restarted with backoff. The supervisor makes itself a child subreaper, so test
+processes orphaned by a killed runner are handed to it and killed, never leaked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from .runner import die_with_parent, kill_group
+from .statedir import StateDir
+
+log = logging.getLogger("tuici.supervisor")
+
+_PR_SET_CHILD_SUBREAPER = 36
+STOP_GRACE = 5.0
+MARK = "TUICI_SUPERVISOR"  # inherited by everything we start, so strays can be told from others' processes
+BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+def become_subreaper() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+def dispatcher_running(state: StateDir) -> bool:
+    """Whether some process holds this state dir's dispatcher lock."""
+    try:
+        fd = os.open(state.lock_file, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@dataclass
+class Child:
+    name: str
+    kind: str  # dispatcher, observer, runner
+    argv: list[str]
+    proc: asyncio.subprocess.Process | None = None
+    state: str = "starting"  # starting, running, stopping, stopped, restarting
+    wanted: bool = True
+    restarts: int = 0
+    started_at: float = 0.0
+    monitor: asyncio.Task | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+
+
+class SupervisorError(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(
+        self,
+        repo: Path,
+        state: StateDir,
+        runners: int = 1,
+        on_event: Callable[[str, str, str], None] | None = None,
+        dispatcher_args: list[str] | None = None,
+        listen: str = "127.0.0.1:0",
+    ):
+        self.repo = repo
+        self.state = state.ensure()
+        self.initial_runners = runners
+        self.on_event = on_event or (lambda kind, name, message: None)
+        self.dispatcher_args = dispatcher_args or []
+        self.listen = listen
+        self.children: dict[str, Child] = {}
+        self.address = ""
+        self._next_runner = 1
+        self._stopping = False
+        self._sweeper: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ public
+
+    async def start(self) -> str:
+        """Start the dispatcher (and wait until it listens), then the observer and runners."""
+        become_subreaper()
+        if dispatcher_running(self.state):
+            raise SupervisorError(f"a dispatcher is already running for {self.repo} at {self.state.address()}")
+        self.state.address_file.unlink(missing_ok=True)
+        self.state.token(create=True)
+        dispatcher = self._child("dispatcher", "dispatcher", self._dispatcher_argv(self.listen))
+        await self._spawn(dispatcher)
+        self.address = await self._wait_for_address(dispatcher)
+        self.listen = self.address  # a restarted dispatcher comes back on the same port
+        dispatcher.argv = self._dispatcher_argv(self.address)
+        await self._spawn(self._child("observer", "observer", self._component_argv("observer", str(self.repo))))
+        for _ in range(self.initial_runners):
+            await self.add_runner()
+        self._sweeper = asyncio.ensure_future(self._sweep_orphans())
+        return self.address
+
+    async def add_runner(self) -> Child:
+        name = f"runner-{self._next_runner}"
+        self._next_runner += 1
+        argv = self._component_argv("runner", "--name", name, "--workdir", str(self.state.path / "runners" / name))
+        child = self._child(name, "runner", argv)
+        await self._spawn(child)
+        return child
+
+    async def kill(self, name: str, force: bool = False) -> None:
+        """Stop a child for good (SIGTERM, or SIGKILL when forced); it is not restarted."""
+        child = self.children.get(name)
+        if child is None:
+            raise KeyError(name)
+        child.wanted = False
+        await self._terminate(child, signal.SIGKILL if force else signal.SIGTERM)
+        self.children.pop(name, None)
+
+    async def stop(self) -> None:
+        """Stop everything: runners and observer first, then the dispatcher, then any stray descendant."""
+        self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        others = [c for c in self.children.values() if c.kind != "dispatcher"]
+        for c in self.children.values():
+            c.wanted = False
+        await asyncio.gather(*(self._terminate(c) for c in others))
+        if "dispatcher" in self.children:
+            await self._terminate(self.children["dispatcher"])
+        kill_descendants()
+
+    def signal_child(self, name: str, sig: int) -> None:
+        child = self.children[name]
+        if child.pid is not None:
+            os.kill(child.pid, sig)
+
+    # ------------------------------------------------------------------ internals
+
+    def _child(self, name: str, kind: str, argv: list[str]) -> Child:
+        child = Child(name=name, kind=kind, argv=argv)
+        self.children[name] = child
+        return child
+
+    def _dispatcher_argv(self, listen: str) -> list[str]:
+        return [sys.executable, "-m", "tuici", "dispatcher", "--listen", listen, "--state", str(self.state.path),
+                "--repo", str(self.repo), *self.dispatcher_args]
+
+    def _component_argv(self, kind: str, *args: str) -> list[str]:
+        return [sys.executable, "-m", "tuici", kind, *args, "--dispatcher", self.address,
+                "--state", str(self.state.path)]
+
+    async def _spawn(self, child: Child) -> None:
+        logfile = open(self.state.component_log(child.name), "ab", buffering=0)
+        try:
+            env = {k: v for k, v in os.environ.items() if k != "TUICI_TOKEN"}
+            env[MARK] = str(os.getpid())
+            child.proc = await asyncio.create_subprocess_exec(
+                *child.argv, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
+                start_new_session=True, preexec_fn=_child_setup,
+            )
+        finally:
+            logfile.close()
+        child.state = "running"
+        child.started_at = time.time()
+        log.info("started %s (pid %s)", child.name, child.proc.pid)
+        self._event("process.started", child, f"pid {child.proc.pid}")
+        child.monitor = asyncio.ensure_future(self._monitor(child, child.proc))
+
+    async def _monitor(self, child: Child, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if not child.wanted or self._stopping or child.proc is not proc:
+            child.state = "stopped"
+            return
+        delay = BACKOFF[min(child.restarts, len(BACKOFF) - 1)]
+        if time.time() - child.started_at > 30:
+            delay = BACKOFF[0]  # it ran fine for a while: this is a fresh failure, not a crash loop
+        child.restarts += 1
+        child.state = "restarting"
+        log.warning("%s (pid %s) exited with %s; restarting in %.1f s", child.name, proc.pid, code, delay)
+        self._event("process.exited", child, f"pid {proc.pid} exited with {code}; restarting in {delay:.1f} s")
+        await asyncio.sleep(delay)
+        if child.wanted and not self._stopping:
+            await self._spawn(child)
+            self._event("process.restarted", child, f"restart {child.restarts}, pid {child.proc.pid}")
+
+    async def _terminate(self, child: Child, sig: int = signal.SIGTERM) -> None:
+        proc = child.proc
+        child.state = "stopping"
+        if proc is not None and proc.returncode is None:
+            kill_group(proc.pid, sig)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+            except asyncio.TimeoutError:
+                log.warning("%s (pid %s) ignored SIGTERM; killing it", child.name, proc.pid)
+                kill_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+            self._event("process.stopped", child, f"pid {proc.pid} stopped")
+        if child.monitor is not None:
+            await asyncio.gather(child.monitor, return_exceptions=True)
+        child.state = "stopped"
+
+    async def _wait_for_address(self, child: Child, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child.proc is not None and child.proc.returncode is not None:
+                raise SupervisorError(
+                    f"the dispatcher exited with {child.proc.returncode}: "
+                    f"{_tail(self.state.component_log(child.name))}"
+                )
+            address = self.state.address()
+            if address:
+                return address
+            await asyncio.sleep(0.01)
+        raise SupervisorError(f"the dispatcher did not start listening within {timeout:.0f} s")
+
+    async def _sweep_orphans(self) -> None:
+        """Kill processes orphaned into our care (test commands of a runner that was SIGKILLed)."""
+        while True:
+            await asyncio.sleep(1.0)
+            ours = {c.proc.pid for c in self.children.values() if c.proc is not None}
+            for proc in _strays(recursive=False):
+                if proc.pid not in ours:
+                    _kill_and_reap(proc)
+
+    def _event(self, kind: str, child: Child, message: str) -> None:
+        try:
+            self.on_event(kind, child.name, message)
+        except Exception:  # a broken listener must not take supervision down with it
+            log.exception("event listener failed")
+
+
+def _child_setup() -> None:
+    die_with_parent()
+
+
+def _strays(recursive: bool) -> list[psutil.Process]:
+    """Processes below this one that this supervisor (not some other code in the process) started."""
+    mark = str(os.getpid())
+    found = []
+    try:
+        procs = psutil.Process().children(recursive=recursive)
+    except psutil.Error:
+        return []
+    for proc in procs:
+        try:
+            if proc.environ().get(MARK) == mark:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _is_zombie(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+_killed: set[int] = set()  # strays we killed and still have to reap
+
+
+def _kill_and_reap(proc: psutil.Process) -> None:
+    try:
+        if not _is_zombie(proc):
+            kill_group(os.getpgid(proc.pid))
+            proc.kill()
+        _killed.add(proc.pid)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        pass
+    for pid in list(_killed):
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                _killed.discard(pid)
+        except ChildProcessError:
+            _killed.discard(pid)
+
+
+def kill_descendants() -> None:
+    """SIGKILL every process this supervisor started, down the tree, and reap orphans handed to us."""
+    for proc in _strays(recursive=True):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    for proc in _strays(recursive=False):
+        _kill_and_reap(proc)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
