@@ -415,7 +415,7 @@ class Dispatcher:
             return
         fh = self._logs.get(job.id)
         if fh is None:
-            fh = self._logs[job.id] = await self._in_log_thread(open, self.state.job_log(job.id), "ab")
+            fh = self._logs[job.id] = await self._in_log_thread(open, self.state.job_log(job.id), "ab", 0)
         await self._in_log_thread(fh.write, data)
         if not self._owns(session, msg.job_id, msg.attempt):
             return  # lost while writing; the attempt's log is being discarded
@@ -454,11 +454,12 @@ class Dispatcher:
         job.passed, job.failed, job.skipped = msg.passed, msg.failed, msg.skipped
         job.error = msg.error or (f"timed out after {msg.duration_s:.0f} s" if msg.timed_out else "")
         self._finish(job, state, outcome, job.error)
+        await self.durable()
+        # Idle only now, right before the ack goes out: nothing may be assigned ahead of the ack.
         session.info.state, session.info.job = "idle", None
         session.info.jobs_done += 1
         session.idle_since = time.monotonic()
         self._publish("runner.idle", runner=session.info)
-        await self.durable()
         return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=True)
 
     def _finish(self, job: p.JobInfo, state: str, outcome: str, reason: str) -> None:

@@ -145,7 +145,7 @@ class Observer:
                         self.host, self.port,
                         p.Hello(role="observer", token=self.token, pid=os.getpid(), repo_url=self.source.url),
                     )
-                except ConnectionRefusedError as exc:
+                except p.RefusedError as exc:
                     raise SystemExit(f"tuici observer: dispatcher refused us: {exc}") from None
                 except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
                     log.info("cannot reach dispatcher at %s:%s: %s", self.host, self.port, exc)

@@ -30,6 +30,15 @@ class ProtocolError(Exception):
     """A peer sent something that is not a valid frame or message."""
 
 
+class RefusedError(Exception):
+    """The dispatcher answered with ``Refused``: a wrong token, an old version, a taken name."""
+
+    @property
+    def permanent(self) -> bool:
+        """Whether retrying cannot help (as opposed to, say, a name still held by a lost runner)."""
+        return "token" in str(self) or "version" in str(self)
+
+
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
     pass
 
@@ -339,7 +348,7 @@ class Connection:
         if reply is None:
             raise ConnectionError("dispatcher closed the connection")
         if isinstance(reply, Refused):
-            raise ConnectionRefusedError(reply.reason)
+            raise RefusedError(reply.reason)
         return reply
 
     async def close(self) -> None:
@@ -361,7 +370,7 @@ def parse_address(text: str) -> tuple[str, int]:
 async def handshake(
     host: str, port: int, hello: Hello, timeout: float = 5.0
 ) -> tuple[Connection, Welcome]:
-    """Connect and authenticate; raises ConnectionRefusedError with the dispatcher's reason."""
+    """Connect and authenticate; raises RefusedError with the dispatcher's reason."""
     conn = await Connection.open(host, port, timeout)
     try:
         reply = await asyncio.wait_for(conn.request(hello), timeout)

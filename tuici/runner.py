@@ -162,8 +162,8 @@ class Runner:
             while not self.stopping.is_set():
                 try:
                     conn, welcome = await p.handshake(self.host, self.port, self._hello())
-                except ConnectionRefusedError as exc:
-                    if "token" in str(exc) or "version" in str(exc):
+                except p.RefusedError as exc:
+                    if exc.permanent:
                         raise SystemExit(f"tuici runner: dispatcher refused us: {exc}") from None
                     log.warning("dispatcher refused us: %s", exc)
                 except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:

@@ -1,0 +1,220 @@
+"""Fixtures that build real git repositories and run real tuici processes on 127.0.0.1.
+
+Every process a test starts is stopped by pid in the fixture's ``finally``; the test
+session is a child subreaper, so even grandchildren orphaned by a SIGKILL are found
+(by the TUICI_SUPERVISOR mark in their environment) and killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tuici import protocol as p
+from tuici.client import Control
+from tuici.statedir import StateDir
+from tuici.supervisor import MARK, become_subreaper, kill_descendants
+
+become_subreaper()
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+class GitRepo:
+    """A real repository in a temp dir, with helpers to commit and branch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        git(path, "init", "-q", "-b", "main")
+        git(path, "config", "user.email", "dev@example.com")
+        git(path, "config", "user.name", "Dev")
+        git(path, "config", "commit.gpgsign", "false")
+        self._n = 0
+
+    def git(self, *args: str) -> str:
+        return git(self.path, *args)
+
+    def commit(self, message: str | None = None, files: dict[str, str] | None = None, config: str | None = None) -> str:
+        self._n += 1
+        files = dict(files or {})
+        if config is not None:
+            files["tuici.toml"] = config
+        if not files:
+            files[f"file{self._n}.txt"] = f"change {self._n}\n"
+        for name, text in files.items():
+            target = self.path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message or f"commit {self._n}")
+        return self.head()
+
+    def head(self, ref: str = "HEAD") -> str:
+        return self.git("rev-parse", ref)
+
+    @property
+    def state(self) -> StateDir:
+        return StateDir(self.path / ".git" / "tuici")
+
+
+def toml_command(command: str, timeout: float = 30) -> str:
+    return f"command = {command!r}\ntimeout = {timeout}\n"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> GitRepo:
+    r = GitRepo(tmp_path / "repo")
+    r.commit("initial", config=toml_command("echo ok"))
+    return r
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env[MARK] = str(os.getpid())
+    env.pop("TUICI_TOKEN", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail with ``message`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message} (last: {last!r})")
+
+
+class Cluster:
+    """tuici processes for one repository, each started and stopped by pid."""
+
+    def __init__(self, repo: GitRepo, tmp: Path, heartbeat_timeout: float = 2.0, max_attempts: int = 3):
+        self.repo = repo
+        self.tmp = tmp
+        self.state = repo.state
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_attempts = max_attempts
+        self.address = ""
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "tuici", *args], stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL, env=_env(), start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_dispatcher(self) -> str:
+        self.state.address_file.unlink(missing_ok=True)
+        listen = self.address or "127.0.0.1:0"
+        self._spawn("dispatcher", "dispatcher", "--listen", listen, "--state", str(self.state.path),
+                    "--repo", str(self.repo.path), "--heartbeat-timeout", str(self.heartbeat_timeout),
+                    "--max-attempts", str(self.max_attempts))
+        self.address = wait_for(self.state.address, 15, message="the dispatcher's address")
+        return self.address
+
+    def start_observer(self) -> subprocess.Popen:
+        return self._spawn("observer", "observer", str(self.repo.path), "--dispatcher", self.address,
+                           "--state", str(self.state.path))
+
+    def start_runner(self, name: str) -> subprocess.Popen:
+        return self._spawn(name, "runner", "--dispatcher", self.address, "--state", str(self.state.path),
+                           "--name", name, "--workdir", str(self.tmp / "work" / name))
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        os.kill(proc.pid, sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            proc.wait(10)
+
+    def stop(self) -> None:
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is None and name != "dispatcher":
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for name, proc in list(self.procs.items()):
+            if name != "dispatcher":
+                _wait_or_kill(proc)
+        if "dispatcher" in self.procs:
+            self.procs["dispatcher"].terminate()
+            _wait_or_kill(self.procs["dispatcher"])
+        kill_descendants()
+
+    # -------------------------------------------------------------- queries
+
+    def control(self, fn):
+        async def go():
+            control = Control.for_state(self.state)
+            try:
+                return await fn(control)
+            finally:
+                await control.close()
+        return asyncio.run(go())
+
+    def status(self) -> p.StatusReply:
+        return self.control(lambda c: c.status())
+
+    def jobs(self) -> list[p.JobInfo]:
+        return self.status().jobs
+
+    def job_for(self, sha: str) -> p.JobInfo | None:
+        jobs = [j for j in self.jobs() if j.commit == sha]
+        return jobs[-1] if jobs else None
+
+    def wait_job(self, sha: str, states=p.FINAL_STATES, timeout: float = 30.0) -> p.JobInfo:
+        def done():
+            job = self.job_for(sha)
+            return job if job is not None and job.state in states else None
+        return wait_for(done, timeout, interval=0.1, message=f"a job for {sha[:10]} in {sorted(states)}")
+
+    def log_of(self, job_id: int) -> str:
+        return self.state.job_log(job_id).read_text(errors="replace")
+
+    def component_log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+
+def _wait_or_kill(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+@pytest.fixture
+def cluster(repo: GitRepo, tmp_path: Path):
+    c = Cluster(repo, tmp_path)
+    try:
+        c.start_dispatcher()
+        yield c
+    finally:
+        c.stop()
+
+
+def tuici_processes() -> list[psutil.Process]:
+    """Live processes this test session started (by the mark in their environment)."""
+    mark = str(os.getpid())
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(MARK) == mark and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
