@@ -207,14 +207,47 @@ def cluster(repo: GitRepo, tmp_path: Path):
         c.stop()
 
 
+@pytest.fixture
+def cluster_factory(tmp_path: Path):
+    """Clusters for repositories a test makes itself; each stopped at the end."""
+    made: list[Cluster] = []
+
+    def make(repo: GitRepo, **kwargs) -> Cluster:
+        c = Cluster(repo, tmp_path / f"cluster{len(made)}", **kwargs)
+        c.tmp.mkdir()
+        made.append(c)
+        c.start_dispatcher()
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.stop()
+
+
 def tuici_processes() -> list[psutil.Process]:
-    """Live processes this test session started (by the mark in their environment)."""
-    mark = str(os.getpid())
-    found = []
+    """Live processes this test session started, directly or through a supervisor it started.
+
+    Each supervisor marks what it starts with its own pid, so the marks form a tree rooted here.
+    """
+    marks: dict[int, str] = {}
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and proc.environ().get(MARK) == mark and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
+            if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
+                mark = proc.environ().get(MARK)
+                if mark:
+                    marks[proc.pid] = mark
         except psutil.Error:
             pass
-    return found
+    ours = {str(os.getpid())}
+    found: dict[int, psutil.Process] = {}
+    grew = True
+    while grew:
+        grew = False
+        for pid, mark in marks.items():
+            if mark in ours and pid not in found:
+                found[pid] = psutil.Process(pid)
+                ours.add(str(pid))
+                grew = True
+    return list(found.values())

@@ -244,7 +244,7 @@ async def cmd_serve(args) -> None:
     control: Control | None = None
 
     def on_event(kind: str, name: str, message: str) -> None:
-        out.local(kind, name, message)
+        # Published through the dispatcher, so the stream is the one record of everything.
         if control is not None:
             task = asyncio.ensure_future(_notify(control, kind, name, message))
             notices.add(task)
@@ -257,19 +257,24 @@ async def cmd_serve(args) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    follower = None
     try:
-        await supervisor.start()
-    except SupervisorError as exc:
-        await supervisor.stop()
-        die(str(exc))
-    control = Control.for_state(state)
-    follower = asyncio.ensure_future(follow_events(control, out, include_output=args.output))
-    try:
+        try:
+            await supervisor.start_dispatcher()
+            control = Control.for_state(state)
+            last_seq = (await control.status(limit=1)).last_seq
+            follower = asyncio.ensure_future(follow_events(control, out, last_seq, include_output=args.output))
+            await control.notice("process.started", "dispatcher", f"pid {supervisor.children['dispatcher'].pid}")
+            await supervisor.start_workers()
+        except (SupervisorError, NoDispatcher) as exc:
+            die(str(exc))
         await stop.wait()
     finally:
-        follower.cancel()
-        await asyncio.gather(follower, *notices, return_exceptions=True)
-        await control.close()
+        if follower is not None:
+            follower.cancel()
+        await asyncio.gather(*(t for t in [follower] if t), *notices, return_exceptions=True)
+        if control is not None:
+            await control.close()
         await supervisor.stop()
 
 
@@ -277,12 +282,11 @@ async def _notify(control: Control, kind: str, name: str, message: str) -> None:
     try:
         await control.notice(kind, name, message)
     except (NoDispatcher, OSError, ConnectionError):
-        pass  # the dispatcher is down; the supervisor's own log has it
+        pass  # the dispatcher stayed down; the supervisor's own log has it
 
 
-async def follow_events(control: Control, out: "Printer", include_output: bool = False) -> None:
-    """Print events from now on; after a dropped connection, resume after the last one seen."""
-    last = (await control.status(limit=1)).last_seq
+async def follow_events(control: Control, out: "Printer", last: int, include_output: bool = False) -> None:
+    """Print events after ``last``; after a dropped connection, resume after the last one seen."""
     while True:
         try:
             async for msg in control.subscribe(after_seq=last, output=include_output):
@@ -299,12 +303,6 @@ class Printer:
 
     def __init__(self, as_json: bool):
         self.as_json = as_json
-
-    def local(self, kind: str, name: str, message: str) -> None:
-        if self.as_json:
-            self._emit(p.to_json(p.Notice(kind=kind, name=name, message=message)))
-        else:
-            self._emit(f"{time.strftime('%H:%M:%S')} {kind:<18} {name}: {message}")
 
     def message(self, msg: p.Event | p.JobOutput) -> None:
         if self.as_json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import AsyncIterator
 
@@ -19,6 +20,7 @@ class Control:
     def __init__(self, host: str, port: int, token: str):
         self.host, self.port, self.token = host, port, token
         self._conn: p.Connection | None = None
+        self._lock = asyncio.Lock()  # one request at a time on the shared connection
 
     @classmethod
     def for_state(cls, state: StateDir, token: str | None = None) -> "Control":
@@ -36,13 +38,14 @@ class Control:
         return conn
 
     async def request(self, msg: p.Message) -> p.Message:
-        if self._conn is None:
-            self._conn = await self._connect()
-        try:
-            return await self._conn.request(msg)
-        except (OSError, ConnectionError):
-            await self.close()
-            raise
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await self._connect()
+            try:
+                return await self._conn.request(msg)
+            except (OSError, ConnectionError):
+                await self.close()
+                raise
 
     async def status(self, limit: int = 0) -> p.StatusReply:
         reply = await self.request(p.StatusRequest(limit=limit))
@@ -55,8 +58,18 @@ class Control:
     async def cancel(self, job_id: int) -> p.Reply:
         return await self.request(p.CancelRequest(job_id=job_id))
 
-    async def notice(self, kind: str, name: str, message: str) -> None:
-        await self.request(p.Notice(kind=kind, name=name, message=message))
+    async def notice(self, kind: str, name: str, message: str, patience: float = 30.0) -> None:
+        """Have the dispatcher publish a supervisor event; waits (a while) for one that is restarting."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while True:
+            try:
+                await self.request(p.Notice(kind=kind, name=name, message=message))
+                return
+            except (NoDispatcher, OSError, ConnectionError):
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def subscribe(self, after_seq: int = 0, output: bool = False) -> AsyncIterator[p.Event | p.JobOutput]:
         """Events after ``after_seq`` (and live output if asked), until the connection drops."""

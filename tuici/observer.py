@@ -90,7 +90,18 @@ class Source:
 
     def new_commits(self, tip: str, exclude: list[str]) -> list[p.CommitInfo]:
         """Commits reachable from ``tip`` but from none of ``exclude``, oldest first."""
-        return self._log(tip, "--not", *exclude, "--ignore-missing", "--reverse", "--topo-order")
+        return self._log(tip, "--not", *exclude, "--reverse", "--topo-order")
+
+    def present(self, shas: list[str]) -> list[str]:
+        """Those of ``shas`` still in the repository (a force-push and gc may have dropped some)."""
+        return [sha for sha in shas if self._has(sha)]
+
+    def _has(self, sha: str) -> bool:
+        try:
+            self.repo.odb.info(bytes.fromhex(sha))
+            return True
+        except (ValueError, git.BadName, git.BadObject, OSError, git.GitCommandError):
+            return False
 
     def commit_info(self, sha: str) -> p.CommitInfo:
         return self._log(sha, "-1")[0]
@@ -108,16 +119,17 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]
     """What to tell the dispatcher, given the tips it knows: reports for changed branches, names of gone ones."""
     conf = source.config()
     heads = {b: sha for b, sha in source.branches().items() if conf.watches(b)}
-    first_start = not known
+    exclude = source.present(sorted(set(known.values())))
     reports = []
     for branch in sorted(heads):
         tip = heads[branch]
         if known.get(branch) == tip:
             continue
-        if first_start:
+        if not exclude:
+            # First start (or every known tip is gone): the tip only, not the whole history.
             commits = [source.commit_info(tip)]
         else:
-            commits = source.new_commits(tip, sorted(set(known.values())))
+            commits = source.new_commits(tip, exclude)
             if conf.coalesce:
                 commits = commits[-1:]
         for c in commits:

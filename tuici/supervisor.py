@@ -101,6 +101,11 @@ class Supervisor:
 
     async def start(self) -> str:
         """Start the dispatcher (and wait until it listens), then the observer and runners."""
+        address = await self.start_dispatcher()
+        await self.start_workers()
+        return address
+
+    async def start_dispatcher(self) -> str:
         become_subreaper()
         if dispatcher_running(self.state):
             raise SupervisorError(f"a dispatcher is already running for {self.repo} at {self.state.address()}")
@@ -111,11 +116,13 @@ class Supervisor:
         self.address = await self._wait_for_address(dispatcher)
         self.listen = self.address  # a restarted dispatcher comes back on the same port
         dispatcher.argv = self._dispatcher_argv(self.address)
+        self._sweeper = asyncio.ensure_future(self._sweep_orphans())
+        return self.address
+
+    async def start_workers(self) -> None:
         await self._spawn(self._child("observer", "observer", self._component_argv("observer", str(self.repo))))
         for _ in range(self.initial_runners):
             await self.add_runner()
-        self._sweeper = asyncio.ensure_future(self._sweep_orphans())
-        return self.address
 
     async def add_runner(self) -> Child:
         name = f"runner-{self._next_runner}"

@@ -1,0 +1,129 @@
+"""What a runner does with a job: config, environment, test counts, errors, attempts."""
+
+from __future__ import annotations
+
+import signal
+
+from conftest import toml_command, wait_for
+
+
+def test_job_environment_and_junit_counts(repo, cluster):
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    tests = (
+        "def test_a(): pass\n"
+        "def test_b(): pass\n"
+        "def test_c(): assert False\n"
+        "import pytest\n"
+        "@pytest.mark.skip(reason='later')\n"
+        "def test_d(): pass\n"
+    )
+    env_dump = "env | grep -E '^(CI|TUICI_[A-Z_]+|GREETING)=' | sort; python -m pytest -q --junitxml=$TUICI_JUNIT_XML"
+    config = toml_command(env_dump) + "[env]\nGREETING = 'hello'\n"
+    sha = repo.commit("with tests", files={"test_sample.py": tests}, config=config)
+    job = cluster.wait_job(sha)
+    assert job.state == "failed"
+    assert (job.passed, job.failed, job.skipped) == (2, 1, 1)
+    log = cluster.log_of(job.id)
+    for line in ("CI=true", f"TUICI_COMMIT={sha}", "TUICI_BRANCH=main", f"TUICI_JOB_ID={job.id}",
+                 "TUICI_ATTEMPT=1", "GREETING=hello"):
+        assert line in log
+    assert "TUICI_TOKEN" not in log and cluster.state.token() not in log
+
+
+def test_default_command_is_pytest_and_pyproject_config_is_read(repo, cluster):
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    repo.git("rm", "-q", "tuici.toml")
+    sha = repo.commit("default", files={"test_one.py": "def test_one(): pass\n"})
+    job = cluster.wait_job(sha)
+    assert (job.state, job.passed, job.failed) == ("passed", 1, 0)
+    assert "python -m pytest" in cluster.log_of(job.id)
+
+    sha = repo.commit("pyproject", files={"pyproject.toml": "[tool.tuici]\ncommand = ['echo', 'from pyproject']\n"})
+    job = cluster.wait_job(sha)
+    assert job.state == "passed" and "from pyproject" in cluster.log_of(job.id)
+
+
+def test_a_broken_config_fails_that_job_naming_file_and_key(repo, cluster):
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    sha = repo.commit("bad timeout", config="command = 'true'\ntimeout = 'soon'\n")
+    job = cluster.wait_job(sha)
+    assert job.state == "error"
+    assert "tuici.toml" in job.error and "timeout" in job.error
+    sha = repo.commit("bad toml", config="command = [\n")
+    job = cluster.wait_job(sha)
+    assert job.state == "error" and "tuici.toml: invalid TOML" in job.error
+    # The runner is fine and takes the next job.
+    assert cluster.wait_job(repo.commit("fixed", config=toml_command("true"))).state == "passed"
+
+
+def test_a_missing_commit_is_a_job_error_not_a_crash(repo, cluster, tmp_path):
+    from conftest import GitRepo
+
+    other = GitRepo(tmp_path / "other")
+    other.commit("elsewhere")
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    # Report a commit that exists only in another repository, as a confused observer might.
+    from tuici import protocol as p
+
+    async def report(control):
+        conn, _ = await p.handshake(control.host, control.port, p.Hello(role="observer", token=control.token))
+        try:
+            await conn.request(p.CommitsSeen(branch="ghost", tip=other.head(), commits=[
+                p.CommitInfo(sha=other.head(), branch="ghost", author="x", subject="ghost")]))
+        finally:
+            await conn.close()
+    cluster.control(report)
+    job = cluster.wait_job(other.head())
+    assert job.state == "error" and "not in the repository" in job.error
+    assert cluster.wait_job(repo.commit("still working")).state == "passed"
+
+
+def test_a_job_whose_runners_keep_dying_ends_in_error(repo, tmp_path):
+    from conftest import Cluster
+
+    cluster = Cluster(repo, tmp_path, heartbeat_timeout=1.0, max_attempts=2)
+    try:
+        cluster.start_dispatcher()
+        cluster.start_observer()
+        sha = repo.commit("deadly", config=toml_command("sleep 60"))
+        for attempt in (1, 2):
+            name = f"victim{attempt}"
+            cluster.start_runner(name)
+            wait_for(lambda: (j := cluster.job_for(sha)) and j.state == "running" and j.runner == name,
+                     message=f"attempt {attempt} running")
+            cluster.kill(name, signal.SIGKILL)
+        job = cluster.wait_job(sha)
+        assert job.state == "error" and "gave up after 2 attempts" in job.error
+        outcomes = [(a.attempt, a.outcome) for a in cluster.status().attempts if a.job_id == job.id]
+        assert outcomes == [(1, "lost"), (2, "lost")]
+    finally:
+        cluster.stop()
+
+
+def test_a_stopped_runner_is_lost_after_the_heartbeat_timeout_and_its_late_result_rejected(repo, cluster):
+    cluster.start_observer()
+    cluster.start_runner("sleepy")
+    cluster.wait_job(repo.head())
+    sha = repo.commit("slow", config=toml_command("sleep 2; echo done"))
+    cluster.wait_job(sha, states={"running"})
+    cluster.kill("sleepy", signal.SIGSTOP)
+    wait_for(lambda: {r.name: r.state for r in cluster.status().runners}.get("sleepy") == "lost",
+             message="the stopped runner to be marked lost")
+    assert cluster.job_for(sha).state == "queued"
+    cluster.start_runner("awake")
+    job = cluster.wait_job(sha)
+    assert (job.state, job.runner, job.attempts) == ("passed", "awake", 2)
+    cluster.kill("sleepy", signal.SIGCONT)
+    wait_for(lambda: "no longer its own" in cluster.component_log("dispatcher")
+             or "no longer gives us job" in cluster.component_log("sleepy"), message="the late runner to be turned away")
+    job = cluster.job_for(sha)
+    assert (job.state, job.runner, job.attempts) == ("passed", "awake", 2)
+    assert len([a for a in cluster.status().attempts if a.job_id == job.id]) == 2

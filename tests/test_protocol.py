@@ -1,0 +1,114 @@
+"""The wire format, and a live dispatcher facing malformed frames and wrong tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+
+from tuici import protocol as p
+
+
+def test_messages_round_trip_through_a_frame():
+    msg = p.CommitsSeen(branch="main", tip="a" * 40,
+                        commits=[p.CommitInfo(sha="a" * 40, branch="main", author="Dev", subject="x", time=1.0)])
+    frame = p.encode(msg)
+    (length,) = struct.unpack(">I", frame[:4])
+    assert length == len(frame) - 4
+    assert p.decode(frame[4:]) == msg
+
+
+@pytest.mark.parametrize("body, problem", [
+    (b"\xc1", "invalid message"),
+    (p.msgspec.msgpack.encode({"type": "nonsense"}), "invalid message"),
+    (p.msgspec.msgpack.encode({"type": "cancel", "job_id": "seven"}), "Expected `int`"),
+    (p.msgspec.msgpack.encode({"type": "cancel", "job_id": 1, "extra": 2}), "unknown field"),
+    (p.msgspec.msgpack.encode([1, 2, 3]), "invalid message"),
+])
+def test_invalid_bodies_raise_protocol_error(body, problem):
+    with pytest.raises(p.ProtocolError, match=problem):
+        p.decode(body)
+
+
+def test_oversized_frames_are_refused_before_reading_them():
+    async def go():
+        reader = asyncio.StreamReader()
+        reader.feed_data(struct.pack(">I", p.MAX_FRAME + 1))
+        with pytest.raises(p.ProtocolError, match="exceeds"):
+            await p.read_message(reader)
+    asyncio.run(go())
+
+
+def test_truncated_frame_is_an_error_but_clean_eof_is_not():
+    async def go():
+        reader = asyncio.StreamReader()
+        reader.feed_data(p.encode(p.Heartbeat())[:-1])
+        reader.feed_eof()
+        with pytest.raises(p.ProtocolError):
+            await p.read_message(reader)
+        empty = asyncio.StreamReader()
+        empty.feed_eof()
+        assert await p.read_message(empty) is None
+    asyncio.run(go())
+
+
+def test_parse_address():
+    assert p.parse_address("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert p.parse_address("[::1]:9") == ("::1", 9)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        p.parse_address("nonsense")
+
+
+def _raw(address: str) -> socket.socket:
+    host, port = p.parse_address(address)
+    return socket.create_connection((host, port), timeout=5)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(1 << 16) == b"" or _closed_by_peer(sock)
+    except ConnectionResetError:
+        return True
+
+
+def test_malformed_frames_and_wrong_tokens_are_refused_while_others_keep_working(repo, cluster):
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    token = cluster.state.token()
+
+    garbage = _raw(cluster.address)
+    garbage.sendall(b"\xff\xff\xff\xff and then some")
+    assert _closed_by_peer(garbage)
+
+    wrong = _raw(cluster.address)
+    wrong.sendall(p.encode(p.Hello(role="control", token="not-the-token")))
+    reply = wrong.recv(1 << 16)
+    assert p.decode(reply[4:]) == p.Refused(reason="wrong token")
+    assert _closed_by_peer(wrong)
+
+    typed_wrong = _raw(cluster.address)
+    typed_wrong.sendall(p.encode(p.Hello(role="control", token=token))[:4] + b"\x81\xa4type\xa5hello")
+    assert _closed_by_peer(typed_wrong)
+
+    # A control client that sends a runner's message after its hello is cut off too.
+    sneaky = _raw(cluster.address)
+    sneaky.sendall(p.encode(p.Hello(role="control", token=token)))
+    sneaky.recv(1 << 16)
+    sneaky.sendall(p.encode(p.JobResult(job_id=1, attempt=1, exit_code=0, duration_s=0, log_size=0)))
+    assert _closed_by_peer(sneaky)
+
+    # A second runner under a taken name is refused; the first keeps working.
+    dup = _raw(cluster.address)
+    dup.sendall(p.encode(p.Hello(role="runner", token=token, name="r1", pid=1)))
+    assert "already registered" in p.decode(dup.recv(1 << 16)[4:]).reason
+
+    sha = repo.commit("after the abuse")
+    assert cluster.wait_job(sha).state == "passed"
+    log = cluster.component_log("dispatcher")
+    assert "exceeds" in log and "wrong token" in log and "may not send JobResult" in log
+    for s in (garbage, wrong, typed_wrong, sneaky, dup):
+        s.close()

@@ -1,0 +1,148 @@
+"""`tuici serve` and the query commands, as a user or a script runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import _env, toml_command, tuici_processes, wait_for
+from tuici.client import Control
+
+
+def tuici(*args: str, cwd, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuici", *args], cwd=cwd, capture_output=True, text=True,
+                          env=_env(), timeout=60, check=check)
+
+
+@pytest.fixture
+def serve(repo, tmp_path):
+    """`tuici serve --json` on the repo, stopped with SIGTERM (and checked for leftovers) at the end."""
+    out = open(tmp_path / "serve.out", "wb")
+    err = open(tmp_path / "serve.err", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tuici", "serve", str(repo.path), "--runners", "2", "--json",
+                             "--heartbeat-timeout", "2"], stdout=out, stderr=err, env=_env(), start_new_session=True)
+    proc.out_path = tmp_path / "serve.out"
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out.close()
+        err.close()
+        from tuici.supervisor import kill_descendants
+
+        kill_descendants()
+
+
+def events(proc) -> list[dict]:
+    lines = proc.out_path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def test_serve_runs_everything_prints_json_events_and_leaves_nothing_behind_on_sigterm(repo, serve, tmp_path):
+    first = repo.head()
+    wait_for(lambda: any(e.get("kind") == "job.finished" and e["job"]["commit"] == first for e in events(serve)),
+             30, message="the first commit to be tested")
+    sha = repo.commit("hangs", config=toml_command("sleep 300", timeout=600))
+    wait_for(lambda: any(e.get("kind") == "job.started" and e["job"]["commit"] == sha for e in events(serve)),
+             30, message="the hanging job to start")
+    wait_for(lambda: any("sleep 300" in " ".join(p.cmdline()) for p in tuici_processes()), message="the test command")
+    assert len(tuici_processes()) >= 5  # serve, dispatcher, observer, 2 runners, and the test command
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(20) == 0
+    assert tuici_processes() == []
+    kinds = [e.get("kind") for e in events(serve)]
+    assert {"process.started", "runner.joined", "commit.seen", "job.queued", "job.started", "job.finished"} <= set(kinds)
+    seqs = [e["seq"] for e in events(serve) if "seq" in e]
+    assert seqs == sorted(set(seqs))
+
+
+def test_serve_restarts_a_dispatcher_that_dies_and_nothing_is_lost(repo, serve):
+    wait_for(lambda: repo.state.address(), message="the dispatcher")
+    wait_for(lambda: any(e.get("kind") == "job.finished" for e in events(serve)), 30, message="a first job")
+    dispatcher = wait_for(lambda: next((p for p in tuici_processes() if "dispatcher" in p.cmdline()), None))
+    address = repo.state.address()
+    dispatcher.kill()
+    sha = repo.commit("while the dispatcher restarts")
+    wait_for(lambda: any(e.get("kind") == "process.restarted" and e.get("message", "").startswith("dispatcher:")
+                         for e in events(serve)), 20, message="the dispatcher restart to be published")
+    assert repo.state.address() == address
+
+    def finished():
+        return any(e.get("kind") == "job.finished" and e["job"]["commit"] == sha and e["job"]["state"] == "passed"
+                   for e in events(serve))
+    wait_for(finished, 30, message="the commit made during the restart to pass")
+
+
+def test_status_log_rerun_and_cancel_commands(repo, serve):
+    first = repo.head()
+    wait_for(lambda: any(e.get("kind") == "job.finished" for e in events(serve)), 30, message="a first job")
+    status = json.loads(tuici("status", "--json", cwd=repo.path).stdout)
+    assert set(status) >= {"repo_url", "last_seq", "jobs", "runners", "commits", "attempts"}
+    job = next(j for j in status["jobs"] if j["commit"] == first)
+    assert set(job) >= {"id", "commit", "branch", "state", "runner", "attempts", "exit_code", "duration_s"}
+    assert {r["state"] for r in status["runners"]} <= {"idle", "busy", "lost"}
+    assert {"name", "host", "pid", "state"} <= set(status["runners"][0])
+
+    human = tuici("status", cwd=repo.path).stdout
+    assert "runner-1" in human and first[:10] in human
+
+    out = tuici("log", str(job["id"]), str(repo.path), cwd="/").stdout
+    assert "ok" in out and "testing" in out
+    missing = tuici("log", "9999", cwd=repo.path, check=False)
+    assert missing.returncode == 2 and "no output stored for job 9999" in missing.stderr
+
+    rerun = tuici("rerun", first[:8], cwd=repo.path)
+    assert "queued at the front" in rerun.stdout
+    bad = tuici("cancel", "9999", cwd=repo.path, check=False)
+    assert bad.returncode == 1 and "no job 9999" in bad.stdout
+
+
+def test_clear_errors_outside_a_repository_and_without_a_dispatcher(tmp_path, repo):
+    not_repo = tuici("status", cwd=tmp_path, check=False)
+    assert not_repo.returncode == 2 and "not a git repository" in not_repo.stderr and "Traceback" not in not_repo.stderr
+    nothing = tuici("status", cwd=repo.path, check=False)
+    assert nothing.returncode == 2 and "no dispatcher" in nothing.stderr
+    for command in ("serve", "dispatcher", "observer", "runner", "status", "log", "rerun", "cancel"):
+        assert tuici(command, "--help", cwd=tmp_path).stdout.startswith("usage: tuici " + command)
+
+
+def test_a_subscriber_resumes_after_its_last_event_without_gaps_or_duplicates(repo, cluster):
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+
+    async def read(after: int, until: int) -> list[int]:
+        control = Control.for_state(cluster.state)
+        seen = []
+        async for event in control.subscribe(after_seq=after):
+            seen.append(event.seq)
+            if event.seq >= until:
+                break
+        return seen
+
+    total = cluster.status().last_seq
+    assert asyncio.run(read(0, total)) == list(range(1, total + 1))
+    middle = total // 2
+    assert asyncio.run(read(middle, total)) == list(range(middle + 1, total + 1))
+    # Across a dispatcher restart, numbering goes on and old events are still served.
+    cluster.kill("dispatcher", signal.SIGKILL)
+    cluster.start_dispatcher()
+    sha = repo.commit("after restart")
+    cluster.wait_job(sha)
+    new_total = cluster.status().last_seq
+    assert new_total > total
+    assert asyncio.run(read(middle, new_total)) == list(range(middle + 1, new_total + 1))
