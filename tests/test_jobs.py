@@ -74,7 +74,7 @@ def test_a_missing_commit_is_a_job_error_not_a_crash(repo, cluster, tmp_path):
     from tuici import protocol as p
 
     async def report(control):
-        conn, _ = await p.handshake(control.host, control.port, p.Hello(role="observer", token=control.token))
+        conn, _ = await p.handshake(control.endpoint, p.Hello(role="observer", token=control.endpoint.token))
         try:
             await conn.request(p.CommitsSeen(branch="ghost", tip=other.head(), commits=[
                 p.CommitInfo(sha=other.head(), branch="ghost", author="x", subject="ghost")]))

@@ -91,7 +91,8 @@ def test_malformed_frames_and_wrong_tokens_are_refused_while_others_keep_working
     assert _closed_by_peer(wrong)
 
     typed_wrong = _raw(cluster.address)
-    typed_wrong.sendall(p.encode(p.Hello(role="control", token=token))[:4] + b"\x81\xa4type\xa5hello")
+    body = p.msgspec.msgpack.encode({"type": "hello", "role": "control", "token": 12345})
+    typed_wrong.sendall(struct.pack(">I", len(body)) + body)
     assert _closed_by_peer(typed_wrong)
 
     # A control client that sends a runner's message after its hello is cut off too.
@@ -110,5 +111,6 @@ def test_malformed_frames_and_wrong_tokens_are_refused_while_others_keep_working
     assert cluster.wait_job(sha).state == "passed"
     log = cluster.component_log("dispatcher")
     assert "exceeds" in log and "wrong token" in log and "may not send JobResult" in log
+    assert "Expected `str`, got `int` - at `$.token`" in log
     for s in (garbage, wrong, typed_wrong, sneaky, dup):
         s.close()

@@ -146,3 +146,13 @@ def test_a_subscriber_resumes_after_its_last_event_without_gaps_or_duplicates(re
     new_total = cluster.status().last_seq
     assert new_total > total
     assert asyncio.run(read(middle, new_total)) == list(range(middle + 1, new_total + 1))
+
+
+def test_state_lives_in_the_git_dir_and_the_token_is_private(repo, cluster):
+    import stat
+
+    assert cluster.state.path == repo.path / ".git" / "tuici"
+    mode = stat.S_IMODE(cluster.state.token_file.stat().st_mode)
+    assert mode == 0o600
+    assert repo.git("status", "--porcelain") == ""
+    assert cluster.state.address() == cluster.address

@@ -46,6 +46,8 @@ def _client_opts(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dispatcher", required=True, metavar="HOST:PORT", help="the dispatcher's address")
     parser.add_argument("--token", help="the dispatcher's token (default: $TUICI_TOKEN or the token in --state)")
     parser.add_argument("--state", type=Path, metavar="DIR", help="a local state dir to read the token from")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="connect with TLS, trusting the dispatcher certificate signed by the CA in FILE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--state", type=Path, metavar="DIR",
                    help="state directory (default: .git/tuici of the repository in the current directory)")
     d.add_argument("--repo", metavar="REPO", help="the repository URL or path runners clone from")
+    d.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    d.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    d.add_argument("--insecure", action="store_true",
+                   help="allow listening beyond loopback without TLS (the token then crosses the network in clear)")
     _dispatcher_opts(d)
 
     o = sub.add_parser("observer", help="watch a repository and report new commits",
@@ -174,17 +180,29 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def cmd_dispatcher(args) -> None:
+    import ipaddress
+
     from .dispatcher import AlreadyRunning, run_dispatcher
 
     setup_logging()
     state = StateDir(args.state) if args.state else state_for(".")
     host, port = _address(args.listen)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not args.tls_cert and not args.insecure:
+        die(f"listening on {host} beyond loopback needs --tls-cert/--tls-key (or --insecure)")
+    try:
+        tls = p.server_tls(args.tls_cert, args.tls_key)
+    except (OSError, ValueError) as exc:
+        die(f"cannot load the TLS certificate {args.tls_cert}: {exc}")
     repo = args.repo or ""
     if repo and os.path.isdir(repo):
         repo = str(find_git_dir(repo)[0])
     try:
         asyncio.run(run_dispatcher(state, host, port, heartbeat_timeout=args.heartbeat_timeout,
-                                   max_attempts=args.max_attempts, repo_url=repo))
+                                   max_attempts=args.max_attempts, repo_url=repo, tls=tls))
     except AlreadyRunning as exc:
         die(str(exc))
     except OSError as exc:
@@ -195,9 +213,7 @@ def cmd_observer(args) -> None:
     from .observer import Source, mirror_dir_for, run_observer
 
     setup_logging()
-    host, port = _address(args.dispatcher)
-    state = StateDir(args.state) if args.state else None
-    token = resolve_token(args.token, state)
+    endpoint, state = _endpoint(args)
     try:
         mirror = (state.path / "mirror.git") if state else mirror_dir_for(args.repo)
         source = Source(args.repo, mirror_dir=mirror)
@@ -205,7 +221,7 @@ def cmd_observer(args) -> None:
         die(str(exc))
     if source.remote and not args.poll:
         die(f"{args.repo} is not a local directory; pass --poll SECONDS to fetch it")
-    asyncio.run(run_observer(source, host, port, token, args.poll))
+    asyncio.run(run_observer(source, endpoint, args.poll))
 
 
 def cmd_runner(args) -> None:
@@ -214,13 +230,21 @@ def cmd_runner(args) -> None:
     from .runner import default_workdir, run_runner
 
     setup_logging()
-    host, port = _address(args.dispatcher)
-    state = StateDir(args.state) if args.state else None
-    token = resolve_token(args.token, state)
+    endpoint, _ = _endpoint(args)
     os.environ.pop("TUICI_TOKEN", None)  # never handed on to the code under test
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     workdir = args.workdir or default_workdir(name)
-    asyncio.run(run_runner(host, port, token, name, workdir.resolve()))
+    asyncio.run(run_runner(endpoint, name, workdir.resolve()))
+
+
+def _endpoint(args) -> tuple[p.Endpoint, StateDir | None]:
+    host, port = _address(args.dispatcher)
+    state = StateDir(args.state) if args.state else None
+    try:
+        tls = p.client_tls(args.tls_ca)
+    except (OSError, ValueError) as exc:
+        die(f"cannot load the CA file {args.tls_ca}: {exc}")
+    return p.Endpoint(host, port, resolve_token(args.token, state), tls), state
 
 
 def _address(text: str) -> tuple[str, int]:

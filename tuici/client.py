@@ -17,8 +17,8 @@ class NoDispatcher(Exception):
 class Control:
     """Requests over one control connection; ``subscribe`` takes a connection of its own."""
 
-    def __init__(self, host: str, port: int, token: str):
-        self.host, self.port, self.token = host, port, token
+    def __init__(self, endpoint: p.Endpoint):
+        self.endpoint = endpoint
         self._conn: p.Connection | None = None
         self._lock = asyncio.Lock()  # one request at a time on the shared connection
 
@@ -28,13 +28,13 @@ class Control:
         if not address:
             raise NoDispatcher(f"no dispatcher has run for this repository ({state.path} has no address)")
         host, port = p.parse_address(address)
-        return cls(host, port, resolve_token(token, state))
+        return cls(p.Endpoint(host, port, resolve_token(token, state)))
 
     async def _connect(self) -> p.Connection:
         try:
-            conn, _ = await p.handshake(self.host, self.port, p.Hello(role="control", token=self.token))
+            conn, _ = await p.handshake(self.endpoint, p.Hello(role="control", token=self.endpoint.token))
         except (OSError, TimeoutError) as exc:
-            raise NoDispatcher(f"no dispatcher answers at {self.host}:{self.port} ({exc})") from None
+            raise NoDispatcher(f"no dispatcher answers at {self.endpoint} ({exc})") from None
         return conn
 
     async def request(self, msg: p.Message) -> p.Message:

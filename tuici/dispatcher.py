@@ -14,6 +14,7 @@ import hmac
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -53,6 +54,39 @@ class AlreadyRunning(Exception):
     pass
 
 
+class RateLimiter:
+    """Connection attempts per source address: a token bucket; a wrong token costs a lot of tokens."""
+
+    def __init__(self, rate: float = 50.0, burst: float = 200.0, penalty: float = 20.0):
+        self.rate, self.burst, self.penalty = rate, burst, penalty
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._logged: dict[str, float] = {}
+
+    def _level(self, ip: str) -> float:
+        level, at = self._buckets.get(ip, (self.burst, time.monotonic()))
+        now = time.monotonic()
+        return min(self.burst, level + (now - at) * self.rate)
+
+    def allow(self, ip: str) -> bool:
+        level = self._level(ip)
+        if len(self._buckets) > 10_000:
+            self._buckets.clear()  # bounded memory under a flood from many addresses
+        allowed = level >= 1.0
+        self._buckets[ip] = (level - 1.0 if allowed else level, time.monotonic())
+        return allowed
+
+    def penalise(self, ip: str) -> None:
+        self._buckets[ip] = (self._level(ip) - self.penalty, time.monotonic())
+
+    def should_log(self, ip: str) -> bool:
+        """At most one log line per address every 10 s, so a flood cannot fill the disk."""
+        now = time.monotonic()
+        if now - self._logged.get(ip, 0.0) < 10.0:
+            return False
+        self._logged[ip] = now
+        return True
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -62,6 +96,7 @@ class Dispatcher:
         heartbeat_timeout: float = 5.0,
         max_attempts: int = 3,
         repo_url: str = "",
+        tls: ssl.SSLContext | None = None,
     ):
         self.state = state.ensure()
         self.host = host
@@ -69,6 +104,8 @@ class Dispatcher:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_attempts = max_attempts
         self.repo_url = repo_url
+        self.tls = tls
+        self.limiter = RateLimiter()
         self.token = state.token(create=True)
         self.store = Store(state.db)
 
@@ -118,7 +155,8 @@ class Dispatcher:
         snap = await self.store.run(self.store.open)
         self._load(snap)
         self._server = await asyncio.start_server(
-            self._handle, self.host, self.port, limit=p.MAX_FRAME + 16, reuse_address=True
+            self._handle, self.host, self.port, limit=p.MAX_FRAME + 16, reuse_address=True, ssl=self.tls,
+            ssl_handshake_timeout=5.0 if self.tls else None,
         )
         sock = self._server.sockets[0]
         host, port = sock.getsockname()[:2]
@@ -254,6 +292,12 @@ class Dispatcher:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = p.Connection(reader, writer)
         peer = conn.peer
+        ip = peer.rpartition(":")[0]
+        if not self.limiter.allow(ip):
+            if self.limiter.should_log(ip):
+                log.warning("refused %s: too many connection attempts", peer)
+            writer.close()
+            return
         self._handlers.add(asyncio.current_task())
         session: RunnerSession | None = None
         try:
@@ -263,6 +307,7 @@ class Dispatcher:
             if not isinstance(hello, p.Hello):
                 raise p.ProtocolError(f"expected hello, got {type(hello).__name__}")
             if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
+                self.limiter.penalise(ip)
                 log.warning("refused %s: wrong token", peer)
                 await conn.send(p.Refused(reason="wrong token"))
                 return
@@ -413,10 +458,7 @@ class Dispatcher:
         data = msg.data[have - msg.offset:]
         if not data:
             return
-        fh = self._logs.get(job.id)
-        if fh is None:
-            fh = self._logs[job.id] = await self._in_log_thread(open, self.state.job_log(job.id), "ab", 0)
-        await self._in_log_thread(fh.write, data)
+        await self._write_log(session, job.id, data)
         if not self._owns(session, msg.job_id, msg.attempt):
             return  # lost while writing; the attempt's log is being discarded
         job.log_size = have + len(data)
@@ -424,6 +466,22 @@ class Dispatcher:
             if sub.output:
                 sub.chunks.append(p.JobOutput(job_id=job.id, offset=have, data=data))
                 sub.wake.set()
+
+    async def _write_log(self, session: RunnerSession, job_id: int, data: bytes) -> None:
+        """Append to the job's log; on a disk error, wait and retry (the runner waits on us meanwhile)."""
+        while True:
+            try:
+                fh = self._logs.get(job_id)
+                if fh is None:
+                    fh = self._logs[job_id] = await self._in_log_thread(open, self.state.job_log(job_id), "ab", 0)
+                written = await self._in_log_thread(fh.write, data)
+                if written == len(data):
+                    return
+                data = data[written:]
+            except OSError as exc:
+                log.error("cannot write the log of job %s (%s); retrying", job_id, exc)
+                await asyncio.sleep(1.0)
+            session.last_seen = time.monotonic()  # it is us who are stuck, not the runner
 
     async def _in_log_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._log_executor, fn, *args)

@@ -140,9 +140,9 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]
 
 
 class Observer:
-    def __init__(self, source: Source, host: str, port: int, token: str, poll: float | None = None):
+    def __init__(self, source: Source, endpoint: p.Endpoint, poll: float | None = None):
         self.source = source
-        self.host, self.port, self.token = host, port, token
+        self.endpoint = endpoint
         self.poll = poll
         self.changed = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -154,19 +154,18 @@ class Observer:
             while not self.stopping.is_set():
                 try:
                     conn, welcome = await p.handshake(
-                        self.host, self.port,
-                        p.Hello(role="observer", token=self.token, pid=os.getpid(), repo_url=self.source.url),
+                        self.endpoint,
+                        p.Hello(role="observer", token=self.endpoint.token, pid=os.getpid(), repo_url=self.source.url),
                     )
                 except p.RefusedError as exc:
                     raise SystemExit(f"tuici observer: dispatcher refused us: {exc}") from None
                 except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
-                    log.info("cannot reach dispatcher at %s:%s: %s", self.host, self.port, exc)
+                    log.info("cannot reach dispatcher at %s: %s", self.endpoint, exc)
                     await self._wait(self.stopping, backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
-                log.info("connected to dispatcher %s:%s; it knows %d branch tips", self.host, self.port,
-                         len(welcome.tips))
+                log.info("connected to dispatcher %s; it knows %d branch tips", self.endpoint, len(welcome.tips))
                 try:
                     await self._session(conn, dict(welcome.tips))
                 except (OSError, ConnectionError, p.ProtocolError, asyncio.TimeoutError) as exc:
@@ -251,8 +250,8 @@ def mirror_dir_for(url: str) -> Path:
     return Path(base) / "tuici" / "mirrors" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-async def run_observer(source: Source, host: str, port: int, token: str, poll: float | None) -> None:
-    observer = Observer(source, host, port, token, poll)
+async def run_observer(source: Source, endpoint: p.Endpoint, poll: float | None) -> None:
+    observer = Observer(source, endpoint, poll)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, observer.stopping.set)

@@ -9,8 +9,10 @@ receiving side closes that one connection.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
-from typing import Literal, Union
+from dataclasses import dataclass
+from typing import Annotated, Literal, Union
 
 import msgspec
 
@@ -24,6 +26,9 @@ Role = Literal["runner", "observer", "control"]
 JobState = Literal["queued", "running", "passed", "failed", "error", "cancelled"]
 RunnerState = Literal["idle", "busy", "lost"]
 FINAL_STATES = frozenset({"passed", "failed", "error", "cancelled"})
+
+# A full object id (SHA-1 or SHA-256): never an option or a path, whoever sends it.
+Sha = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")]
 
 
 class ProtocolError(Exception):
@@ -47,7 +52,7 @@ class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_de
 
 
 class CommitInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    sha: str
+    sha: Sha
     branch: str
     author: str = ""
     subject: str = ""
@@ -56,7 +61,7 @@ class CommitInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
 
 class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     id: int
-    commit: str
+    commit: Sha
     branch: str
     state: JobState
     runner: str | None = None
@@ -132,7 +137,7 @@ class Refused(_Msg, tag="refused"):
 
 class CommitsSeen(_Msg, tag="commits"):
     branch: str
-    tip: str
+    tip: Sha
     commits: list[CommitInfo]  # oldest first
 
 
@@ -160,7 +165,7 @@ class Bye(_Msg, tag="bye"):
 class Assign(_Msg, tag="assign"):
     job_id: int
     attempt: int
-    commit: str
+    commit: Sha
     branch: str
     repo_url: str
 
@@ -312,6 +317,32 @@ async def read_message(reader: asyncio.StreamReader) -> Message | None:
     return decode(body)
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a dispatcher is and how to join it."""
+
+    host: str
+    port: int
+    token: str
+    tls: ssl.SSLContext | None = None  # verifies the dispatcher's certificate when set
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def client_tls(cafile: str | None) -> ssl.SSLContext | None:
+    return ssl.create_default_context(cafile=cafile) if cafile else None
+
+
+def server_tls(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    if not certfile:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
 class Connection:
     """A framed, typed message stream over one asyncio socket."""
 
@@ -320,9 +351,11 @@ class Connection:
         self.writer = writer
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout: float = 5.0) -> "Connection":
+    async def open(cls, endpoint: Endpoint, timeout: float = 5.0) -> "Connection":
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=MAX_FRAME + 16), timeout
+            asyncio.open_connection(endpoint.host, endpoint.port, limit=MAX_FRAME + 16, ssl=endpoint.tls,
+                                    server_hostname=endpoint.host if endpoint.tls else None),
+            timeout,
         )
         return cls(reader, writer)
 
@@ -367,11 +400,9 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def handshake(
-    host: str, port: int, hello: Hello, timeout: float = 5.0
-) -> tuple[Connection, Welcome]:
+async def handshake(endpoint: Endpoint, hello: Hello, timeout: float = 5.0) -> tuple[Connection, Welcome]:
     """Connect and authenticate; raises RefusedError with the dispatcher's reason."""
-    conn = await Connection.open(host, port, timeout)
+    conn = await Connection.open(endpoint, timeout)
     try:
         reply = await asyncio.wait_for(conn.request(hello), timeout)
     except BaseException:

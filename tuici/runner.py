@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
+import psutil
 
 from . import config as cfg
 from . import protocol as p
@@ -30,6 +31,7 @@ log = logging.getLogger("tuici.runner")
 HEARTBEAT_INTERVAL = 1.0
 KILL_GRACE = 2.0
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def die_with_parent() -> None:
@@ -45,6 +47,33 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants are re-parented to us instead of init, so they can be found and killed."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+def kill_all_descendants() -> None:
+    """SIGKILL every process below this one, then reap the ones re-parented to us."""
+    try:
+        procs = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    for proc in procs:
+        try:
+            if proc.ppid() == os.getpid() or not proc.is_running():
+                proc.wait(1)
+        except (psutil.Error, ChildProcessError):
+            pass
 
 
 class JobError(Exception):
@@ -138,8 +167,8 @@ def junit_counts(paths: list[str]) -> tuple[int, int, int] | None:
 
 
 class Runner:
-    def __init__(self, host: str, port: int, token: str, name: str, workdir: Path):
-        self.host, self.port, self.token = host, port, token
+    def __init__(self, endpoint: p.Endpoint, name: str, workdir: Path):
+        self.endpoint = endpoint
         self.name = name
         self.workdir = workdir
         self.workspace = Workspace(workdir)
@@ -151,6 +180,7 @@ class Runner:
     # ------------------------------------------------------------------ connection
 
     async def run(self) -> None:
+        become_subreaper()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.workdir / "runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -161,17 +191,17 @@ class Runner:
         try:
             while not self.stopping.is_set():
                 try:
-                    conn, welcome = await p.handshake(self.host, self.port, self._hello())
+                    conn, welcome = await p.handshake(self.endpoint, self._hello())
                 except p.RefusedError as exc:
                     if exc.permanent:
                         raise SystemExit(f"tuici runner: dispatcher refused us: {exc}") from None
                     log.warning("dispatcher refused us: %s", exc)
                 except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
-                    log.info("cannot reach dispatcher at %s:%s: %s", self.host, self.port, exc)
+                    log.info("cannot reach dispatcher at %s: %s", self.endpoint, exc)
                 else:
                     backoff = 0.1
                     self.name = welcome.name or self.name
-                    log.info("registered with dispatcher %s:%s as %s", self.host, self.port, self.name)
+                    log.info("registered with dispatcher %s as %s", self.endpoint, self.name)
                     await self._session(conn, welcome)
                     continue
                 await self._sleep(backoff)
@@ -193,7 +223,7 @@ class Runner:
         if self.job is not None:
             held.append(p.HeldJob(job_id=self.job.assign.job_id, attempt=self.job.assign.attempt,
                                   finished=self.job.result is not None))
-        return p.Hello(role="runner", token=self.token, name=self.name, host=socket.gethostname(),
+        return p.Hello(role="runner", token=self.endpoint.token, name=self.name, host=socket.gethostname(),
                        pid=os.getpid(), held=held)
 
     async def _session(self, conn: p.Connection, welcome: p.Welcome) -> None:
@@ -375,10 +405,12 @@ class Runner:
             except asyncio.TimeoutError:
                 pass
         finally:
-            # Nothing the job started outlives it, whether it ended, timed out or was cancelled.
+            # Nothing the job started outlives it, whether it ended, timed out or was cancelled:
+            # not its process group, nor what left the group (we are a subreaper, so those are ours).
             kill_group(proc.pid, signal.SIGKILL)
             if proc.returncode is None:
                 await proc.wait()
+            await asyncio.to_thread(kill_all_descendants)
             job.pgid = None
             try:
                 await asyncio.wait_for(reader, 2.0)
@@ -399,8 +431,8 @@ def default_workdir(name: str) -> Path:
     return Path(base) / "tuici" / "runners" / name
 
 
-async def run_runner(host: str, port: int, token: str, name: str, workdir: Path) -> None:
-    runner = Runner(host, port, token, name, workdir)
+async def run_runner(endpoint: p.Endpoint, name: str, workdir: Path) -> None:
+    runner = Runner(endpoint, name, workdir)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, runner.stopping.set)

@@ -8,7 +8,6 @@ processes orphaned by a killed runner are handed to it and killed, never leaked.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import fcntl
 import logging
 import os
@@ -21,22 +20,14 @@ from typing import Callable
 
 import psutil
 
-from .runner import die_with_parent, kill_group
+from .runner import become_subreaper, die_with_parent, kill_group
 from .statedir import StateDir
 
 log = logging.getLogger("tuici.supervisor")
 
-_PR_SET_CHILD_SUBREAPER = 36
 STOP_GRACE = 5.0
 MARK = "TUICI_SUPERVISOR"  # inherited by everything we start, so strays can be told from others' processes
 BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
-
-
-def become_subreaper() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    except (OSError, AttributeError):
-        pass
 
 
 def dispatcher_running(state: StateDir) -> bool:
