@@ -183,7 +183,11 @@ class Cluster:
         return wait_for(done, timeout, interval=0.1, message=f"a job for {sha[:10]} in {sorted(states)}")
 
     def log_of(self, job_id: int) -> str:
-        return self.state.job_log(job_id).read_text(errors="replace")
+        """The job's stored output ('' until its first byte arrives)."""
+        try:
+            return self.state.job_log(job_id).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def component_log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")

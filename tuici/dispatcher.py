@@ -154,6 +154,8 @@ class Dispatcher:
         self._log_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuici-logs")
         snap = await self.store.run(self.store.open)
         self._load(snap)
+        for job_id, size in (await asyncio.to_thread(self._running_log_sizes)).items():
+            self.jobs[job_id].log_size = size
         self._server = await asyncio.start_server(
             self._handle, self.host, self.port, limit=p.MAX_FRAME + 16, reuse_address=True, ssl=self.tls,
             ssl_handshake_timeout=5.0 if self.tls else None,
@@ -182,9 +184,6 @@ class Dispatcher:
                 self.active_job[job.commit] = job.id
             if job.state == "queued":
                 heapq.heappush(self.queue, (-prio, job.id))
-            size = self._log_size(job.id)
-            if job.log_size != size:
-                job.log_size = size
         for a in snap.attempts:
             self.attempts[(a.job_id, a.attempt)] = a
         self.seq = self.durable_seq = snap.last_seq
@@ -192,11 +191,16 @@ class Dispatcher:
             # Runners that were busy when we went down get this long to reconnect and keep their job.
             self._restart_grace_until = time.monotonic() + self.heartbeat_timeout
 
-    def _log_size(self, job_id: int) -> int:
-        try:
-            return self.state.job_log(job_id).stat().st_size
-        except FileNotFoundError:
-            return 0
+    def _running_log_sizes(self) -> dict[int, int]:
+        """On disk, how much output each running job has: a returning runner resumes from there."""
+        sizes = {}
+        for job in self.jobs.values():
+            if job.state == "running":
+                try:
+                    sizes[job.id] = self.state.job_log(job.id).stat().st_size
+                except FileNotFoundError:
+                    sizes[job.id] = 0
+        return sizes
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -351,9 +355,10 @@ class Dispatcher:
         while (msg := await conn.recv()) is not None:
             if isinstance(msg, p.CommitsSeen):
                 queued = self._commits_seen(msg)
+                # Dispatch at once; only the ack waits for the disk (unacked tips are reported again).
+                self._dispatch()
                 await self.durable()
                 await conn.send(p.TipsAck(branch=msg.branch, tip=msg.tip, queued=queued))
-                self._dispatch()
             elif isinstance(msg, p.BranchGone):
                 self.tips.pop(msg.branch, None)
                 self._pending.tips[msg.branch] = None
