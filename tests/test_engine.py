@@ -168,3 +168,19 @@ def test_cancel_a_queued_job_and_rerun_jumps_the_queue(repo, cluster):
     assert j2.started_at < j1.started_at
     bad = cluster.control(lambda c: c.rerun("0000000"))
     assert not bad.ok and "no commit" in bad.message
+
+
+def test_a_result_finished_while_the_dispatcher_is_down_is_delivered_when_it_returns(repo, cluster):
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    sha = repo.commit("quick", config=toml_command("echo begin; sleep 0.5; echo end"))
+    cluster.wait_job(sha, states={"running"})
+    cluster.kill("dispatcher", signal.SIGKILL)
+    time.sleep(2.0)  # the job ends while nobody is listening; the runner holds output and result
+    cluster.start_dispatcher()
+    job = cluster.wait_job(sha)
+    assert (job.state, job.attempts, job.runner) == ("passed", 1, "r1")
+    log = cluster.log_of(job.id)
+    assert log.count("\nbegin\n") == 1 and log.rstrip().endswith("\nend")
+    assert job.log_size == len(log.encode())
