@@ -1,0 +1,1 @@
+"""tuici benchmarks: `python -m bench` (see bench/__main__.py and README)."""

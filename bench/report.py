@@ -1,0 +1,117 @@
+"""The results table (printed) and ``RESULTS.md`` (written), from the rows' figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+from .harness import Figure
+
+
+def value_text(f: Figure) -> str:
+    if f.value is None:
+        return "-"
+    v = f.value
+    if f.unit == "ratio":
+        return f"{v:.3f}"
+    digits = 2 if abs(v) < 10 else (1 if abs(v) < 1000 else 0)
+    return f"{v:.{digits}f} {f.unit}"
+
+
+def table(figures: list[Figure]) -> str:
+    head = ["figure", "result", "spread", "physical limit (same run)", "target", "verdict"]
+    rows = [head, ["---"] * len(head)]
+    for f in figures:
+        spread = f.spread or f.note
+        if f.error:
+            spread = f"error: {f.error}"
+        rows.append([f.figure, value_text(f), spread, f.limit, f.target, f.verdict])
+    return "\n".join("| " + " | ".join(_cell(c) for c in r) + " |" for r in rows)
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, 3) if math.isfinite(obj) else str(obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def markdown(machine: dict[str, str], meta: dict[str, Any], figures: list[Figure]) -> str:
+    out = ["# tuici benchmark results", ""]
+    out.append(f"Written by `{meta['command']}` on {machine['date']}. Every figure is end to end with real "
+               "processes, real git repositories in temp dirs and sockets on 127.0.0.1; its physical limit is "
+               "measured in the same run. Medians unless the figure says otherwise. Timings are never test "
+               "assertions.")
+    out += ["", "## Machine", "", "| | |", "|---|---|"]
+    for key in ("cpu", "cores", "ram", "python", "git", "os", "tuici", "date"):
+        out.append(f"| {key} | {machine.get(key, '?')} |")
+    out.append(f"| load average at start | {meta['load_start']} |")
+    out.append(f"| load average at end | {meta['load_end']} |")
+    out.append(f"| during the whole run | {meta['busy']} |")
+    out += ["", "## Results", "", table(figures), ""]
+    out += ["## Details", ""]
+    for f in figures:
+        if not (f.details or f.stats or f.note or f.error):
+            continue
+        out.append(f"### {f.figure}")
+        out.append("")
+        if f.note:
+            out.append(f"- note: {f.note}")
+        if f.error:
+            out.append(f"- error: {f.error}")
+        if f.stats:
+            out.append(f"- stats ({f.unit}): `{json.dumps(_plain(f.stats))}`")
+        for key, value in f.details.items():
+            out.append(f"- {key}: `{json.dumps(_plain(value))}`")
+        if f.row in meta.get("row_load", {}):
+            out.append(f"- machine during the row: {meta['row_load'][f.row]}")
+        out.append("")
+    out += ["## Sizes", "", "`" + json.dumps(meta["sizes"]) + "`", ""]
+    out += ["## Method", "", METHOD]
+    return "\n".join(out) + "\n"
+
+
+METHOD = """\
+- **commit -> test start**: a repository of `files` files; each timed commit changes one file and is made
+  with `git commit`; the wall time at which `git commit` returned is compared with the time the test
+  command (`date +%s%N > stampfile`) wrote, on the runner. Commits are spaced out (the previous job has
+  finished, then `gap` s plus jitter). Stages come from the dispatcher's own job timestamps
+  (`queued_at`, `started_at`). Limit: git alone doing the observer's work (`for-each-ref`, `log -1`) and the
+  runner's (`checkout --force --detach` + `clean -ffdx` in a kept shared clone), `sh -c 'date ...'` run
+  directly, and a raw 127.0.0.1 TCP round trip between two processes.
+- **per-job overhead**: command `true`; job wall time is the dispatcher's `finished_at - started_at`
+  (assignment to result recorded); the command's own time is `sh -c true` run directly (its median).
+- **real suite**: a generated pytest suite (~`suite_seconds` s) run directly in a checkout (warm .pyc),
+  interleaved with the same suite through tuici, timed from `git commit` returning to the result recorded.
+- **backlog**: `backlog_commits` commits made at once (`git fast-import`, one ref update), command `true`;
+  jobs/s from the ref update to the last result; every commit must have exactly one passed job.
+  Limit: git checkout/clean + `true` run directly, per job, times min(runners, cores).
+- **log throughput**: one job runs `yes LINE | head -c N`; bytes stored / (result recorded - assigned);
+  dispatcher RSS sampled every 20 ms with psutil. Limits: the command directly into a file; the same bytes
+  over a raw loopback socket into a file.
+- **idle cost**: `tuici serve --runners N`, settled, then user+system CPU time of the dispatcher, observer and
+  runners (psutil `cpu_times`) over `idle_seconds`, as % of one core.
+- **start-up**: from spawning `tuici serve --runners N --json` to the dispatcher's timestamp on the N-th
+  `runner.joined` event; the first start of each run is a discarded warm-up.
+- **scale**: `scale_runners` runner processes on 127.0.0.1 until all registered, then as many commits at once
+  with a command lasting `scale_sleep` s: every runner must get one. History: `scale_history` real commits
+  (`git fast-import`), their finished jobs, attempts and events written through tuici's own `Store` (what a
+  dispatcher records), loaded by the dispatcher as after a restart; then `tuici status --json` run as a
+  command (wall time, including the interpreter's start).
+- **control center**: not measured yet (the control center is being built); see `bench/rows.py`
+  `control_center` for the hook.
+"""
+
+
+def to_json(machine: dict[str, str], meta: dict[str, Any], figures: list[Figure]) -> str:
+    return json.dumps({"machine": machine, "meta": meta, "figures": [_plain(asdict(f)) | {"verdict": f.verdict}
+                                                                     for f in figures]}, indent=2, default=str)
