@@ -255,3 +255,32 @@ def tuici_processes() -> list[psutil.Process]:
                 ours.add(str(pid))
                 grew = True
     return list(found.values())
+
+
+class PeakRss:
+    """The highest resident memory of some processes, sampled in a thread for as long as the block runs."""
+
+    def __init__(self, *pids: int, interval: float = 0.05):
+        import threading
+
+        self.procs = {pid: psutil.Process(pid) for pid in pids}
+        self.peak = {pid: proc.memory_info().rss for pid, proc in self.procs.items()}
+        self.interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.interval):
+            for pid, proc in self.procs.items():
+                try:
+                    self.peak[pid] = max(self.peak[pid], proc.memory_info().rss)
+                except psutil.Error:
+                    pass
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import protocol as p
 from .client import Control, NoDispatcher
+from .sanitize import StreamCleaner, one_line
 from .statedir import NotARepository, StateDir, find_git_dir, resolve_token
 
 COMMANDS = ("serve", "dispatcher", "observer", "runner", "status", "log", "rerun", "cancel", "demo")
@@ -44,7 +45,8 @@ def _dispatcher_opts(parser: argparse.ArgumentParser) -> None:
 
 def _client_opts(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dispatcher", required=True, metavar="HOST:PORT", help="the dispatcher's address")
-    parser.add_argument("--token", help="the dispatcher's token (default: $TUICI_TOKEN or the token in --state)")
+    parser.add_argument("--token", help="the dispatcher's token (default: $TUICI_TOKEN or the token in --state); "
+                                        "prefer TUICI_TOKEN: a command line is visible to every process")
     parser.add_argument("--state", type=Path, metavar="DIR", help="a local state dir to read the token from")
     parser.add_argument("--tls-ca", metavar="FILE",
                         help="connect with TLS, trusting the dispatcher certificate signed by the CA in FILE")
@@ -227,11 +229,13 @@ def cmd_observer(args) -> None:
 def cmd_runner(args) -> None:
     import socket
 
-    from .runner import default_workdir, run_runner
+    from .runner import default_workdir, hide_memory, run_runner
 
     setup_logging()
     endpoint, _ = _endpoint(args)
-    os.environ.pop("TUICI_TOKEN", None)  # never handed on to the code under test
+    if os.environ.pop("TUICI_TOKEN", None) or args.token:  # never handed on to the code under test
+        # No token file on this machine the tests could read anyway: keep the one we hold out of their reach.
+        hide_memory()
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     workdir = args.workdir or default_workdir(name)
     asyncio.run(run_runner(endpoint, name, workdir.resolve()))
@@ -327,14 +331,19 @@ class Printer:
 
     def __init__(self, as_json: bool):
         self.as_json = as_json
+        self._cleaners: dict[int, StreamCleaner] = {}  # job id -> its output's cleaner, while it runs
 
     def message(self, msg: p.Event | p.JobOutput) -> None:
+        # Test output, names and subjects are untrusted: never written to the terminal raw.
         if self.as_json:
             self._emit(p.to_json(msg))
         elif isinstance(msg, p.JobOutput):
-            sys.stdout.write(msg.data.decode(errors="replace"))
+            sys.stdout.write(self._cleaners.setdefault(msg.job_id, StreamCleaner()).feed(msg.data))
         else:
-            self._emit(f"{time.strftime('%H:%M:%S', time.localtime(msg.ts))} {msg.kind:<18} {describe(msg)}")
+            if msg.kind == "job.finished" and msg.job is not None:
+                self._cleaners.pop(msg.job.id, None)
+            line = one_line(f"{msg.kind:<18} {describe(msg)}")
+            self._emit(f"{time.strftime('%H:%M:%S', time.localtime(msg.ts))} {line}")
 
     @staticmethod
     def _emit(line: str) -> None:
@@ -374,13 +383,15 @@ async def cmd_status(args) -> None:
     finally:
         await control.close()
     if args.json:
-        print(p.to_json(status))
+        sys.stdout.flush()
+        sys.stdout.buffer.write(p.to_json_bytes(status) + b"\n")
         return
-    print(f"repository {status.repo_url}")
+    # Names, branches and subjects come from runners and commits: shown through one_line, never raw.
+    print(f"repository {one_line(status.repo_url)}")
     print(f"\nrunners ({len(status.runners)})")
     for r in status.runners:
         job = f"job {r.job}" if r.job else ""
-        print(f"  {r.name:<16} {r.state:<5} {r.host} pid {r.pid:<8} done {r.jobs_done:<5} {job}")
+        print(f"  {one_line(r.name):<16} {r.state:<5} {one_line(r.host)} pid {r.pid:<8} done {r.jobs_done:<5} {job}")
     commits = {c.sha: c for c in status.commits}
     counts: dict[str, int] = {}
     for j in status.jobs:
@@ -388,9 +399,9 @@ async def cmd_status(args) -> None:
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     print(f"\njobs ({len(status.jobs)}{': ' + summary if summary else ''}), newest first")
     for j in reversed(status.jobs[-args.limit:] if args.limit else status.jobs):
-        subject = commits[j.commit].subject if j.commit in commits else ""
+        subject = one_line(commits[j.commit].subject) if j.commit in commits else ""
         dur = f"{j.duration_s:7.2f}s" if j.duration_s is not None else " " * 8
-        print(f"  {j.id:>5} {j.state:<9} {j.commit[:10]} {j.branch[:20]:<20} {dur} {subject[:50]}")
+        print(f"  {j.id:>5} {j.state:<9} {j.commit[:10]} {one_line(j.branch)[:20]:<20} {dur} {subject[:50]}")
 
 
 async def cmd_rerun(args) -> None:
@@ -421,8 +432,6 @@ def cmd_log(args) -> None:
 
 
 async def _print_log(state: StateDir, job_id: int, follow: bool) -> None:
-    from .sanitize import StreamCleaner
-
     offset = 0
     path = state.job_log(job_id)
     cleaner = StreamCleaner()

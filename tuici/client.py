@@ -28,7 +28,12 @@ class Control:
         if not address:
             raise NoDispatcher(f"no dispatcher has run for this repository ({state.path} has no address)")
         host, port = p.parse_address(address)
-        return cls(p.Endpoint(host, port, resolve_token(token, state)))
+        # A dispatcher serving TLS (for runners on other hosts) is trusted through the CA in TUICI_TLS_CA.
+        try:
+            tls = p.client_tls(os.environ.get("TUICI_TLS_CA"))
+        except OSError as exc:  # ssl.SSLError included
+            raise NoDispatcher(f"cannot load the CA file in TUICI_TLS_CA: {exc}") from None
+        return cls(p.Endpoint(host, port, resolve_token(token, state), tls))
 
     async def _connect(self) -> p.Connection:
         try:

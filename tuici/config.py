@@ -7,6 +7,7 @@ with a message the user can act on.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import tomllib
 from typing import Callable
@@ -58,8 +59,17 @@ def _check(data: dict, filename: str) -> RepoConfig:
         raise ConfigError(f"{filename}: key 'command': must not be empty")
     if isinstance(config.command, list) and not config.command:
         raise ConfigError(f"{filename}: key 'command': must not be an empty list")
-    if config.timeout <= 0:
-        raise ConfigError(f"{filename}: key 'timeout': must be a positive number of seconds")
+    # What exec() cannot take would otherwise surface in the runner, not as this job's error.
+    words = [config.command] if isinstance(config.command, str) else config.command
+    if any("\0" in word for word in words):
+        raise ConfigError(f"{filename}: key 'command': must not contain a NUL character")
+    if not 0 < config.timeout < math.inf:
+        raise ConfigError(f"{filename}: key 'timeout': must be a positive, finite number of seconds")
+    for name, value in config.env.items():
+        if not name or "=" in name or "\0" in name:
+            raise ConfigError(f"{filename}: key 'env': {name!r} is not an environment variable name")
+        if "\0" in value:
+            raise ConfigError(f"{filename}: key 'env.{name}': must not contain a NUL character")
     return config
 
 

@@ -29,7 +29,7 @@ from .store import Batch, Store
 log = logging.getLogger("tuici.dispatcher")
 
 RING_SIZE = 10_000
-OUTPUT_QUEUE = 256  # live output chunks buffered per subscriber before dropping
+OUTPUT_BUFFER = 4 * 1024 * 1024  # live output bytes held per subscriber; past it, chunks are dropped
 
 
 @dataclass
@@ -47,7 +47,15 @@ class Subscriber:
     cursor: int
     output: bool
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    chunks: deque = field(default_factory=lambda: deque(maxlen=OUTPUT_QUEUE))
+    chunks: deque = field(default_factory=deque)
+    chunk_bytes: int = 0
+
+    def offer(self, chunk: p.JobOutput) -> None:
+        """Queue live output unless this subscriber is too far behind (the stored log has it all)."""
+        if self.chunk_bytes + len(chunk.data) <= OUTPUT_BUFFER:
+            self.chunks.append(chunk)
+            self.chunk_bytes += len(chunk.data)
+            self.wake.set()
 
 
 class AlreadyRunning(Exception):
@@ -83,6 +91,8 @@ class RateLimiter:
         now = time.monotonic()
         if now - self._logged.get(ip, 0.0) < 10.0:
             return False
+        if len(self._logged) > 10_000:
+            self._logged.clear()  # bounded memory, as for the buckets
         self._logged[ip] = now
         return True
 
@@ -157,7 +167,7 @@ class Dispatcher:
         for job_id, size in (await asyncio.to_thread(self._running_log_sizes)).items():
             self.jobs[job_id].log_size = size
         self._server = await asyncio.start_server(
-            self._handle, self.host, self.port, limit=p.MAX_FRAME + 16, reuse_address=True, ssl=self.tls,
+            self._handle, self.host, self.port, limit=p.READ_LIMIT, reuse_address=True, ssl=self.tls,
             ssl_handshake_timeout=5.0 if self.tls else None,
         )
         sock = self._server.sockets[0]
@@ -268,7 +278,7 @@ class Dispatcher:
             try:
                 await self.store.run(self.store.write, batch)
             except Exception as exc:  # disk full, I/O error: keep the changes and retry
-                log.error("could not write state (%s); retrying", exc)
+                log.error("could not write state to %s (%s); retrying every second", self.store.path, exc)
                 self._pending = _merge(batch, self._pending)
                 self._flush_waiters = waiters + self._flush_waiters
                 await asyncio.sleep(1.0)
@@ -305,7 +315,7 @@ class Dispatcher:
         self._handlers.add(asyncio.current_task())
         session: RunnerSession | None = None
         try:
-            hello = await asyncio.wait_for(conn.recv(), 5.0)
+            hello = await asyncio.wait_for(conn.recv(p.MAX_HELLO), 5.0)
             if hello is None:
                 return
             if not isinstance(hello, p.Hello):
@@ -469,8 +479,7 @@ class Dispatcher:
         job.log_size = have + len(data)
         for sub in self.subscribers:
             if sub.output:
-                sub.chunks.append(p.JobOutput(job_id=job.id, offset=have, data=data))
-                sub.wake.set()
+                sub.offer(p.JobOutput(job_id=job.id, offset=have, data=data))
 
     async def _write_log(self, session: RunnerSession, job_id: int, data: bytes) -> None:
         """Append to the job's log; on a disk error, wait and retry (the runner waits on us meanwhile)."""
@@ -723,7 +732,9 @@ class Dispatcher:
                     conn.send_nowait(event)
                     sub.cursor = event.seq
                 while sub.chunks:
-                    conn.send_nowait(sub.chunks.popleft())
+                    chunk = sub.chunks.popleft()
+                    sub.chunk_bytes -= len(chunk.data)
+                    conn.send_nowait(chunk)
                 await conn.writer.drain()
                 if not events:
                     woken = asyncio.ensure_future(sub.wake.wait())

@@ -230,12 +230,14 @@ class Observer:
         def top_file(change: watchfiles.Change, path: str) -> bool:
             return os.path.basename(path) in ("packed-refs", "HEAD")
 
-        async def watch(path: Path, flt, recursive: bool) -> None:
-            async for _ in watchfiles.awatch(path, watch_filter=flt, debounce=200, step=5, recursive=recursive,
+        # watchfiles wakes every `step` ms to look for events, even when idle: short for loose refs
+        # (commits, pushes: latency matters), long for packed-refs (gc, deleting a packed branch).
+        async def watch(path: Path, flt, recursive: bool, step: int) -> None:
+            async for _ in watchfiles.awatch(path, watch_filter=flt, debounce=200, step=step, recursive=recursive,
                                              stop_event=self.stopping):
                 self.changed.set()
 
-        await asyncio.gather(watch(git_dir / "refs", ref_file, True), watch(git_dir, top_file, False))
+        await asyncio.gather(watch(git_dir / "refs", ref_file, True, 10), watch(git_dir, top_file, False, 100))
 
     @staticmethod
     async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -18,7 +18,9 @@ import msgspec
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
-OUTPUT_CHUNK = 64 * 1024
+MAX_HELLO = 64 * 1024  # before the token is checked, a peer may not make us buffer more than this
+OUTPUT_CHUNK = 1024 * 1024
+READ_LIMIT = 256 * 1024  # asyncio pauses a socket at 2x this; readexactly() still takes whole frames
 
 _HEADER = struct.Struct(">I")
 
@@ -29,6 +31,11 @@ FINAL_STATES = frozenset({"passed", "failed", "error", "cancelled"})
 
 # A full object id (SHA-1 or SHA-256): never an option or a path, whoever sends it.
 Sha = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")]
+# As git allows it: no control characters (a NUL could not even go into a test command's environment).
+Branch = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]+$")]
+# Unix seconds, finite: SQLite would store a NaN as NULL and refuse the whole batch it is in.
+Timestamp = Annotated[float, msgspec.Meta(ge=-1e11, le=1e11)]
+Offset = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class ProtocolError(Exception):
@@ -51,15 +58,15 @@ class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_de
 # ----------------------------------------------------------------- shared records
 
 
-class CommitInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class CommitInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     sha: Sha
-    branch: str
+    branch: Branch
     author: str = ""
     subject: str = ""
-    time: float = 0.0  # committer time, unix seconds
+    time: Timestamp = 0.0  # committer time
 
 
-class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     id: int
     commit: Sha
     branch: str
@@ -78,7 +85,7 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     log_size: int = 0
 
 
-class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     name: str
     host: str
     pid: int
@@ -88,7 +95,7 @@ class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     last_heartbeat: float = 0.0
 
 
-class AttemptInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class AttemptInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     job_id: int
     attempt: int
     runner: str
@@ -136,13 +143,13 @@ class Refused(_Msg, tag="refused"):
 
 
 class CommitsSeen(_Msg, tag="commits"):
-    branch: str
+    branch: Branch
     tip: Sha
     commits: list[CommitInfo]  # oldest first
 
 
 class BranchGone(_Msg, tag="branch_gone"):
-    branch: str
+    branch: Branch
 
 
 class TipsAck(_Msg, tag="tips_ack"):
@@ -166,7 +173,7 @@ class Assign(_Msg, tag="assign"):
     job_id: int
     attempt: int
     commit: Sha
-    branch: str
+    branch: Branch
     repo_url: str
 
 
@@ -177,7 +184,7 @@ class CancelJob(_Msg, tag="cancel_job"):
 class Output(_Msg, tag="output"):
     job_id: int
     attempt: int
-    offset: int
+    offset: Offset
     data: bytes
 
 
@@ -224,7 +231,7 @@ class JobOutput(_Msg, tag="job_output"):
     """Live output for subscribers that asked for it; not sequenced: the stored log is the record."""
 
     job_id: int
-    offset: int
+    offset: Offset
     data: bytes
 
 
@@ -287,20 +294,21 @@ def decode(body: bytes) -> Message:
     """The message in one frame body; ``ProtocolError`` names what is wrong with it."""
     try:
         return _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"invalid message: {exc}") from None
+
+
+def to_json_bytes(obj: msgspec.Struct) -> bytes:
+    return _json_encoder.encode(obj)
 
 
 def to_json(obj: msgspec.Struct) -> str:
     return _json_encoder.encode(obj).decode()
 
 
-def to_builtins(obj: msgspec.Struct) -> dict:
-    return msgspec.to_builtins(obj)
 
-
-async def read_message(reader: asyncio.StreamReader) -> Message | None:
-    """The next message, or None at a clean end of stream."""
+async def read_message(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> Message | None:
+    """The next message (of at most ``max_size`` bytes), or None at a clean end of stream."""
     try:
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as exc:
@@ -308,8 +316,8 @@ async def read_message(reader: asyncio.StreamReader) -> Message | None:
             raise ProtocolError("connection closed inside a frame header") from None
         return None
     (length,) = _HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+    if length > max_size:
+        raise ProtocolError(f"frame of {length} bytes exceeds the {max_size}-byte limit")
     try:
         body = await reader.readexactly(length)
     except asyncio.IncompleteReadError:
@@ -353,7 +361,7 @@ class Connection:
     @classmethod
     async def open(cls, endpoint: Endpoint, timeout: float = 5.0) -> "Connection":
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(endpoint.host, endpoint.port, limit=MAX_FRAME + 16, ssl=endpoint.tls,
+            asyncio.open_connection(endpoint.host, endpoint.port, limit=READ_LIMIT, ssl=endpoint.tls,
                                     server_hostname=endpoint.host if endpoint.tls else None),
             timeout,
         )
@@ -364,8 +372,8 @@ class Connection:
         peer = self.writer.get_extra_info("peername")
         return f"{peer[0]}:{peer[1]}" if peer else "?"
 
-    async def recv(self) -> Message | None:
-        return await read_message(self.reader)
+    async def recv(self, max_size: int = MAX_FRAME) -> Message | None:
+        return await read_message(self.reader, max_size)
 
     async def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))

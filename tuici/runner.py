@@ -30,7 +30,9 @@ log = logging.getLogger("tuici.runner")
 
 HEARTBEAT_INTERVAL = 1.0
 KILL_GRACE = 2.0
+MAX_JUNIT_SIZE = 64 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -57,20 +59,47 @@ def become_subreaper() -> None:
         pass
 
 
-def kill_all_descendants() -> None:
-    """SIGKILL every process below this one, then reap the ones re-parented to us."""
+def hide_memory() -> None:
+    """Processes of our own user (the code under test) may no longer read our memory or /proc/<pid>/environ,
+    where a token given to us in TUICI_TOKEN stays readable after unsetenv (as ssh-agent does; Linux)."""
     try:
-        procs = psutil.Process().children(recursive=True)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def is_zombie(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
-        return
-    for proc in procs:
+        return False
+
+
+def _descendants() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_all_descendants() -> None:
+    """SIGKILL every process below this one, then reap the ones re-parented to us.
+
+    Round after round until none is left alive: a process that forks in a loop can add a child
+    between one round's listing and its kill.
+    """
+    for _ in range(1000):
+        alive = [proc for proc in _descendants() if not is_zombie(proc)]
+        if not alive:
+            break
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+    for proc in _descendants():  # all dead now, so all re-parented to us
         try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    for proc in procs:
-        try:
-            if proc.ppid() == os.getpid() or not proc.is_running():
+            if proc.ppid() == os.getpid():
                 proc.wait(1)
         except (psutil.Error, ChildProcessError):
             pass
@@ -89,13 +118,13 @@ class ActiveJob:
     pgid: int | None = None
     cancelled: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # the running command is to be killed
     task: asyncio.Task | None = None
 
     def cancel(self) -> None:
         self.cancelled = True
-        if self.pgid is not None:
-            kill_group(self.pgid, signal.SIGTERM)
-        elif self.task is not None and self.result is None:
+        self.stop.set()
+        if self.pgid is None and self.task is not None and self.result is None:
             self.task.cancel()
 
 
@@ -147,20 +176,26 @@ class Workspace:
 
 
 def junit_counts(paths: list[str]) -> tuple[int, int, int] | None:
-    """(passed, failed, skipped) summed over the JUnit XML files that exist, or None."""
+    """(passed, failed, skipped) summed over the JUnit XML files that exist, or None.
+
+    The code under test wrote them: only regular files of a sane size are read (a FIFO would block
+    us for ever), and a file whose counts are not numbers is ignored.
+    """
     total = failed = skipped = 0
     found = False
     for path in paths:
         try:
+            if not os.path.isfile(path) or os.path.getsize(path) > MAX_JUNIT_SIZE:
+                continue
             root = ET.parse(path).getroot()
-        except (OSError, ET.ParseError):
+            suites = [root] if root.tag == "testsuite" else root.iter("testsuite")
+            counts = [(int(s.get("tests", 0)), int(s.get("failures", 0)) + int(s.get("errors", 0)),
+                       int(s.get("skipped", 0))) for s in suites]
+        except (OSError, ET.ParseError, ValueError):
             continue
-        suites = [root] if root.tag == "testsuite" else root.iter("testsuite")
-        for suite in suites:
+        for tests, failures, skips in counts:
             found = True
-            total += int(suite.get("tests", 0))
-            failed += int(suite.get("failures", 0)) + int(suite.get("errors", 0))
-            skipped += int(suite.get("skipped", 0))
+            total, failed, skipped = total + tests, failed + failures, skipped + skips
     if not found:
         return None
     return total - failed - skipped, failed, skipped
@@ -357,7 +392,7 @@ class Runner:
                        "TUICI_ATTEMPT": str(a.attempt), "TUICI_JUNIT_XML": junit}
                 started = time.monotonic()
                 exit_code, timed_out = await self._run_command(job, argv, checkout, env, repo_config.timeout, write)
-                counts = junit_counts([junit])
+                counts = await asyncio.to_thread(junit_counts, [junit])
                 if timed_out:
                     write(f"\ntuici: timed out after {repo_config.timeout:g} s; killed\n".encode())
             except cfg.ConfigError as exc:
@@ -395,16 +430,17 @@ class Runner:
                 write(data)
 
         reader = asyncio.ensure_future(pump())
+        exited = asyncio.ensure_future(proc.wait())
+        stop = asyncio.ensure_future(job.stop.wait())
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            timed_out = True
-            kill_group(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), KILL_GRACE)
-            except asyncio.TimeoutError:
-                pass
+            await asyncio.wait([exited, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                # Timed out or cancelled: SIGTERM first; whatever ignores it gets SIGKILL below.
+                timed_out = not job.cancelled
+                kill_group(proc.pid, signal.SIGTERM)
+                await asyncio.wait([exited], timeout=KILL_GRACE)
         finally:
+            stop.cancel()
             # Nothing the job started outlives it, whether it ended, timed out or was cancelled:
             # not its process group, nor what left the group (we are a subreaper, so those are ours).
             kill_group(proc.pid, signal.SIGKILL)

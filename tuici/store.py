@@ -133,7 +133,8 @@ class Store:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite ends it itself on some errors, a full disk among them
+                db.execute("ROLLBACK")
             raise
 
     def events_after(self, seq: int, limit: int) -> list[Event]:

@@ -20,7 +20,7 @@ from typing import Callable
 
 import psutil
 
-from .runner import become_subreaper, die_with_parent, kill_group
+from .runner import become_subreaper, die_with_parent, is_zombie, kill_group
 from .statedir import StateDir
 
 log = logging.getLogger("tuici.supervisor")
@@ -266,19 +266,12 @@ def _strays(recursive: bool) -> list[psutil.Process]:
     return found
 
 
-def _is_zombie(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 _killed: set[int] = set()  # strays we killed and still have to reap
 
 
 def _kill_and_reap(proc: psutil.Process) -> None:
     try:
-        if not _is_zombie(proc):
+        if not is_zombie(proc):
             kill_group(os.getpgid(proc.pid))
             proc.kill()
         _killed.add(proc.pid)

@@ -1,0 +1,158 @@
+"""The control center against real dispatcher, observer and runner processes on 127.0.0.1.
+
+The app starts them through the supervisor, in this test process; every test stops them
+in a ``finally`` (and the app's unmount would too), then checks none is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import asynccontextmanager
+
+import psutil
+
+from conftest import GitRepo, toml_command, tuici_processes, wait_for
+from tuici.ui.app import ControlCenter
+from tuici.ui.backend import LiveBackend
+from tuici.ui.components.confirm import ConfirmScreen
+from ui_fixtures import isolated_config, until  # noqa: F401
+
+SIZE = (140, 40)
+SLOW = toml_command("echo started; sleep 30", timeout=60)
+
+
+def make_repo(tmp_path, command: str = toml_command("echo ok")) -> GitRepo:
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("initial", config=command)
+    return repo
+
+
+@asynccontextmanager
+async def control_center(repo: GitRepo, runners: int = 1):
+    """The app on ``repo`` with its own engine; nothing it started survives the block."""
+    app = ControlCenter(LiveBackend(repo.path, repo.state, runners, dispatcher_args=["--heartbeat-timeout", "2"]))
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.connection == "connected", message="the app to connect")
+            yield app, pilot
+    finally:
+        await app.stop_backend()
+        wait_for(lambda: not tuici_processes(), 15, message="every process the app started to end")
+
+
+def job_state(app: ControlCenter, sha: str) -> str | None:
+    job = app.model.job_for_commit(sha)
+    return None if job is None else job.state
+
+
+def runner_state(app: ControlCenter, name: str) -> str | None:
+    row = app.runners.rows.get(name)
+    return None if row is None else row.state
+
+
+class TestRunners:
+    async def test_a_starts_a_runner_that_registers(self, tmp_path):
+        repo = make_repo(tmp_path)
+        async with control_center(repo) as (app, pilot):
+            await until(pilot, lambda: runner_state(app, "runner-1") == "idle", message="runner-1 to register")
+            await pilot.press("a")
+            await until(pilot, lambda: runner_state(app, "runner-2") == "idle", message="runner-2 to register")
+            assert sorted(app.runners.table.keys) == ["runner-1", "runner-2"]
+            assert sorted(app.model.runners) == ["runner-1", "runner-2"]
+
+    async def test_x_and_yes_kill_the_selected_runner(self, tmp_path):
+        repo = make_repo(tmp_path)
+        async with control_center(repo, runners=2) as (app, pilot):
+            await until(pilot, lambda: runner_state(app, "runner-2") == "idle", message="runner-2 to register")
+            pid = app.runners.rows["runner-2"].pid
+            app.runners.table.focus()
+            app.runners.table.select_key("runner-2")
+            await pilot.press("x")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await until(pilot, lambda: not psutil.pid_exists(pid), message=f"runner-2 (pid {pid}) to be gone")
+            await until(pilot, lambda: "runner-2" not in app.runners.table.keys, message="runner-2's row to go")
+            assert runner_state(app, "runner-1") == "idle"
+
+
+class TestJobs:
+    async def test_r_queues_a_rerun_of_the_selected_commit(self, tmp_path):
+        repo = make_repo(tmp_path)
+        sha = repo.head()
+        async with control_center(repo) as (app, pilot):
+            await until(pilot, lambda: job_state(app, sha) == "passed", message="the first job to pass")
+            first = app.model.job_for_commit(sha).id
+            app.commits.table.select_key(sha)
+            await pilot.press("r")
+            await until(pilot, lambda: app.model.job_for_commit(sha).id > first, message="a rerun to be queued")
+            await until(pilot, lambda: job_state(app, sha) == "passed", message="the rerun to pass")
+
+    async def test_c_cancels_the_selected_running_job(self, tmp_path):
+        repo = make_repo(tmp_path, SLOW)
+        sha = repo.head()
+        async with control_center(repo) as (app, pilot):
+            await until(pilot, lambda: job_state(app, sha) == "running", message="the job to start")
+            app.commits.table.select_key(sha)
+            await pilot.press("c")
+            await until(pilot, lambda: job_state(app, sha) == "cancelled", message="the job to be cancelled")
+
+    async def test_enter_shows_the_live_output_of_a_running_job(self, tmp_path):
+        repo = make_repo(tmp_path, SLOW)
+        sha = repo.head()
+        async with control_center(repo) as (app, pilot):
+            await until(pilot, lambda: job_state(app, sha) == "running", message="the job to start")
+            app.commits.table.select_key(sha)
+            await pilot.press("enter")
+
+            def shown() -> list[str]:  # drawing a line asks for it from disk: ask until it is there
+                return [app.log_view.render_line(y).text for y in range(app.log_view.line_count)]
+
+            await until(pilot, lambda: any("started" in line for line in shown()), message="the output to show")
+            assert app.log_view.follow
+
+
+class TestSupervision:
+    async def test_a_killed_dispatcher_is_restarted_and_the_app_catches_up(self, tmp_path):
+        repo = make_repo(tmp_path)
+        async with control_center(repo) as (app, pilot):
+            await until(pilot, lambda: job_state(app, repo.head()) == "passed", message="the first job to pass")
+            os.kill(app.backend.processes()["dispatcher"].pid, signal.SIGKILL)
+            await until(pilot, lambda: app.connection == "reconnecting", message="the app to see the dispatcher go")
+            await until(pilot, lambda: app.connection == "connected", message="the app to reconnect")
+            sha = repo.commit("after the restart")
+            await until(pilot, lambda: job_state(app, sha) == "passed", message="a new commit to pass")
+            assert app.model.counts["passed"] == len(app.model.jobs) == 2
+
+
+class TestQuit:
+    async def test_q_with_a_job_running_asks_and_leaves_no_process_behind(self, tmp_path):
+        repo = make_repo(tmp_path, SLOW)
+        sha = repo.head()
+        app = ControlCenter(LiveBackend(repo.path, repo.state, 2))
+        try:
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: job_state(app, sha) == "running", message="the job to start")
+                assert tuici_processes()
+                await pilot.press("q")
+                assert isinstance(app.screen, ConfirmScreen)
+                await pilot.press("y")
+                await until(pilot, lambda: not app.is_running, message="the app to exit")
+            wait_for(lambda: not tuici_processes(), 10, message="every process to end")
+        finally:
+            await app.stop_backend()
+
+    async def test_q_when_attached_leaves_the_running_engine_alone(self, tmp_path, cluster):
+        cluster.start_observer()
+        cluster.start_runner("r1")
+        app = ControlCenter(LiveBackend(cluster.repo.path, cluster.state, 1))
+        try:
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: app.connection == "connected", message="the app to attach")
+                assert app.backend.attached and not app.backend.processes()
+                await until(pilot, lambda: runner_state(app, "r1") == "idle", message="r1 to show")
+                await pilot.press("q")
+                await until(pilot, lambda: not app.is_running, message="the app to exit")
+        finally:
+            await app.stop_backend()
+        assert all(proc.poll() is None for proc in cluster.procs.values())

@@ -1,0 +1,229 @@
+"""The control center's data side, without a screen: model, feed, log index, themes, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from tuici import protocol as p
+from tuici.ui import settings as settings_module
+from tuici.ui.backend import BackendError
+from tuici.ui.feed import Connection, Feed, Snapshot
+from tuici.ui.logindex import STRIDE, LogIndex
+from tuici.ui.model import Model
+from tuici.ui.themes import load_theme_file, load_themes, theme_dirs
+from ui_fixtures import NOW, SHAS, RecordedBackend, isolated_config, recorded_events  # noqa: F401
+
+
+def _status(last_seq: int, jobs=(), runners=(), commits=()) -> p.StatusReply:
+    return p.StatusReply(repo_url="", last_seq=last_seq, commits=list(commits), jobs=list(jobs), runners=list(runners))
+
+
+class TestModel:
+    def test_the_recorded_session_gives_every_job_state_and_the_newest_commit_first(self):
+        model = Model()
+        model.load(_status(0))
+        for event in recorded_events():
+            model.apply(event)
+        states = {model.job_for_commit(sha).state for sha in SHAS}
+        assert states == {"queued", "running", "passed", "failed", "error", "cancelled"}
+        assert list(reversed(model.arrival))[0] == SHAS[-1]
+        assert model.counts["running"] == 2 and model.counts["queued"] == 3
+
+    def test_untrusted_text_is_made_safe_on_the_way_in(self):
+        model = Model()
+        for event in recorded_events():
+            model.apply(event)
+        subject = model.commits[SHAS[5]].subject
+        assert "\x1b" not in subject and "\x07" not in subject
+        assert subject.startswith("Evil title")
+
+    def test_a_rerun_goes_to_the_front_of_the_queue_and_a_requeued_job_keeps_its_place(self):
+        model = Model()
+        for event in recorded_events():
+            model.apply(event)
+        assert [job.id for job in model.queue()] == [10, 7, 8]
+        running = model.jobs[5]
+        lost = p.Event(seq=1000, ts=NOW, kind="job.requeued",
+                       job=p.JobInfo(id=5, commit=running.commit, branch="main", state="queued", attempts=1))
+        model.apply(lost)
+        assert [job.id for job in model.queue()] == [10, 5, 7, 8]
+
+    def test_a_replayed_event_is_applied_once(self):
+        model = Model()
+        events = recorded_events()
+        for event in events + events[:10]:
+            model.apply(event)
+        assert sum(model.counts.values()) == len(model.jobs)
+        assert model.last_seq == events[-1].seq
+
+    def test_a_snapshot_after_a_reconnect_drops_runners_the_dispatcher_forgot(self):
+        """A runner that died while the dispatcher was down has no event to say so: only the snapshot knows."""
+        model = Model()
+        events = recorded_events()
+        for event in events:
+            model.apply(event)
+        assert "runner-3" in model.runners
+        survivors = [r for r in model.runners.values() if r.name != "runner-3"]
+        model.load(_status(events[-1].seq + 5, runners=survivors))
+        replay = p.Event(seq=events[-1].seq + 2, ts=NOW, kind="runner.joined",
+                         runner=p.RunnerInfo(name="runner-3", host="h", pid=1, state="idle"))
+        model.apply(replay)  # already reflected in the snapshot: must not bring runner-3 back
+        assert "runner-3" not in model.runners
+
+    def test_changes_name_only_the_commits_that_changed(self):
+        model = Model()
+        for event in recorded_events():
+            model.apply(event)
+        model.take_changes()
+        job = model.jobs[6]
+        finished = p.JobInfo(id=6, commit=job.commit, branch=job.branch, state="passed", attempts=1)
+        model.apply(p.Event(seq=500, ts=NOW, kind="job.finished", job=finished))
+        changes = model.take_changes()
+        assert changes.commits == {SHAS[5]} and not changes.commits_added and changes.jobs == {6}
+
+
+class FlakyBackend(RecordedBackend):
+    """Drops the connection after every few events, as a restarted dispatcher would."""
+
+    def __init__(self, logs, drop_every: int):
+        super().__init__(logs)
+        self.drop_every = drop_every
+        self.subscriptions: list[int] = []
+
+    async def events(self, after_seq: int):
+        self.subscriptions.append(after_seq)
+        sent = 0
+        for event in self.recorded:
+            if event.seq > after_seq:
+                if sent == self.drop_every:
+                    raise ConnectionResetError("dispatcher went away")
+                sent += 1
+                yield event
+        self.replayed.set()
+        await asyncio.Event().wait()
+
+
+class TestFeed:
+    async def test_it_resumes_after_the_last_event_seen_so_nothing_is_missed_or_repeated(self, tmp_path):
+        backend = FlakyBackend(tmp_path, drop_every=7)
+        received: list = []
+        feed = Feed(backend, received.append)
+        task = asyncio.ensure_future(feed.run())
+        try:
+            await asyncio.wait_for(backend.replayed.wait(), 20)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        seqs = [update.seq for update in received if isinstance(update, p.Event)]
+        assert seqs == [event.seq for event in backend.recorded]
+        assert backend.subscriptions[:3] == [0, 7, 14]
+        assert Connection("reconnecting") in received
+        assert sum(isinstance(update, Snapshot) for update in received) == len(backend.subscriptions)
+
+    async def test_a_dispatcher_that_cannot_be_asked_is_retried(self, tmp_path):
+        class Unreachable(RecordedBackend):
+            async def status(self, limit: int = 0):
+                raise BackendError("no dispatcher answers")
+
+        received: list = []
+        task = asyncio.ensure_future(Feed(Unreachable(tmp_path), received.append).run())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert received.count(Connection("reconnecting")) >= 2
+        assert Connection("connected") not in received
+
+
+class TestLogIndex:
+    def test_every_line_is_found_while_the_file_grows_in_odd_pieces(self, tmp_path):
+        rng = random.Random(3)
+        lines = ["x" * rng.randint(0, 90) + f" {n}" for n in range(1000)]
+        data = ("\n".join(lines)).encode()  # the last line has no newline yet
+        path = tmp_path / "job.log"
+        path.write_bytes(b"")
+        index = LogIndex(path)
+        written = 0
+        while written < len(data):
+            step = rng.randint(1, 400)
+            with open(path, "ab") as fh:
+                fh.write(data[written:written + step])
+            written += step
+            index.scan(budget=rng.randint(1, 700))
+        while index.scan()[1]:
+            pass
+        state = index.state
+        shown = [line.plain for block in range((state.lines + STRIDE - 1) // STRIDE) for line in index.read_block(block)]
+        assert shown == lines
+
+    def test_a_truncated_log_is_indexed_again_from_the_start(self, tmp_path):
+        path = tmp_path / "job.log"
+        path.write_text("one\ntwo\nthree\n")
+        index = LogIndex(path)
+        first, _ = index.scan()
+        path.write_text("again\n")
+        second, _ = index.scan()
+        assert (first.lines, second.lines) == (3, 1)
+        assert second.generation == first.generation + 1
+        assert [line.plain for line in index.read_block(0)] == ["again"]
+
+    def test_control_sequences_are_stripped_but_colour_stays(self, tmp_path):
+        path = tmp_path / "job.log"
+        path.write_bytes(b"\x1b]0;pwned\x07\x1b[2J\x1b[31mred\x1b[0m\rprogress 50%\rprogress 100%\n")
+        index = LogIndex(path)
+        index.scan()
+        (line,) = index.read_block(0)
+        assert line.plain == "progress 100%"
+        path.write_bytes(b"\x1b]0;pwned\x07\x1b[2J\x1b[31mred\x1b[0m\n")
+        index.scan()
+        (line,) = index.read_block(0)
+        assert line.plain == "red" and line.spans[0].style.color.number == 1  # ANSI red
+
+    def test_a_missing_log_is_no_error(self, tmp_path):
+        index = LogIndex(tmp_path / "not-yet.log")
+        state, more = index.scan()
+        assert (state.exists, state.lines, more) == (False, 0, False)
+
+
+class TestThemes:
+    def test_bundled_themes_load_and_set_every_state_colour(self):
+        themes, problems = load_themes(theme_dirs())
+        assert problems == []
+        ours = {theme.name: theme for theme in themes}
+        assert {"tuici-dark", "tuici-light"} <= set(ours)
+        assert ours["tuici-dark"].dark and not ours["tuici-light"].dark
+        for theme in ours.values():
+            assert {"pass", "fail", "running", "queued"} <= set(theme.variables)
+
+    @pytest.mark.parametrize("text, problem", [
+        ('name = "x"\nprimary = "#123456"\nbogus = 1\n', "unknown key 'bogus'"),
+        ('name = "x"\nprimary = "not a colour"\n', "key 'primary'"),
+        ('primary = "#123456"\n', "key 'name' is required"),
+        ('name = "x"\nprimary = "#123456"\n[variables]\npass = "nope"\n', "key 'variables.pass'"),
+        ('name = "x\n', "invalid TOML"),
+    ])
+    def test_a_broken_theme_file_names_its_problem(self, tmp_path, text, problem):
+        path = tmp_path / "broken.toml"
+        path.write_text(text)
+        themes, problems = load_themes([tmp_path])
+        assert themes == []
+        assert len(problems) == 1 and str(path) in problems[0] and problem in problems[0]
+        with pytest.raises(Exception, match="."):
+            load_theme_file(path)
+
+
+class TestSettings:
+    def test_the_theme_choice_is_saved_under_xdg_config_home(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+        settings_module.save_settings(settings_module.Settings(theme='odd "name"'))
+        assert (tmp_path / "tuici" / "settings.toml").is_file()
+        assert settings_module.load_settings().theme == 'odd "name"'
+
+    def test_a_broken_settings_file_is_reported_with_its_path(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+        (tmp_path / "tuici").mkdir()
+        (tmp_path / "tuici" / "settings.toml").write_text("theme = [")
+        with pytest.raises(settings_module.SettingsError, match="settings.toml"):
+            settings_module.load_settings()

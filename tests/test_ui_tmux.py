@@ -1,0 +1,68 @@
+"""As a person would use it: `tuici` in a real terminal (tmux), a commit made from outside, read off the screen."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import shutil
+import subprocess
+import sys
+import uuid
+
+import psutil
+import pytest
+
+from conftest import GitRepo, toml_command, wait_for
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
+
+
+def screen(session: str) -> str:
+    return tmux("capture-pane", "-p", "-t", session)
+
+
+def processes_on(repo: GitRepo) -> list[psutil.Process]:
+    """tuici processes working on this repository (the app runs outside this test's process tree)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+        except psutil.Error:
+            continue
+        if any(str(repo.path) in arg for arg in cmdline) and any("tuici" in arg for arg in cmdline):
+            found.append(proc)
+    return found
+
+
+def test_a_commit_made_from_outside_shows_up_passing(tmp_path):
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("initial", config=toml_command("echo testing; exit 0"))
+    session = f"tuici-e2e-{uuid.uuid4().hex[:8]}"
+    # tmux may hand the pane COLUMNS/LINES of its default size, which Textual would believe over the tty.
+    env = f"env -u COLUMNS -u LINES XDG_CONFIG_HOME={shlex.quote(str(tmp_path / 'config'))}"
+    command = f"cd {shlex.quote(str(repo.path))} && {env} {shlex.quote(sys.executable)} -m tuici --runners 1"
+    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "48", command)
+    try:
+        wait_for(lambda: "✔ passed" in screen(session), 30, interval=0.2, message="the first commit to pass")
+        repo.commit("Made from outside the app")
+        line = wait_for(
+            lambda: next((l for l in screen(session).splitlines() if "Made from outside" in l and "passed" in l),
+                         None),
+            30, interval=0.2, message=f"the new commit to show as passed on:\n{screen(session)}",
+        )
+        assert "✔ passed" in line and repo.head()[:7] in line
+        tmux("send-keys", "-t", session, "q")
+        wait_for(lambda: not processes_on(repo), 20, interval=0.2,
+                 message=f"q to stop every process; the screen was:\n{screen(session)}")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        for proc in processes_on(repo):  # only if the test failed before q did its work
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()

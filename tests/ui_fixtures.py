@@ -1,0 +1,220 @@
+"""A recorded event stream and a backend that replays it, so UI tests need no processes.
+
+Times, pids, hosts and durations are frozen: ``NOW`` is the clock the app is given, and
+every record below is written relative to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from tuici import protocol as p
+from tuici.ui.app import ControlCenter
+from tuici.ui.backend import Backend, BackendError, ProcessInfo
+
+NOW = 1_700_000_000.0
+HOST = "ci-host"
+
+
+def frozen_clock() -> float:
+    return NOW
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path_factory, monkeypatch):
+    """Settings go to a temp dir, never the user's ~/.config."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+
+
+def _sha(n: int) -> str:
+    return f"{n:x}" * 40
+
+
+COMMITS = [
+    p.CommitInfo(sha=_sha(1)[:40], branch="main", author="Alice Liddell", subject="Initial commit", time=NOW - 5400),
+    p.CommitInfo(sha=_sha(2)[:40], branch="feature/login", author="Bob Stone", subject="Add login form",
+                 time=NOW - 3600),
+    p.CommitInfo(sha=_sha(3)[:40], branch="main", author="Alice Liddell", subject="Read tuici.toml from the tree",
+                 time=NOW - 2700),
+    p.CommitInfo(sha=_sha(4)[:40], branch="fix/typo", author="Carol Reyes", subject="Fix typo in README",
+                 time=NOW - 1800),
+    p.CommitInfo(sha=_sha(5)[:40], branch="main", author="Dave Okafor", subject="Refactor the dispatcher queue",
+                 time=NOW - 600),
+    p.CommitInfo(sha=_sha(6)[:40], branch="feature/ui", author="Erin Park",
+                 subject="Evil \x1b]0;pwned\x07title \x1b[2Jand [bold]markup[/bold]", time=NOW - 300),
+    p.CommitInfo(sha=_sha(7)[:40], branch="main", author="Alice Liddell", subject="Bump version to 0.2",
+                 time=NOW - 120),
+    p.CommitInfo(sha=_sha(8)[:40], branch="feature/login", author="Bob Stone", subject="Handle an empty password",
+                 time=NOW - 60),
+    p.CommitInfo(sha=_sha(9)[:40], branch="main", author="Dave Okafor", subject="Retry the flaky network test",
+                 time=NOW - 30),
+]
+SHAS = [c.sha for c in COMMITS]
+
+
+def _job(job_id: int, commit: int, state: str, **fields) -> p.JobInfo:
+    c = COMMITS[commit - 1]
+    return p.JobInfo(id=job_id, commit=c.sha, branch=c.branch, state=state, queued_at=c.time + 1, **fields)
+
+
+def _runner(name: str, pid: int, state: str, job: int | None = None, done: int = 0, beat: float = 2) -> p.RunnerInfo:
+    return p.RunnerInfo(name=name, host=HOST, pid=pid, state=state, job=job, jobs_done=done, last_heartbeat=NOW - beat)
+
+
+def recorded_events() -> list[p.Event]:
+    """A session with every job state: passed, failed, error, cancelled, running (2), queued (2, and a rerun)."""
+    kinds: list[tuple[str, dict]] = [
+        ("process.started", {"message": "dispatcher: pid 4101"}),
+        ("process.started", {"message": "observer: pid 4102"}),
+        ("runner.joined", {"runner": _runner("runner-1", 4103, "idle")}),
+        ("runner.joined", {"runner": _runner("runner-2", 4104, "idle")}),
+        ("runner.joined", {"runner": _runner("runner-3", 4105, "idle")}),
+        ("runner.joined", {"runner": _runner("runner-4", 4106, "idle")}),
+    ]
+    finished = {
+        1: ("passed", dict(exit_code=0, duration_s=3.2, passed=42, failed=0, skipped=1)),
+        2: ("failed", dict(exit_code=1, duration_s=74.5, passed=40, failed=2, skipped=0)),
+        3: ("error", dict(error="bad config: tuici.toml: key 'command': must not be empty", duration_s=0.1)),
+        4: ("cancelled", dict(exit_code=-15, duration_s=12.0)),
+        9: ("failed", dict(exit_code=1, duration_s=21.0, passed=11, failed=1, skipped=0)),
+    }
+    for n, commit in enumerate(COMMITS, 1):
+        kinds.append(("commit.seen", {"commit": commit}))
+        kinds.append(("job.queued", {"job": _job(n, n, "queued")}))
+    for n, (state, result) in finished.items():
+        started = COMMITS[n - 1].time + 2
+        kinds.append(("job.started", {"job": _job(n, n, "running", runner="runner-1", attempts=1, started_at=started)}))
+        kinds.append(("job.finished", {"job": _job(n, n, state, runner="runner-1", attempts=1, started_at=started,
+                                                   finished_at=started + 5, **result)}))
+    kinds += [
+        ("job.started", {"job": _job(5, 5, "running", runner="runner-1", attempts=1, started_at=NOW - 95),
+                         "runner": _runner("runner-1", 4103, "busy", job=5, done=4)}),
+        ("job.started", {"job": _job(6, 6, "running", runner="runner-2", attempts=1, started_at=NOW - 8),
+                         "runner": _runner("runner-2", 4104, "busy", job=6)}),
+        ("runner.lost", {"runner": _runner("runner-4", 4106, "lost", beat=31), "message": "no heartbeat for 5.1 s"}),
+        ("job.queued", {"job": _job(10, 9, "queued")}),  # a rerun of a failed commit: at the front
+    ]
+    return [p.Event(seq=seq, ts=NOW, **{"kind": kind, **fields}) for seq, (kind, fields) in enumerate(kinds, 1)]
+
+
+def running_log_lines(count: int = 300) -> list[str]:
+    """What job 5 has printed so far: pytest-like lines, some coloured, one with a control sequence to strip."""
+    lines = ["tuici: runner-1 testing 5555555555 (main), attempt 1", "$ python -m pytest"]
+    for n in range(1, count - 2):
+        status = "\x1b[32mPASSED\x1b[0m" if n % 17 else "\x1b[31mFAILED\x1b[0m"
+        lines.append(f"tests/test_queue.py::test_case_{n:04d} {status}")
+    lines.append("\x1b]0;set the title\x07still collecting…")
+    return lines
+
+
+class RecordedBackend(Backend):
+    """Replays ``events`` (after an empty snapshot) and records the requests the app makes."""
+
+    def __init__(self, logs: Path, events: list[p.Event] | None = None, attached: bool = False):
+        self.logs = logs
+        self.recorded = recorded_events() if events is None else events
+        self.attached = attached
+        self.can_supervise = not attached
+        self.replayed = asyncio.Event()
+        self.requests: list[tuple] = []
+        self.stopped = False
+        self._processes = {} if attached else {
+            "dispatcher": ProcessInfo("dispatcher", "dispatcher", "running", 4101),
+            "observer": ProcessInfo("observer", "observer", "running", 4102),
+            **{f"runner-{n}": ProcessInfo(f"runner-{n}", "runner", "running", 4102 + n) for n in (1, 2, 3)},
+        }
+
+    @property
+    def label(self) -> str:
+        return "/work/demo"
+
+    async def start(self) -> None:
+        pass
+
+    async def status(self, limit: int = 0) -> p.StatusReply:
+        return p.StatusReply(repo_url=self.label, last_seq=0, commits=[], jobs=[], runners=[])
+
+    async def events(self, after_seq: int) -> AsyncIterator[p.Event]:
+        for event in self.recorded:
+            if event.seq > after_seq:
+                yield event
+        self.replayed.set()
+        await asyncio.Event().wait()  # a live stream with nothing more to say
+
+    async def rerun(self, sha: str) -> p.Reply:
+        self.requests.append(("rerun", sha))
+        return p.Reply(ok=True, message="job 11 queued at the front")
+
+    async def cancel(self, job_id: int) -> p.Reply:
+        self.requests.append(("cancel", job_id))
+        return p.Reply(ok=True, message=f"job {job_id} is being cancelled")
+
+    async def add_runner(self) -> str:
+        raise BackendError("the recorded backend starts no processes")
+
+    async def kill_runner(self, name: str, force: bool) -> None:
+        self.requests.append(("kill", name, force))
+
+    def processes(self) -> dict[str, ProcessInfo]:
+        return dict(self._processes)
+
+    def job_log(self, job_id: int) -> Path:
+        return self.logs / f"{job_id}.log"
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def make_app(tmp_path: Path, theme: str | None = "tuici-dark", events: list[p.Event] | None = None,
+             **kwargs) -> tuple[ControlCenter, RecordedBackend]:
+    """The control center on a recorded session, with job 5's log written so far."""
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "5.log").write_text("\n".join(running_log_lines()) + "\n")
+    (logs / "1.log").write_text("tuici: runner-1 testing 1111111111 (main), attempt 1\n42 passed, 1 skipped\n")
+    backend = RecordedBackend(logs, events, **kwargs)
+    return ControlCenter(backend, theme=theme, clock=frozen_clock), backend
+
+
+async def settle(pilot, timeout: float = 10.0) -> None:
+    """Wait until the replay is applied and the output panel has read what it shows."""
+    app: ControlCenter = pilot.app
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await asyncio.wait_for(app.backend.replayed.wait(), timeout)
+    while loop.time() < deadline:
+        app.flush()
+        await pilot.pause()
+        if not app.pending and app.log_view.settled:
+            await pilot.pause()
+            if app.log_view.settled:
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the app did not settle")
+
+
+async def requests_done(pilot) -> None:
+    """Wait for the requests that keys started (not for the feed, which never ends)."""
+    await pilot.pause()
+    app = pilot.app
+    started = [w for w in app.workers if w.group in ("actions", "settings", "quit")]
+    if started:  # an empty list would mean every worker
+        await app.workers.wait_for_complete(started)
+    await pilot.pause()
+
+
+async def until(pilot, predicate, timeout: float = 30.0, message: str = "condition"):
+    """Let the app run until ``predicate()`` is truthy (for tests against real processes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        pilot.app.flush()
+        result = predicate()
+        if result:
+            return result
+        await pilot.pause(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")

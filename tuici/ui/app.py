@@ -1,0 +1,455 @@
+"""The control center: `tuici [REPO]` opens it on a repository.
+
+It starts (or attaches to) the engine through a ``Backend``, follows its events through
+a ``Feed``, and applies them in batches on a short timer, so a burst of events costs one
+repaint, not one each. Everything that may block (the engine, the disk) happens in
+workers that report back; the UI thread only draws.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from .. import config as cfg
+from .. import protocol as p
+from ..statedir import NotARepository, StateDir, find_git_dir
+from ..supervisor import kill_descendants
+from . import themes
+from .actions import bindings_for, palette_actions
+from .backend import Backend, BackendError, LiveBackend
+from .components.commits import CommitsPanel
+from .components.confirm import ConfirmScreen
+from .components.help import HelpScreen
+from .components.output import LogView, OutputPanel
+from .components.queue import QueuePanel
+from .components.runners import RunnersPanel
+from .components.status_bar import StatusBar, StatusInfo
+from .feed import Connection, Feed, Heartbeats, Snapshot, Update
+from .model import Model
+from .settings import Settings, SettingsError, load_settings, save_settings
+
+FLUSH_INTERVAL = 0.1  # events are applied at most this often
+TICK_INTERVAL = 1.0  # ages, heartbeats and process states are redrawn this often
+
+# A supervised process's state, as the status bar calls it.
+_SUPERVISED_HEALTH = {"running": "up", "starting": "starting", "restarting": "restarting", "stopping": "down",
+                      "stopped": "down"}
+# The last process.* event about a process we do not supervise, as the status bar calls it.
+_REPORTED_HEALTH = {"started": "up", "restarted": "up", "exited": "restarting", "stopped": "down"}
+
+
+@dataclass(frozen=True)
+class ProcessEvent:
+    """The supervisor telling us a process started, exited, was restarted or stopped."""
+
+    kind: str
+    name: str
+    message: str
+
+
+class ControlCenter(App[None]):
+    CSS_PATH = ["global.tcss", "app.tcss"]
+    TITLE = "tuici"
+    BINDINGS = [*bindings_for("app"), Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        theme: str | None = None,
+        clock: Callable[[], float] = time.time,
+        theme_dirs: list[Path] | None = None,
+        warnings: Iterable[str] = (),
+    ):
+        super().__init__()
+        self.backend = backend
+        self.clock = clock
+        self.model = Model()
+        self.pending: list[Update | ProcessEvent] = []
+        self.connection = "connecting"
+        self.warnings = list(warnings)
+        self._start_failed = False
+        self._note = ""
+        self._stopped = False
+        self._quitting = False
+        self._remember_theme = False
+        backend.on_process_event = lambda kind, name, message: self.receive(ProcessEvent(kind, name, message))
+        self._setup_themes(theme, themes.theme_dirs() if theme_dirs is None else theme_dirs)
+
+    # ------------------------------------------------------------------ themes
+
+    def _setup_themes(self, requested: str | None, dirs: list[Path]) -> None:
+        loaded, problems = themes.load_themes(dirs)
+        self.warnings += problems
+        for theme in loaded:
+            self.register_theme(theme)
+        try:
+            saved = load_settings().theme
+        except SettingsError as exc:
+            self.warnings.append(f"Settings ignored: {exc}")
+            saved = None
+        default = themes.DEFAULT_THEME if themes.DEFAULT_THEME in self.available_themes else "textual-dark"
+        for name, origin in ((requested, "--theme"), (saved, "the saved setting")):
+            if name is None:
+                continue
+            if name in self.available_themes:
+                self.theme = name
+                return
+            self.warnings.append(f"Theme {name!r} (from {origin}) is not available; using {default}. "
+                                 f"Available: {', '.join(sorted(self.available_themes))}")
+        self.theme = default
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        """Job-state colours for themes that do not set their own (Textual's built-in ones)."""
+        return themes.state_colours(self.current_theme)
+
+    def watch_theme(self, name: str) -> None:
+        if self._remember_theme:
+            self.run_worker(partial(self._save_theme, name), thread=True, group="settings")
+
+    def _save_theme(self, name: str) -> None:
+        try:
+            save_settings(Settings(theme=name))
+        except OSError as exc:
+            self.call_from_thread(self.notify, f"Could not save the theme choice: {exc}", severity="warning",
+                                  markup=False)
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="top"):
+            yield CommitsPanel(self.model, self.clock, Path(self.backend.label).name, id="commits")
+            with Vertical(id="side"):
+                yield QueuePanel(self.model, self.clock, id="queue")
+                yield RunnersPanel(self.model, self.backend.processes, self.clock, id="runners")
+        yield OutputPanel(id="output")
+        yield StatusBar(id="status")
+        yield Footer(compact=True, show_command_palette=False)  # ctrl+p is on the help screen
+
+    @property
+    def commits(self) -> CommitsPanel:
+        return self.query_one(CommitsPanel)
+
+    @property
+    def queue_panel(self) -> QueuePanel:
+        return self.query_one(QueuePanel)
+
+    @property
+    def runners(self) -> RunnersPanel:
+        return self.query_one(RunnersPanel)
+
+    @property
+    def output(self) -> OutputPanel:
+        return self.query_one(OutputPanel)
+
+    @property
+    def log_view(self) -> LogView:
+        return self.query_one(LogView)
+
+    def on_mount(self) -> None:
+        for warning in self.warnings:
+            self.notify(warning, severity="warning", timeout=20, markup=False)
+        self.commits.table.focus()
+        self.watch(self.log_view, "follow", lambda _following: self._update_status(), init=False)
+        self.set_interval(FLUSH_INTERVAL, self.flush)
+        self.set_interval(TICK_INTERVAL, self._tick)
+        self.run_worker(self._follow_engine(), name="engine", group="engine")
+        self._remember_theme = True
+        self._update_status()
+
+    async def _follow_engine(self) -> None:
+        try:
+            await self.backend.start()
+        except BackendError as exc:
+            self._start_failed = True
+            self._update_status()
+            self.notify(str(exc), title="tuici could not start", severity="error", timeout=3600, markup=False)
+            return
+        await Feed(self.backend, self.receive).run()
+
+    # ------------------------------------------------------------------ applying what happened
+
+    def receive(self, update: Update | ProcessEvent) -> None:
+        """Keep it for the next flush (``flush`` swaps the list, so this looks it up every time)."""
+        self.pending.append(update)
+
+    def flush(self) -> None:
+        """Apply everything that arrived since the last flush, in one batch, to the panels that it changed."""
+        if not self.is_running:
+            return  # shutting down: the panels are going
+        pending, self.pending = self.pending, []
+        for update in pending:
+            if isinstance(update, p.Event):
+                self.model.apply(update)
+            elif isinstance(update, Snapshot):
+                self.model.load(update.status)
+            elif isinstance(update, Heartbeats):
+                self.model.update_heartbeats(update.runners)
+            elif isinstance(update, Connection):
+                self.connection = update.state
+            else:
+                self._announce(update)
+        changes = self.model.take_changes()
+        if not changes:
+            if pending:
+                self._update_status()
+            return
+        with self.batch_update():
+            self.commits.apply(changes)
+            if changes.jobs or changes.reset:
+                self.queue_panel.rebuild()
+            self.runners.rebuild()
+            shown = self.output.job
+            if shown is not None and (shown.id in changes.jobs or changes.reset) and shown.id in self.model.jobs:
+                self.output.update_job(self.model.jobs[shown.id])
+            self._update_status()
+
+    def _announce(self, event: ProcessEvent) -> None:
+        if event.kind == "process.exited":
+            self.notify(f"{event.name} exited: {event.message}", title="Process exited", severity="warning",
+                        markup=False)
+        elif event.kind == "process.restarted":
+            self.notify(f"{event.name} is back: {event.message}", title="Process restarted", markup=False)
+
+    def _tick(self) -> None:
+        """Time moves on: ages and durations, heartbeats, and processes that start and stop unannounced."""
+        if not self.is_running:
+            return
+        with self.batch_update():
+            self.commits.table.redraw()
+            self.queue_panel.table.redraw()
+            self.runners.rebuild()
+            self._update_status()
+
+    def _health(self, name: str) -> str:
+        if self._start_failed:
+            return "down"
+        supervised = self.backend.processes().get(name)
+        if supervised is not None:
+            return _SUPERVISED_HEALTH.get(supervised.state, "down")
+        reported = self.model.processes.get(name)
+        if reported is not None:
+            return _REPORTED_HEALTH.get(reported, "up")
+        if not self.backend.attached:
+            return "starting"
+        if name == "dispatcher":
+            return "up" if self.connection == "connected" else "down"
+        return "external"
+
+    def _update_status(self) -> None:
+        self.query_one(StatusBar).show(StatusInfo(
+            health=(("dispatcher", self._health("dispatcher")), ("observer", self._health("observer"))),
+            connection=self.connection, counts=dict(self.model.counts), following=self.log_view.follow,
+            note=self._note,
+        ))
+
+    # ------------------------------------------------------------------ what is selected
+
+    def _focused_panel(self) -> str:
+        """commits, queue, runners or output: where the keys act."""
+        for panel in (self.commits, self.queue_panel, self.runners, self.output):
+            if panel.has_focus_within:
+                return panel.id
+        return "commits"
+
+    def selected_job(self) -> p.JobInfo | None:
+        panel = self._focused_panel()
+        if panel == "commits":
+            sha = self.commits.selected_sha
+            return None if sha is None else self.model.job_for_commit(sha)
+        if panel == "queue":
+            job_id = self.queue_panel.selected_job
+        elif panel == "runners":
+            runner = self.runners.selected
+            job_id = None if runner is None else runner.job
+        else:
+            job_id = None if self.output.job is None else self.output.job.id
+        return None if job_id is None else self.model.jobs.get(job_id)
+
+    def selected_commit(self) -> str | None:
+        if self._focused_panel() == "commits":
+            return self.commits.selected_sha
+        job = self.selected_job()
+        return None if job is None else job.commit
+
+    # ------------------------------------------------------------------ actions
+
+    def _in_background(self, work, description: str) -> None:
+        """Run a request to the engine without holding up the keyboard; a failure becomes a notification."""
+        async def run() -> None:
+            try:
+                await work
+            except BackendError as exc:
+                self.notify(f"Could not {description}: {exc}", severity="error", markup=False)
+        self.run_worker(run(), group="actions")
+
+    def _reply(self, reply: p.Reply) -> None:
+        self.notify(reply.message, severity="information" if reply.ok else "warning", markup=False)
+
+    def action_add_runner(self) -> None:
+        if not self.backend.can_supervise:
+            self.notify("Attached to processes started elsewhere (tuici serve): add runners there.",
+                        severity="warning")
+            return
+
+        async def add() -> None:
+            name = await self.backend.add_runner()
+            self.runners.rebuild()
+            self.notify(f"Started {name}.", markup=False)
+        self._in_background(add(), "start a runner")
+
+    def _runner_to_kill(self):
+        runner = self.runners.selected
+        if runner is None:
+            self.notify("No runner selected: pick one in the runners panel.", severity="warning")
+        elif not self.backend.can_supervise or runner.name not in self.backend.processes():
+            self.notify(f"{runner.name} was not started by this control center.", severity="warning", markup=False)
+        else:
+            return runner
+        return None
+
+    def action_kill_runner(self) -> None:
+        runner = self._runner_to_kill()
+        if runner is None:
+            return
+        question = f"Stop {runner.name} (pid {runner.pid})?"
+        if runner.job:
+            question += f" Its job {runner.job} goes back to the queue."
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._kill(runner.name, force=False)
+        self.push_screen(ConfirmScreen("Kill runner", question, yes="Kill"), answered)
+
+    def action_kill_runner_now(self) -> None:
+        runner = self._runner_to_kill()
+        if runner is not None:
+            self._kill(runner.name, force=True)
+
+    def _kill(self, name: str, force: bool) -> None:
+        async def kill() -> None:
+            await self.backend.kill_runner(name, force=force)
+            self.runners.rebuild()
+            self.notify(f"{name} {'killed' if force else 'stopped'}.", markup=False)
+        self._in_background(kill(), f"stop {name}")
+        self.call_after_refresh(self.runners.rebuild)  # it shows as stopping meanwhile
+
+    def action_rerun(self) -> None:
+        sha = self.selected_commit()
+        if sha is None:
+            self.notify("No commit selected.", severity="warning")
+            return
+
+        async def rerun() -> None:
+            self._reply(await self.backend.rerun(sha))
+        self._in_background(rerun(), f"rerun {sha[:7]}")
+
+    def action_cancel_job(self) -> None:
+        job = self.selected_job()
+        if job is None or job.state in p.FINAL_STATES:
+            self.notify("Nothing to cancel: the selected job is not queued or running.", severity="warning")
+            return
+
+        async def cancel() -> None:
+            self._reply(await self.backend.cancel(job.id))
+        self._in_background(cancel(), f"cancel job {job.id}")
+
+    def action_show_output(self) -> None:
+        job = self.selected_job()
+        if job is None:
+            self.notify("No job for this selection yet.", severity="warning")
+            return
+        self.output.show_job(job, self.backend.job_log(job.id))
+
+    def action_follow(self) -> None:
+        self.log_view.action_follow()
+
+    def action_filter(self) -> None:
+        self.commits.open_filter()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        """Quit; when that would stop running jobs, ask first."""
+        if self._quitting:
+            return
+        running = self.model.running_jobs()
+        if running and not self.backend.attached and not self._start_failed:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self._quit()
+            jobs = f"{running} job{'s are' if running > 1 else ' is'} running"
+            self.push_screen(ConfirmScreen("Quit", f"{jobs}. Quit, and stop every process this control center "
+                                                   "started?", yes="Quit"), answered)
+            return
+        self._quit()
+
+    def _quit(self) -> None:
+        self._quitting = True
+        self._note = "stopping…"
+        self._update_status()
+
+        async def stop_and_exit() -> None:
+            await self.stop_backend()
+            self.exit()
+        self.run_worker(stop_and_exit(), group="quit")
+
+    async def stop_backend(self) -> None:
+        """Stop following the engine, then every process we started (once)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.workers.cancel_group(self, "engine")
+        await self.backend.stop()
+
+    async def on_unmount(self) -> None:
+        await self.stop_backend()  # however the app ends, nothing it started outlives it
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for action in palette_actions():
+            if action.action != "quit":  # Textual's own Quit entry calls our action_quit
+                yield SystemCommand(action.palette_title, action.help, partial(self.run_action, action.action))
+
+
+def config_problem(top: Path) -> str | None:
+    """What is wrong with the repository's tuici config, if anything (jobs would end in error)."""
+    def read(name: str) -> bytes | None:
+        path = top / name
+        return path.read_bytes() if path.is_file() else None
+    try:
+        cfg.load(read)
+    except cfg.ConfigError as exc:
+        return f"{exc}. Jobs end in error until it is fixed."
+    except OSError as exc:
+        return f"Cannot read the config: {exc}"
+    return None
+
+
+def run_app(repo: str, runners: int, theme: str | None) -> None:
+    """`tuici [REPO]`: open the control center on REPO; problems found before it opens end with a message."""
+    try:
+        top, _ = find_git_dir(repo)
+        state = StateDir.for_repo(repo)
+    except NotARepository as exc:
+        sys.exit(f"tuici: {exc}")
+    if runners < 0:
+        sys.exit("tuici: --runners must be 0 or more")
+    problem = config_problem(top)
+    app = ControlCenter(LiveBackend(top, state, runners), theme=theme, warnings=[problem] if problem else [])
+    try:
+        app.run()
+    finally:
+        kill_descendants()  # should the app have died mid-way, its processes do not outlive it

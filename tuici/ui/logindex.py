@@ -1,0 +1,127 @@
+"""A line index over a job's log file on disk, so any line can be shown without loading the file.
+
+The index keeps the byte offset of every ``STRIDE``-th line only (the start of a block),
+so a million-line log costs about 125 KB of offsets; a block's lines are read with one
+``pread`` when they come into view. Every method here does disk work: call them from a
+worker thread, never from the UI thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.text import Text
+
+from ..sanitize import clean
+
+STRIDE = 64  # lines per block
+SCAN_CHUNK = 8 << 20  # bytes read per step while indexing
+SCAN_BUDGET = 32 << 20  # bytes indexed per call, so a huge log shows progress as it is indexed
+MAX_BLOCK_BYTES = 4 << 20  # a block of absurdly long lines is cut here
+MAX_LINE_BYTES = 8192  # a line is shown up to here
+_BLOCK = re.compile(rb"(?:[^\n]*\n){%d}" % STRIDE)
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """What the index covers: the UI keeps the last one it was given and asks for no more."""
+
+    lines: int = 0
+    size: int = 0  # bytes indexed
+    exists: bool = False
+    generation: int = 0  # bumped when the file shrank and was indexed again
+
+
+class LogIndex:
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = None
+        self._generation = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._checkpoints = array("Q", [0])  # byte offset of line k * STRIDE
+        self._block_newlines = 0  # newlines seen in the last, open block
+        self._size = 0
+        self._tail = 0  # bytes of the last line, not ended by a newline yet
+
+    @property
+    def state(self) -> IndexState:
+        lines = (len(self._checkpoints) - 1) * STRIDE + self._block_newlines + (1 if self._tail else 0)
+        return IndexState(lines=lines, size=self._size, exists=self._fh is not None, generation=self._generation)
+
+    def scan(self, budget: int = SCAN_BUDGET) -> tuple[IndexState, bool]:
+        """Index up to ``budget`` bytes appended since the last call; also whether more is waiting.
+
+        A file that shrank (a lost attempt's output is discarded when its job is requeued)
+        is indexed again from the start, with a new generation.
+        """
+        if self._fh is None:
+            try:
+                self._fh = open(self.path, "rb")
+            except FileNotFoundError:
+                return self.state, False
+        size = os.fstat(self._fh.fileno()).st_size
+        if size < self._size:
+            self._reset()
+            self._generation += 1
+        end = min(size, self._size + budget)
+        self._fh.seek(self._size)
+        while self._size < end:
+            chunk = self._fh.read(min(SCAN_CHUNK, end - self._size))
+            if not chunk:
+                break
+            self._index_chunk(chunk)
+        return self.state, self._size < size
+
+    def _index_chunk(self, chunk: bytes) -> None:
+        pos = 0
+        need = STRIDE - self._block_newlines  # newlines that close the open block
+        while need and (newline := chunk.find(b"\n", pos)) >= 0:
+            pos, need = newline + 1, need - 1
+        if need:
+            self._block_newlines = STRIDE - need
+        else:
+            append = self._checkpoints.append
+            append(self._size + pos)
+            for match in _BLOCK.finditer(chunk, pos):
+                pos = match.end()
+                append(self._size + pos)
+            self._block_newlines = chunk.count(b"\n", pos)
+        last_newline = chunk.rfind(b"\n")
+        self._tail = self._tail + len(chunk) if last_newline < 0 else len(chunk) - last_newline - 1
+        self._size += len(chunk)
+
+    def read_block(self, block: int) -> list[Text]:
+        """The lines of block ``block`` as indexed so far, safe to display."""
+        if self._fh is None or block >= len(self._checkpoints):
+            return []
+        start = self._checkpoints[block]
+        end = self._checkpoints[block + 1] if block + 1 < len(self._checkpoints) else self._size
+        count = min(STRIDE, self.state.lines - block * STRIDE)
+        data = os.pread(self._fh.fileno(), min(end - start, MAX_BLOCK_BYTES), start)
+        raw_lines = data.split(b"\n")[:count]
+        raw_lines += [b""] * (count - len(raw_lines))  # a block cut at MAX_BLOCK_BYTES
+        return [display_line(raw) for raw in raw_lines]
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def display_line(raw: bytes) -> Text:
+    """One line of test output as it would look in a terminal, without anything but colour."""
+    raw = raw[:MAX_LINE_BYTES]
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if b"\r" in raw:  # a progress bar redrawn in place: show its last state
+        raw = raw[raw.rfind(b"\r") + 1:]
+    text = clean(raw.decode("utf-8", errors="replace"))
+    line = Text.from_ansi(text) if "\x1b" in text else Text(text)
+    line.expand_tabs(8)
+    return line

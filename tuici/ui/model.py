@@ -1,0 +1,168 @@
+"""What the control center knows: commits, jobs, runners and process health, kept current from events.
+
+Plain data, no Textual. Every event carries a full copy of the record it is about, so
+applying one is an upsert by key; the model notes which records changed so the panels
+redraw only those rows. Untrusted text (subjects, branches, authors, runner names,
+error messages) is made safe here, once, on the way in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import msgspec
+
+from .. import protocol as p
+from ..sanitize import one_line
+
+FRONT_MESSAGE = "moved to the front"
+
+
+def safe(text: str) -> str:
+    """``one_line`` with a fast path: most text is plain and printable already."""
+    return text if text.isprintable() else one_line(text)
+
+
+@dataclass
+class Changes:
+    """What changed since the panels last looked."""
+
+    commits: set[str] = field(default_factory=set)  # shas whose row must be redrawn
+    commits_added: bool = False  # new rows: the commit order must be rebuilt
+    jobs: set[int] = field(default_factory=set)
+    runners: bool = False
+    processes: bool = False
+    reset: bool = False  # a status snapshot replaced everything
+
+    def __bool__(self) -> bool:
+        return bool(self.commits or self.commits_added or self.jobs or self.runners or self.processes or self.reset)
+
+
+class Model:
+    def __init__(self) -> None:
+        self.commits: dict[str, p.CommitInfo] = {}
+        self.arrival: list[str] = []  # shas, oldest first: newest-first is this reversed
+        self.jobs: dict[int, p.JobInfo] = {}
+        self.latest_job: dict[str, int] = {}  # sha -> its newest job id
+        self.runners: dict[str, p.RunnerInfo] = {}
+        self.processes: dict[str, str] = {}  # process name -> what its last process.* event said: started, exited…
+        self.counts: Counter[str] = Counter()  # job state -> number of jobs in it
+        self.last_seq = 0
+        self.loaded = False
+        self.changes = Changes()
+        self._snapshot_seq = 0  # events up to here are already reflected in the last snapshot
+        self._front: dict[int, int] = {}  # job id -> when it was moved to the front of the queue
+        self._fronts = 0
+
+    # ------------------------------------------------------------------ input
+
+    def load(self, status: p.StatusReply) -> None:
+        """Take a dispatcher's full state, as on connecting or after it restarted.
+
+        Events at or below ``status.last_seq`` that are replayed afterwards are already
+        part of this snapshot: their records are skipped so nothing flips back to an older
+        state, while process notes (which the snapshot lacks) still apply.
+        """
+        for commit in status.commits:
+            self._upsert_commit(commit)
+        for job in status.jobs:
+            rerun = job.state == "queued" and self._has_older_job(job)
+            self._upsert_job(job, to_front=rerun)
+        self.runners = {}
+        for runner in status.runners:
+            self._upsert_runner(runner)
+        self._snapshot_seq = status.last_seq
+        if not self.loaded:  # nothing seen yet: follow on from the snapshot, not from the start
+            self.last_seq = status.last_seq
+            self.loaded = True
+        self.changes.runners = self.changes.reset = True
+
+    def apply(self, event: p.Event) -> None:
+        if event.seq <= self.last_seq:
+            return  # already seen: a replay after reconnecting
+        self.last_seq = event.seq
+        kind = event.kind
+        if kind.startswith("process."):
+            name = event.message.partition(": ")[0]
+            self.processes[safe(name)] = kind.partition(".")[2]
+            self.changes.processes = True
+            return
+        if event.seq <= self._snapshot_seq:
+            return
+        if event.commit is not None:
+            self._upsert_commit(event.commit)
+        if event.job is not None:
+            to_front = kind == "job.queued" and (event.message == FRONT_MESSAGE or self._has_older_job(event.job))
+            self._upsert_job(event.job, to_front=to_front)
+        if event.runner is not None:
+            if kind == "runner.left":
+                self.runners.pop(safe(event.runner.name), None)
+                self.changes.runners = True
+            else:
+                self._upsert_runner(event.runner)
+
+    def update_heartbeats(self, runners: list[p.RunnerInfo]) -> None:
+        """Fresh heartbeat times from a status poll (heartbeats publish no events)."""
+        for fresh in runners:
+            known = self.runners.get(fresh.name)
+            if known is not None and known.last_heartbeat != fresh.last_heartbeat:
+                known.last_heartbeat = fresh.last_heartbeat
+                self.changes.runners = True
+
+    def take_changes(self) -> Changes:
+        changes, self.changes = self.changes, Changes()
+        return changes
+
+    # ------------------------------------------------------------------ queries
+
+    def job_for_commit(self, sha: str) -> p.JobInfo | None:
+        job_id = self.latest_job.get(sha)
+        return None if job_id is None else self.jobs.get(job_id)
+
+    def queue(self) -> list[p.JobInfo]:
+        """Waiting jobs in dispatch order: moved to the front most recently first, then oldest first."""
+        waiting = [job for job in self.jobs.values() if job.state == "queued"]
+        waiting.sort(key=lambda job: (-self._front.get(job.id, 0), job.id))
+        return waiting
+
+    def running_jobs(self) -> int:
+        return self.counts["running"]
+
+    # ------------------------------------------------------------------ internals
+
+    def _has_older_job(self, job: p.JobInfo) -> bool:
+        return self.latest_job.get(job.commit, job.id) < job.id
+
+    def _upsert_commit(self, commit: p.CommitInfo) -> None:
+        known = commit.sha in self.commits
+        self.commits[commit.sha] = msgspec.structs.replace(
+            commit, branch=safe(commit.branch), author=safe(commit.author), subject=safe(commit.subject)
+        )
+        if not known:
+            self.arrival.append(commit.sha)
+            self.changes.commits_added = True
+        self.changes.commits.add(commit.sha)
+
+    def _upsert_job(self, job: p.JobInfo, to_front: bool) -> None:
+        job = msgspec.structs.replace(job, branch=safe(job.branch), error=safe(job.error),
+                                      runner=safe(job.runner) if job.runner else job.runner)
+        old = self.jobs.get(job.id)
+        if old is not None:
+            self.counts[old.state] -= 1
+        self.counts[job.state] += 1
+        self.jobs[job.id] = job
+        if to_front:
+            self._fronts += 1
+            self._front[job.id] = self._fronts
+        sha = job.commit
+        if sha not in self.commits:  # its commit.seen is older than what we were sent
+            self._upsert_commit(p.CommitInfo(sha=sha, branch=job.branch))
+        if self.latest_job.get(sha, 0) <= job.id:
+            self.latest_job[sha] = job.id
+            self.changes.commits.add(sha)
+        self.changes.jobs.add(job.id)
+
+    def _upsert_runner(self, runner: p.RunnerInfo) -> None:
+        self.runners[runner.name] = msgspec.structs.replace(runner, name=safe(runner.name), host=safe(runner.host))
+        self.changes.runners = True
