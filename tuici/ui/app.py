@@ -33,7 +33,7 @@ from .components.confirm import ConfirmScreen
 from .components.help import HelpScreen
 from .components.output import LogView, OutputPanel
 from .components.queue import QueuePanel
-from .components.runners import RunnersPanel
+from .components.runners import RunnerRow, RunnersPanel
 from .components.status_bar import StatusBar, StatusInfo
 from .feed import Connection, Feed, Heartbeats, Snapshot, Update
 from .model import Model
@@ -309,7 +309,8 @@ class ControlCenter(App[None]):
             self.notify(f"Started {name}.", markup=False)
         self._in_background(add(), "start a runner")
 
-    def _runner_to_kill(self):
+    def _runner_to_kill(self) -> RunnerRow | None:
+        """The selected runner, if this control center may kill it; otherwise say why not."""
         runner = self.runners.selected
         if runner is None:
             self.notify("No runner selected: pick one in the runners panel.", severity="warning")

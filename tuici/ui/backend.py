@@ -151,7 +151,10 @@ class LiveBackend(Backend):
         return self.supervisor
 
     async def add_runner(self) -> str:
-        return (await self._supervisor().add_runner()).name
+        try:
+            return (await self._supervisor().add_runner()).name
+        except OSError as exc:
+            raise BackendError(f"cannot start a runner process: {exc}") from None
 
     async def kill_runner(self, name: str, force: bool) -> None:
         supervisor = self._supervisor()
