@@ -177,7 +177,7 @@ def test_chaos_every_commit_ends_once_and_right_while_processes_are_killed(repo)
     assert report.kills["runner"] and report.kills["dispatcher"] and report.kills["observer"]
 
 
-@pytest.mark.skipif(not SOAK, reason="a soak of 1000 commits under chaos takes up to 40 minutes; "
+@pytest.mark.skipif(not SOAK, reason="a soak of 1000 commits under chaos runs for ten minutes or so; "
                                      "set TUICI_SOAK=1 (and TUICI_CHAOS_SEED to vary it) to run it")
 @pytest.mark.timeout(2400)
 def test_chaos_soak(repo):
