@@ -140,14 +140,15 @@ class Workspace:
     def prepare(self, url: str, sha: str) -> Path:
         repo = self._open(url)
         try:
-            repo.git.cat_file("-e", f"{sha}^{{commit}}")
+            # Usually the commit is already here (shared objects): try it first, fetch only if not.
+            repo.git.checkout("--force", "--detach", "--quiet", sha)
         except git.GitCommandError:
             try:
                 repo.git.fetch("--quiet", "origin", "+refs/heads/*:refs/remotes/origin/*")
                 repo.git.cat_file("-e", f"{sha}^{{commit}}")
             except git.GitCommandError:
                 raise JobError(f"commit {sha} is not in the repository {url}") from None
-        repo.git.checkout("--force", "--detach", "--quiet", sha)
+            repo.git.checkout("--force", "--detach", "--quiet", sha)
         repo.git.clean("-ffdxq")
         return self.checkout
 
