@@ -284,3 +284,15 @@ class PeakRss:
     def __exit__(self, *exc) -> None:
         self._done.set()
         self._thread.join()
+
+
+def job_processes(sha: str) -> list[psutil.Process]:
+    """Live processes started for the job that tests ``sha`` (they carry TUICI_COMMIT in their environment)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("TUICI_COMMIT") == sha:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found

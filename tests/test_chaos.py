@@ -19,10 +19,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import psutil
 import pytest
 
-from conftest import toml_command, tuici_processes, wait_for
+from conftest import job_processes, toml_command, tuici_processes, wait_for
 from tuici import protocol as p
 from tuici.client import Control, NoDispatcher
 from tuici.supervisor import Supervisor
@@ -206,7 +205,7 @@ def test_a_stopped_runner_loses_its_job_and_its_late_result_is_not_recorded(repo
     wait_for(lambda: (j := cluster.job_for(sha)) and j.runner == "awake" and j.state == "running",
              message="the second attempt to start")
     # Wake the sleeper while the second attempt runs; its own attempt's command finished meanwhile.
-    wait_for(lambda: not any(proc.environ().get("TUICI_ATTEMPT") == "1" for proc in _job_processes(sha)), 10,
+    wait_for(lambda: not any(proc.environ().get("TUICI_ATTEMPT") == "1" for proc in job_processes(sha)), 10,
              message="the first attempt's command to end")
     cluster.kill("sleepy", signal.SIGCONT)
     job = cluster.wait_job(sha)
@@ -231,15 +230,6 @@ def test_a_stopped_runner_loses_its_job_and_its_late_result_is_not_recorded(repo
              message="the woken runner to register again")
 
 
-def _job_processes(sha: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("TUICI_COMMIT") == sha:
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
 
 
 # ---------------------------------------------------------------------- a full disk

@@ -15,12 +15,11 @@ import socket
 import subprocess
 import sys
 
-import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import PeakRss, _env, toml_command, tuici_processes, wait_for
+from conftest import PeakRss, _env, job_processes, toml_command, tuici_processes, wait_for
 from tuici import protocol as p
 from tuici.sanitize import StreamCleaner, clean, one_line, safe_text
 
@@ -327,16 +326,6 @@ forever()
 """
 
 
-def job_processes(sha: str) -> list[psutil.Process]:
-    """Live processes started for the job that tests ``sha`` (they carry TUICI_COMMIT in their environment)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("TUICI_COMMIT") == sha:
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
 
 
 @pytest.mark.parametrize("end", ["timeout", "cancel"])
