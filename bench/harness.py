@@ -57,7 +57,10 @@ def tuici_root() -> str:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TUICI_TOKEN", "TUICI_DISPATCHER")}
+    # PYTHONDONTWRITEBYTECODE (set on some build machines) would make every process recompile tuici's source:
+    # measure tuici as installed, with its bytecode cached, as on a user's machine.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TUICI_TOKEN", "TUICI_DISPATCHER", "PYTHONDONTWRITEBYTECODE")}
     env[MARK] = str(os.getpid())
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
@@ -127,12 +130,14 @@ class Procs:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def spawn(self, name: str, argv: list[str], cwd: Path | None = None, stdout=None,
-              env: dict[str, str] | None = None) -> subprocess.Popen:
+              env: dict[str, str] | None = None, tty: int | None = None) -> subprocess.Popen:
+        """Start ``argv``; with ``tty`` (a pty's slave end) as its stdin, stdout and stderr, like a terminal app."""
         if name in self.procs and self.procs[name].poll() is None:
             raise BenchError(f"process {name} is already running")
         log = open(self.logdir / f"{name}.log", "ab")
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout or log, stderr=log,
+            proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL if tty is None else tty,
+                                    stdout=stdout or (log if tty is None else tty), stderr=log if tty is None else tty,
                                     env=child_env(env), start_new_session=True)
         finally:
             log.close()

@@ -107,8 +107,18 @@ METHOD = """\
   (`git fast-import`), their finished jobs, attempts and events written through tuici's own `Store` (what a
   dispatcher records), loaded by the dispatcher as after a restart; then `tuici status --json` run as a
   command (wall time, including the interpreter's start).
-- **control center**: not measured yet (the control center is being built); see `bench/rows.py`
-  `control_center` for the hook.
+- **control center**: the real `tuici` on a 120x40 pty that answers as a modern terminal does (synchronized
+  output, so every frame comes bracketed); what it draws is read on a thread and each frame stamped when its
+  last byte arrives. Keys: the app attaches to a dispatcher, observer and runner whose job prints
+  `ui_lines_per_s` lines a second (a batch every 10 ms); Enter shows that job's output, which follows it;
+  then `ui_presses` keys, `j` and `k` in turn, each typed 20-80 ms after the previous one was answered, move
+  the commits table's selection; each is timed from writing the key to the end of the first frame that draws
+  the selection marker on its new row. The app's RSS is sampled every 20 ms over each half of the keys.
+  First frame: `ui_history` real commits with their jobs written through tuici's `Store` (as for scale), then
+  `tuici REPO` timed from its spawn to the end of the first frame that shows the newest commit, both starting
+  its engine (the first start a discarded warm-up) and attaching to a running one; `q` quits it each time.
+  Limit: a bare Textual app (one Line-API widget, `bench/_bare_app.py`) started and driven the same way, in
+  the same run (its keys during the same flood, and on a quiet machine).
 """
 
 

@@ -144,7 +144,8 @@ def test_cancel_a_running_job_and_rerun_its_commit(repo, cluster):
     assert reply.job.id != job.id
     again = cluster.wait_job(sha, states={"running"})
     assert again.id == reply.job.id
-    cluster.control(lambda c: c.cancel(again.id))
+    reply = cluster.control(lambda c: c.cancel(again.id))
+    assert reply.ok, reply.message
     assert cluster.wait_job(sha).state == "cancelled"
 
 

@@ -8,6 +8,7 @@ per-address rate limiter (tested on its own in test_security.py) lets every inpu
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import math
 import os
@@ -184,12 +185,19 @@ def test_decoder_on_arbitrary_msgpack(value):
                             "commits": [{"sha": SHA, "branch": "main", "time": math.inf}]}),
     msgspec.msgpack.encode({"type": "commits", "branch": "x\x00y", "tip": SHA, "commits": []}),
     msgspec.msgpack.encode({"type": "commits", "branch": "main", "tip": "--upload-pack=touch pwned", "commits": []}),
+    msgspec.msgpack.encode({"type": "commits", "branch": "main", "tip": SHA + "\n", "commits": []}),
+    msgspec.msgpack.encode({"type": "commits", "branch": "main\n", "tip": SHA, "commits": []}),
+    msgspec.msgpack.encode({"type": "commits", "branch": "main", "tip": SHA,
+                            "commits": [{"sha": "--output=/tmp/pwned", "branch": "main"}]}),
+    msgspec.msgpack.encode({"type": "commits", "branch": "main", "tip": SHA,
+                            "commits": [{"sha": SHA, "branch": "x\x1b]52;c;evil\x07"}]}),
     msgspec.msgpack.encode({"type": "output", "job_id": 1, "attempt": 1, "offset": -5, "data": b"x"}),
 ])
 def test_decoder_rejects_what_would_harm_the_store_or_a_runner(body):
     """None of these may decode. Some once did, or crashed the decoder: invalid UTF-8 escaped as a
     UnicodeDecodeError, a NaN commit time poisoned the SQLite store (NOT NULL), a NUL in a branch name
-    cannot go into a test command's environment, a negative offset rewrote a log."""
+    cannot go into a test command's environment, a negative offset rewrote a log, a trailing newline
+    passed the sha and branch patterns (their `$` matched before it)."""
     tried("decoder: known-bad")
     with pytest.raises(p.ProtocolError):
         p.decode(body)
@@ -204,27 +212,38 @@ stream_pieces = st.one_of(
 )
 
 
+def _frames_read(read, frames: int) -> list[bytes | str]:
+    """What ``read`` returns (re-encoded) until a clean end (None) or a ProtocolError ("error")."""
+    got: list[bytes | str] = []
+    for _ in range(frames + 1):
+        try:
+            msg = read()
+        except p.ProtocolError:
+            return got + ["error"]
+        if msg is None:
+            return got
+        assert isinstance(msg, p.Message.__args__)
+        got.append(p.encode(msg))
+    pytest.fail("read more messages than frames were sent")
+
+
 @fuzz_settings
 @given(st.lists(stream_pieces, max_size=6))
 def test_read_message_on_streams_of_good_truncated_and_oversized_frames(pieces):
-    """Messages until a clean end (None) or a ProtocolError; never another exception, never a hang."""
+    """Messages until a clean end (None) or a ProtocolError; never another exception, never a hang.
+    The blocking reader of the one-shot commands reads exactly what the asyncio one does."""
     tried("decoder: framed streams")
-
-    async def go():
-        reader = asyncio.StreamReader(limit=p.MAX_FRAME + 16)
-        reader.feed_data(b"".join(pieces))
+    data = b"".join(pieces)
+    loop = asyncio.new_event_loop()
+    try:
+        reader = asyncio.StreamReader(limit=p.MAX_FRAME + 16, loop=loop)
+        reader.feed_data(data)
         reader.feed_eof()
-        for _ in range(len(pieces) + 1):
-            try:
-                msg = await p.read_message(reader)
-            except p.ProtocolError:
-                return
-            if msg is None:
-                return
-            assert isinstance(msg, p.Message.__args__)
-        pytest.fail("read more messages than frames were sent")
-
-    asyncio.run(go())
+        via_asyncio = _frames_read(lambda: loop.run_until_complete(p.read_message(reader)), len(pieces))
+    finally:
+        loop.close()
+    stream = io.BytesIO(data)
+    assert _frames_read(lambda: p.read_message_blocking(stream), len(pieces)) == via_asyncio
 
 
 def test_hello_is_read_with_a_small_frame_limit():
@@ -289,8 +308,8 @@ def check_store(db_path, commits: set[str]) -> None:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         stored = {sha: t for sha, t in db.execute("SELECT sha, time FROM commits")}
         assert commits <= set(stored)
-        for sha, t in stored.items():
-            msgspec.convert({"sha": sha, "branch": "b", "time": t}, p.CommitInfo)
+        for sha, t in stored.items():  # only what passed as an observer's report was stored
+            msgspec.convert({"sha": sha, "branch": "b", "time": t}, p.ReportedCommit)
         for body, sha in db.execute("SELECT body, commit_sha FROM jobs"):
             job = msgspec.msgpack.decode(body, type=p.JobInfo)
             assert job.commit == sha and sha in stored

@@ -73,6 +73,32 @@ def test_new_and_deleted_branches_merges_and_force_pushes(repo):
     assert gone == ["topic"]
 
 
+def test_branch_tips_read_from_the_ref_files_are_those_git_lists(repo):
+    """Loose, packed, loose over packed, nested, symbolic; refs git would skip (bad names, not commits) too."""
+    first = repo.head()
+    for name in ("packed-only", "release/1.0", "shadowed"):
+        repo.git("branch", name)
+    repo.git("pack-refs", "--all")
+    second = repo.commit("two")
+    repo.git("branch", "-f", "shadowed", second)  # a loose ref now overrides its packed copy
+    repo.git("branch", "deep/er/name", first)
+    repo.git("symbolic-ref", "refs/heads/alias", "refs/heads/release/1.0")
+    heads = repo.path / ".git" / "refs" / "heads"
+    (heads / "tree").write_text(repo.head("HEAD^{tree}") + "\n")  # not a commit
+    (heads / ".hidden").write_text(first + "\n")  # names git rejects
+    (heads / "main.lock").write_text(first + "\n")
+    (heads / "junk").write_text("not a sha\n")
+    listed = {}
+    out = repo.git("for-each-ref", "--format=%(refname)%00%(objectname)%00%(objecttype)", "refs/heads")
+    for line in out.splitlines():
+        ref, sha, kind = line.split("\0")
+        if kind == "commit":
+            listed[ref.removeprefix("refs/heads/")] = sha
+    source = Source(str(repo.path))
+    assert source.branches() == listed
+    assert listed["shadowed"] == second and listed["alias"] == first and "tree" not in listed
+
+
 def test_detached_head_and_an_empty_repository_do_not_crash(tmp_path, repo):
     empty = GitRepo(tmp_path / "empty")
     assert plan(Source(str(empty.path)), {}) == ([], [])
@@ -124,3 +150,24 @@ def test_poll_mode_fetches_a_remote_repository(tmp_path, repo, cluster):
     sha = repo.commit("pushed later")
     repo.git("push", "-q", str(bare), "main")
     assert cluster.wait_job(sha).state == "passed"
+
+
+def test_live_observer_catches_packed_branch_deletion_gc_and_force_push(repo, cluster):
+    """Each of these changes different files: loose refs, only packed-refs, or loose refs after a rewrite."""
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    base = repo.head()
+    assert cluster.wait_job(base).state == "passed"
+    repo.git("branch", "packed")
+    repo.git("pack-refs", "--all")  # moves every branch into packed-refs and deletes the loose files
+    wait_for(lambda: "packed" in _tips(cluster), message="the new branch")
+    repo.git("branch", "-D", "-q", "packed")  # now only packed-refs changes
+    wait_for(lambda: "packed" not in _tips(cluster), message="the deleted packed branch to be forgotten")
+    after_pack = repo.commit("after pack-refs")  # main is loose again
+    assert cluster.wait_job(after_pack).state == "passed"
+    repo.git("reset", "-q", "--hard", base)
+    rewritten = repo.commit("rewritten history")
+    repo.git("reflog", "expire", "--expire=now", "--all")
+    repo.git("gc", "-q", "--prune=now")
+    assert cluster.wait_job(rewritten).state == "passed"
+    assert cluster.job_for(after_pack).state == "passed"  # tested once, before it vanished

@@ -13,7 +13,7 @@ from tuici import protocol as p
 
 def test_messages_round_trip_through_a_frame():
     msg = p.CommitsSeen(branch="main", tip="a" * 40,
-                        commits=[p.CommitInfo(sha="a" * 40, branch="main", author="Dev", subject="x", time=1.0)])
+                        commits=[p.ReportedCommit(sha="a" * 40, branch="main", author="Dev", subject="x", time=1.0)])
     frame = p.encode(msg)
     (length,) = struct.unpack(">I", frame[:4])
     assert length == len(frame) - 4

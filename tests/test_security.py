@@ -21,6 +21,7 @@ from conftest import Cluster, GitRepo, _env, _wait_or_kill, toml_command, wait_f
 from tuici import dispatcher as dispatcher_module
 from tuici import protocol as p
 from tuici.client import Control, NoDispatcher
+from tuici.sandbox import Sandbox
 from tuici.statedir import StateDir
 
 
@@ -59,7 +60,7 @@ def _exchange(sock: socket.socket, *msgs: p.Message) -> list[p.Message]:
 TOKEN_PROBE = """\
 import hashlib, os, re, socket, subprocess, sys
 
-want, hello = sys.argv[1], bytes.fromhex(sys.argv[2])
+want, hello, address = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3]
 runner = os.getppid()
 
 
@@ -87,19 +88,51 @@ def memory(pid):
     return b"".join(out)
 
 
+def every_process_root():
+    # /proc/<pid>/root of any process outside a mount namespace shows the files as they are outside it.
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            found.append(read(f"/proc/{pid}/root{token_file}"))
+        except OSError:
+            pass
+    return b"".join(found)
+
+
+def shell(script):
+    return subprocess.run(["sh", "-c", script], capture_output=True).stdout
+
+
 origin = subprocess.run(["git", "remote", "get-url", "origin"], capture_output=True, text=True).stdout.strip()
+state = os.path.join(origin, ".git", "tuici")
+token_file = os.path.join(state, "token")
 places = {
     "environment": lambda: "\\0".join(f"{k}={v}" for k, v in os.environ.items()).encode(),
     "runner environ": lambda: read(f"/proc/{runner}/environ"),
     "runner cmdline": lambda: read(f"/proc/{runner}/cmdline"),
     "runner memory": lambda: memory(runner),
-    "token file": lambda: read(os.path.join(origin, ".git", "tuici", "token")),
+    "token file": lambda: read(token_file),
+    "every process's root": every_process_root,
+    "token file after umount": lambda: shell(f"umount -l {state} 2>&1; cat {token_file}"),
+    "token file after umount in a nested namespace":
+        lambda: shell(f"unshare -Urm sh -c 'umount -l {state} 2>&1; cat {token_file}'"),
 }
 for place, get in places.items():
     try:
         print(f"probe {place}: {'LEAKED' if leaks(get()) else 'safe'}")
     except OSError as exc:
         print(f"probe {place}: unreadable ({exc.strerror})")
+try:
+    print(f"probe state dir listing: {sorted(os.listdir(state))}")
+except OSError as exc:
+    print(f"probe state dir listing: unreadable ({exc.strerror})")
+print(f"probe beside the checkout: {sorted(os.listdir('..'))}")
+try:
+    with open(os.path.join(origin, ".git", "refs", "heads", "injected"), "w") as fh:
+        fh.write("0" * 40)
+    print("probe write to the repository: written")
+except OSError as exc:
+    print(f"probe write to the repository: refused ({exc.strerror})")
 sockets = []
 for fd in os.listdir("/proc/self/fd"):
     try:
@@ -108,11 +141,32 @@ for fd in os.listdir("/proc/self/fd"):
     except FileNotFoundError:
         pass  # the listing's own descriptor, closed by now
 print(f"probe inherited sockets: {sockets or 'none'}")
-host, _, port = open(os.path.join(origin, ".git", "tuici", "address")).read().strip().rpartition(":")
+host, _, port = address.rpartition(":")
 with socket.create_connection((host, int(port)), timeout=10) as sock:
     sock.sendall(hello)
     print(f"probe hello without the token: {sock.recv(4096)[4:]!r}")
 """
+
+
+SANDBOX_PROBLEM = Sandbox().probe()
+
+
+def _probe_commit(repo: GitRepo, token: str, address: str) -> str:
+    hello = p.encode(p.Hello(role="control", token="")).hex()
+    command = ["python3", "probe.py", hashlib.sha256(token.encode()).hexdigest(), hello, address]
+    return repo.commit("probe for the token", files={"probe.py": TOKEN_PROBE},
+                       config=f"command = {json.dumps(command)}\ntimeout = 60\n")
+
+
+def _assert_nothing_leaked(out: str, token: str) -> None:
+    assert "LEAKED" not in out and token not in out, out
+    assert "probe environment: safe" in out and "probe runner cmdline: safe" in out
+    for place in ("runner environ", "runner memory", "token file"):
+        assert f"probe {place}: unreadable" in out, out
+    assert "probe every process's root: safe" in out
+    assert "probe write to the repository: refused" in out
+    assert "probe inherited sockets: none" in out
+    assert "wrong token" in out
 
 
 @pytest.fixture
@@ -166,22 +220,36 @@ def test_code_under_test_cannot_get_the_token_from_a_runner_of_its_own_user(shar
              "--workdir", str(work / "runner")],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=shared_dir, start_new_session=True)
         log.close()
-        hello = p.encode(p.Hello(role="control", token="")).hex()
-        command = ["python3", "probe.py", hashlib.sha256(token.encode()).hexdigest(), hello]
-        sha = repo.commit("probe for the token", files={"probe.py": TOKEN_PROBE},
-                          config=f"command = {json.dumps(command)}\ntimeout = 60\n")
-        job = cluster.wait_job(sha, timeout=60)
+        job = cluster.wait_job(_probe_commit(repo, token, cluster.address), timeout=60)
         out = cluster.log_of(job.id)
         assert job.state == "passed", out
-        assert "LEAKED" not in out, out
-        assert "probe environment: safe" in out and "probe runner cmdline: safe" in out
-        for place in ("runner environ", "runner memory", "token file"):
-            assert f"probe {place}: unreadable" in out
-        assert "probe inherited sockets: none" in out
-        assert "wrong token" in out
-        assert token not in out
+        _assert_nothing_leaked(out, token)
     finally:
         cluster.stop()
+
+
+@pytest.mark.skipif(SANDBOX_PROBLEM is not None, reason=f"this machine cannot build the sandbox: {SANDBOX_PROBLEM}")
+def test_code_under_test_cannot_reach_tuici_from_a_local_runner_of_the_same_user(repo, cluster):
+    """The usual set-up: dispatcher, runners and the code under test all run as one user on one machine, the
+    token in the state dir next to the database. The sandbox keeps all of it out of reach: the state dir is an
+    empty tmpfs that even a nested namespace cannot unmount, no process's /proc files open, the repository is
+    read-only, and other runners' work dirs (in the state dir, as `serve` places them) are hidden."""
+    cluster.start_observer()
+    for name in ("r1", "r2"):
+        cluster._spawn(name, "runner", "--dispatcher", cluster.address, "--state", str(cluster.state.path),
+                       "--name", name, "--workdir", str(cluster.state.path / "runners" / name))
+    cluster.wait_job(repo.head())
+    token = cluster.state.token()
+    job = cluster.wait_job(_probe_commit(repo, token, cluster.address), timeout=60)
+    out = cluster.log_of(job.id)
+    assert job.state == "passed", out
+    _assert_nothing_leaked(out, token)
+    for place in ("token file after umount", "token file after umount in a nested namespace"):
+        assert f"probe {place}: safe" in out
+    assert "probe state dir listing: ['runners']" in out  # only the mount points of what is bound back in
+    assert "probe beside the checkout: ['checkout', 'junit']" in out  # no spools, no lock, no other runner
+    assert "no sandbox" not in out
+    assert not (repo.path / ".git" / "refs" / "heads" / "injected").exists()
 
 
 def test_the_token_is_not_in_the_test_environment_log_or_open_files(repo, cluster):
@@ -189,7 +257,8 @@ def test_the_token_is_not_in_the_test_environment_log_or_open_files(repo, cluste
     cluster.start_runner("r1")
     cluster.wait_job(repo.head())
     sha = repo.commit("look around", config=toml_command(
-        "env; ls -l /proc/self/fd; tr '\\0' ' ' < /proc/$PPID/cmdline; echo; tr '\\0' '\\n' < /proc/$PPID/environ"))
+        "env; ls -l /proc/self/fd; tr '\\0' ' ' < /proc/$PPID/cmdline; echo; "
+        "tr '\\0' '\\n' < /proc/$PPID/environ || echo 'runner environ: unreadable'"))
     job = cluster.wait_job(sha)
     out = cluster.log_of(job.id)
     assert job.state == "passed" and "TUICI_COMMIT=" in out
@@ -371,14 +440,24 @@ def test_rate_limiter_bucket_refill_penalty_logging_and_memory(monkeypatch):
     assert limiter.should_log("10.0.0.1") and not limiter.should_log("10.0.0.1")
     clock.now += 10.0
     assert limiter.should_log("10.0.0.1")
-    # A flood from many addresses, each refused and logged once: the limiter's memory stays bounded.
+    # A flood from many addresses, each refused and logged once: the limiter's memory stays bounded, and the
+    # flood does not reset the limit of an address that keeps trying with wrong tokens all along.
+    for _ in range(11):
+        limiter.penalise("10.0.0.1")
     for i in range(20_000):
         ip = f"10.1.{i // 250}.{i % 250}"
         for _ in range(11):
             limiter.penalise(ip)
         assert not limiter.allow(ip)
         limiter.should_log(ip)
-    assert len(limiter._buckets) <= 10_001 and len(limiter._logged) <= 10_001
+        if i % 1000 == 0:
+            clock.now += 0.01
+            assert not limiter.allow("10.0.0.1")
+            limiter.penalise("10.0.0.1")
+        assert len(limiter._buckets) <= dispatcher_module.MAX_TRACKED_ADDRESSES
+        assert len(limiter._logged) <= dispatcher_module.MAX_TRACKED_ADDRESSES
+    assert not limiter.allow("10.0.0.1")
+    assert "10.1.79.249" in limiter._buckets  # the most recent are kept, the oldest went first
 
 
 def test_connection_attempts_are_rate_limited_per_address(repo, cluster):

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
-from conftest import _env, toml_command, tuici_processes, wait_for
+from conftest import _env, job_processes, toml_command, tuici_processes, wait_for
 from tuici.client import Control
 
 
@@ -70,6 +70,30 @@ def test_serve_runs_everything_prints_json_events_and_leaves_nothing_behind_on_s
     assert seqs == sorted(set(seqs))
 
 
+def test_a_sigkilled_serve_takes_the_processes_it_started_with_it(repo, serve):
+    """They are in sessions of their own, out of reach of a signal to serve's group: each asked the kernel
+    (PR_SET_PDEATHSIG) to kill it when serve dies."""
+    wait_for(lambda: sum(e.get("kind") == "runner.joined" for e in events(serve)) == 2, 30, message="both runners")
+    def children() -> list[psutil.Process] | None:
+        found = [p for p in tuici_processes() if p.pid != serve.pid]
+        return found if len(found) >= 4 else None
+    started = wait_for(children, message="dispatcher, observer and 2 runners")
+    serve.kill()
+    serve.wait()
+
+    def gone(proc: psutil.Process) -> bool:
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    try:
+        wait_for(lambda: all(gone(p) for p in started), 10, message="serve's children to die with it")
+    finally:
+        for proc in started:  # no longer marked as ours once serve is gone: the fixture would not find them
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
 def test_serve_restarts_a_dispatcher_that_dies_and_nothing_is_lost(repo, serve):
     wait_for(lambda: repo.state.address(), message="the dispatcher")
     wait_for(lambda: any(e.get("kind") == "job.finished" for e in events(serve)), 30, message="a first job")
@@ -85,6 +109,30 @@ def test_serve_restarts_a_dispatcher_that_dies_and_nothing_is_lost(repo, serve):
         return any(e.get("kind") == "job.finished" and e["job"]["commit"] == sha and e["job"]["state"] == "passed"
                    for e in events(serve))
     wait_for(finished, 30, message="the commit made during the restart to pass")
+
+
+def test_serve_kills_the_test_commands_of_a_runner_that_was_sigkilled_even_those_that_escaped(repo, serve):
+    wait_for(lambda: any(e.get("kind") == "job.finished" for e in events(serve)), 30, message="a first job")
+    # One process stays in the job's group; one left it (setsid) through a parent that exited (double fork).
+    sha = repo.commit("hangs", config=toml_command("(setsid sleep 301 &); sleep 300", timeout=600))
+
+    def first_attempt():
+        found = []
+        for proc in job_processes(sha):
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get("TUICI_ATTEMPT") == "1":
+                    found.append(proc)
+        return found
+
+    def both_started():
+        found = first_attempt()
+        return found if {"sleep 300", "sleep 301"} <= {" ".join(p.cmdline()) for p in found} else None
+
+    procs = wait_for(both_started, 30, message="both test processes")
+    runner = next(p.parent() for p in procs if "runner" in p.parent().cmdline())
+    runner.kill()  # its test processes are handed to serve, which kills them: no need to wait for serve's stop
+    wait_for(lambda: not first_attempt(), 20, message="the orphaned test processes to be killed")
+    assert serve.poll() is None
 
 
 def test_status_log_rerun_and_cancel_commands(repo, serve):

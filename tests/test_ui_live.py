@@ -6,6 +6,7 @@ in a ``finally`` (and the app's unmount would too), then checks none is left.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from contextlib import asynccontextmanager
@@ -110,6 +111,43 @@ class TestJobs:
 
             await until(pilot, lambda: any("started" in line for line in shown()), message="the output to show")
             assert app.log_view.follow
+
+
+class TestQueue:
+    async def test_after_attaching_the_queue_is_in_the_order_the_jobs_then_run(self, cluster):
+        """Reruns made before the app connected: a queued job moved to the front (no newer job tells it
+        apart) and a new job for a cancelled commit. The queue panel shows the dispatcher's order, and
+        one runner started afterwards runs the jobs in exactly that order."""
+        shas = await asyncio.to_thread(queue_with_reruns, cluster)
+        app = ControlCenter(LiveBackend(cluster.repo.path, cluster.state, 1))
+        try:
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: app.connection == "connected" and len(app.queue_panel.table.keys) == 4,
+                            message="the app to attach and show the queue")
+                shown = list(app.queue_panel.table.keys)
+        finally:
+            await app.stop_backend()
+        cluster.start_runner("r1")
+        jobs = await asyncio.to_thread(lambda: [cluster.wait_job(sha) for sha in shas])
+        ran = [job.id for job in sorted(jobs, key=lambda job: job.started_at)]
+        assert shown == ran == [2, 5, 3, 4]
+
+
+def queue_with_reruns(cluster) -> list[str]:
+    """Four commits queued as jobs 1-4 (no runner takes them); job 3 moved to the front, job 1 cancelled
+    and its commit queued again at the front (job 5), then job 2 moved above both."""
+    repo = cluster.repo
+    cluster.start_observer()
+    shas = [repo.head()]
+    cluster.wait_job(shas[0], states={"queued"})
+    for _ in range(3):
+        shas.append(repo.commit())
+        cluster.wait_job(shas[-1], states={"queued"})
+    first = cluster.job_for(shas[0]).id
+    for request in (lambda c: c.rerun(shas[2]), lambda c: c.cancel(first), lambda c: c.rerun(shas[0]),
+                    lambda c: c.rerun(shas[1])):
+        assert cluster.control(request).ok
+    return shas
 
 
 class TestSupervision:

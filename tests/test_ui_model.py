@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +52,16 @@ class TestModel:
                        job=p.JobInfo(id=5, commit=running.commit, branch="main", state="queued", attempts=1))
         model.apply(lost)
         assert [job.id for job in model.queue()] == [10, 5, 7, 8]
+
+    def test_a_snapshot_orders_the_queue_by_the_priority_of_reruns_made_before_it(self):
+        """Moved to the front (job 2, then 3) and a new job for a finished commit (5): only the priorities tell."""
+        def queued(job_id: int, commit: int, priority: int = 0) -> p.JobInfo:
+            return p.JobInfo(id=job_id, commit=SHAS[commit], branch="main", state="queued", priority=priority)
+        model = Model()
+        model.load(_status(9, jobs=[p.JobInfo(id=1, commit=SHAS[0], branch="main", state="passed"),
+                                    queued(2, 1, priority=3), queued(3, 2, priority=1), queued(4, 3),
+                                    queued(5, 0, priority=2)]))
+        assert [job.id for job in model.queue()] == [2, 5, 3, 4]
 
     def test_a_replayed_event_is_applied_once(self):
         model = Model()
@@ -188,6 +200,15 @@ class TestLogIndex:
 
 
 class TestThemes:
+    def test_a_wheel_ships_the_bundled_themes_and_every_package(self):
+        """pyproject.toml lists the packages by hand, to map themes/ into the package: a new one must be listed."""
+        root = Path(__file__).resolve().parent.parent
+        setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+        assert setup["package-dir"] == {"tuici.themes": "themes"}
+        assert setup["package-data"]["tuici.themes"] == ["*.toml"]
+        packages = {".".join(init.parent.relative_to(root).parts) for init in (root / "tuici").rglob("__init__.py")}
+        assert set(setup["packages"]) == packages | {"tuici.themes"}
+
     def test_bundled_themes_load_and_set_every_state_colour(self):
         themes, problems = load_themes(theme_dirs())
         assert problems == []

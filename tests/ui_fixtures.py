@@ -96,7 +96,7 @@ def recorded_events() -> list[p.Event]:
         ("job.started", {"job": _job(6, 6, "running", runner="runner-2", attempts=1, started_at=NOW - 8),
                          "runner": _runner("runner-2", 4104, "busy", job=6)}),
         ("runner.lost", {"runner": _runner("runner-4", 4106, "lost", beat=31), "message": "no heartbeat for 5.1 s"}),
-        ("job.queued", {"job": _job(10, 9, "queued")}),  # a rerun of a failed commit: at the front
+        ("job.queued", {"job": _job(10, 9, "queued", priority=1)}),  # a rerun of a failed commit: at the front
     ]
     return [p.Event(seq=seq, ts=NOW, **{"kind": kind, **fields}) for seq, (kind, fields) in enumerate(kinds, 1)]
 

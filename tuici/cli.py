@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 from . import protocol as p
-from .client import Control, NoDispatcher
+from .query import NoDispatcher, Query, endpoint_for
 from .sanitize import StreamCleaner, one_line
 from .statedir import NotARepository, StateDir, find_git_dir, resolve_token
 
+# Each command imports what only it needs: `tuici status` never loads asyncio (~25 ms) nor a component.
+
 COMMANDS = ("serve", "dispatcher", "observer", "runner", "status", "log", "rerun", "cancel", "demo")
+COMPONENTS = ("dispatcher", "observer", "runner")  # what a supervisor starts
 
 STATUS_SCHEMA = """\
 status --json prints one object:
@@ -24,8 +24,8 @@ status --json prints one object:
   last_seq  the newest event's sequence number
   runners   [{name, host, pid, state: idle|busy|lost, job: id|null, jobs_done, last_heartbeat}]
   jobs      [{id, commit, branch, state: queued|running|passed|failed|error|cancelled, runner,
-              attempts, exit_code, duration_s, passed, failed, skipped, error, queued_at,
-              started_at, finished_at, log_size}]
+              priority (queued jobs run highest first, then oldest), attempts, exit_code, duration_s,
+              passed, failed, skipped, error, queued_at, started_at, finished_at, log_size}]
   commits   [{sha, branch, author, subject, time}]
   attempts  [{job_id, attempt, runner, started_at, ended_at, outcome, reason}]
 Times are unix seconds; counts are null when the command wrote no JUnit XML."""
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dies, and print every event, one per line, until SIGINT/SIGTERM.")
     _repo_arg(s)
     s.add_argument("--runners", type=int, default=os.cpu_count() or 1, metavar="N", help="runners to start")
+    _sandbox_arg(s)
     s.add_argument("--json", action="store_true", help="print events as JSON lines")
     s.add_argument("--output", action="store_true", help="also print the jobs' output as it arrives")
     s.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the job queue for one repository's state dir.")
     d.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
                    help="address to listen on (default: 127.0.0.1 and a free port, written to the state dir)")
+    d.add_argument("--listen-fd", type=int, metavar="FD",
+                   help="serve on this inherited socket, already bound to --listen and listening (how serve starts "
+                        "the dispatcher, so that the others can connect while it starts)")
     d.add_argument("--state", type=Path, metavar="DIR",
                    help="state directory (default: .git/tuici of the repository in the current directory)")
     d.add_argument("--repo", metavar="REPO", help="the repository URL or path runners clone from")
@@ -97,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client_opts(r)
     r.add_argument("--name", help="the runner's name (default: HOST-PID)")
     r.add_argument("--workdir", type=Path, metavar="DIR", help="where the runner keeps its checkout")
+    _sandbox_arg(r)
 
     st = sub.add_parser("status", help="show commits, jobs and runners", description=STATUS_SCHEMA,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sandbox_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sandbox", choices=("auto", "on", "off"), default="auto",
+                        help="run test commands in user and mount namespaces of their own, where the state dir "
+                             "(with the token), other runners' work dirs and the repository are out of their "
+                             "reach (auto: where the machine allows it, else say so in each job's log; on: "
+                             "refuse to run without; off: never; default auto)")
+
+
 def build_ui_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuici", description="Open the control center on REPO. Other commands: " + ", ".join(COMMANDS)
@@ -138,11 +151,14 @@ def build_ui_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runners", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="runners to start (default: the number of CPUs)")
     parser.add_argument("--theme", metavar="NAME", help="colour theme for this run")
+    _sandbox_arg(parser)
     return parser
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
+def setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
 
 
@@ -164,14 +180,15 @@ def main(argv: list[str] | None = None) -> None:
         args = build_ui_parser().parse_args(argv)
         from .ui.app import run_app
 
-        run_app(args.repo, runners=args.runners, theme=args.theme)
+        run_app(args.repo, runners=args.runners, theme=args.theme, sandbox=args.sandbox)
         return
     args = build_parser().parse_args(argv)
+    if args.command in COMPONENTS:
+        from .procs import die_with_supervisor
+
+        die_with_supervisor()
     try:
-        handler = globals()[f"cmd_{args.command}"]
-        result = handler(args)
-        if asyncio.iscoroutine(result):
-            asyncio.run(result)
+        globals()[f"cmd_{args.command}"](args)
     except NoDispatcher as exc:
         die(str(exc))
     except KeyboardInterrupt:
@@ -182,7 +199,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def cmd_dispatcher(args) -> None:
+    import asyncio
     import ipaddress
+    import socket
 
     from .dispatcher import AlreadyRunning, run_dispatcher
 
@@ -203,8 +222,9 @@ def cmd_dispatcher(args) -> None:
     if repo and os.path.isdir(repo):
         repo = str(find_git_dir(repo)[0])
     try:
+        sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
         asyncio.run(run_dispatcher(state, host, port, heartbeat_timeout=args.heartbeat_timeout,
-                                   max_attempts=args.max_attempts, repo_url=repo, tls=tls))
+                                   max_attempts=args.max_attempts, repo_url=repo, tls=tls, sock=sock))
     except AlreadyRunning as exc:
         die(str(exc))
     except OSError as exc:
@@ -212,6 +232,8 @@ def cmd_dispatcher(args) -> None:
 
 
 def cmd_observer(args) -> None:
+    import asyncio
+
     from .observer import Source, mirror_dir_for, run_observer
 
     setup_logging()
@@ -227,18 +249,23 @@ def cmd_observer(args) -> None:
 
 
 def cmd_runner(args) -> None:
+    import asyncio
     import socket
 
-    from .runner import default_workdir, hide_memory, run_runner
+    from .procs import hide_memory
+    from .runner import default_workdir, run_runner, runners_base
 
     setup_logging()
-    endpoint, _ = _endpoint(args)
+    endpoint, state = _endpoint(args)
     if os.environ.pop("TUICI_TOKEN", None) or args.token:  # never handed on to the code under test
         # No token file on this machine the tests could read anyway: keep the one we hold out of their reach.
         hide_memory()
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
-    workdir = args.workdir or default_workdir(name)
-    asyncio.run(run_runner(endpoint, name, workdir.resolve()))
+    workdir = (args.workdir or default_workdir(name)).resolve()
+    hide = [state.path.resolve()] if state else []
+    if workdir.is_relative_to(runners_base()):
+        hide.append(runners_base())  # other runners' checkouts: the code under test must not touch them
+    asyncio.run(run_runner(endpoint, name, workdir, tuple(hide), args.sandbox))
 
 
 def _endpoint(args) -> tuple[p.Endpoint, StateDir | None]:
@@ -261,132 +288,34 @@ def _address(text: str) -> tuple[str, int]:
 # ---------------------------------------------------------------------- serve
 
 
-async def cmd_serve(args) -> None:
-    from .supervisor import Supervisor, SupervisorError
+def cmd_serve(args) -> None:
+    import asyncio
+
+    from .serve import serve
+    from .supervisor import SupervisorError
 
     setup_logging()
-    state = state_for(args.repo)
-    top = find_git_dir(args.repo)[0]
-    out = Printer(args.json)
-    notices: set[asyncio.Task] = set()
-    control: Control | None = None
-
-    def on_event(kind: str, name: str, message: str) -> None:
-        # Published through the dispatcher, so the stream is the one record of everything.
-        if control is not None:
-            task = asyncio.ensure_future(_notify(control, kind, name, message))
-            notices.add(task)
-            task.add_done_callback(notices.discard)
-
-    supervisor = Supervisor(top, state, runners=args.runners, on_event=on_event, listen=args.listen,
-                            dispatcher_args=["--heartbeat-timeout", str(args.heartbeat_timeout),
-                                             "--max-attempts", str(args.max_attempts)])
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    follower = None
     try:
-        try:
-            await supervisor.start_dispatcher()
-            control = Control.for_state(state)
-            last_seq = (await control.status(limit=1)).last_seq
-            follower = asyncio.ensure_future(follow_events(control, out, last_seq, include_output=args.output))
-            await control.notice("process.started", "dispatcher", f"pid {supervisor.children['dispatcher'].pid}")
-            await supervisor.start_workers()
-        except (SupervisorError, NoDispatcher) as exc:
-            die(str(exc))
-        await stop.wait()
-    finally:
-        if follower is not None:
-            follower.cancel()
-        await asyncio.gather(*(t for t in [follower] if t), *notices, return_exceptions=True)
-        if control is not None:
-            await control.close()
-        await supervisor.stop()
-
-
-async def _notify(control: Control, kind: str, name: str, message: str) -> None:
+        top, git_dir = find_git_dir(args.repo)
+    except NotARepository as exc:
+        die(str(exc))
     try:
-        await control.notice(kind, name, message)
-    except (NoDispatcher, OSError, ConnectionError):
-        pass  # the dispatcher stayed down; the supervisor's own log has it
-
-
-async def follow_events(control: Control, out: "Printer", last: int, include_output: bool = False) -> None:
-    """Print events after ``last``; after a dropped connection, resume after the last one seen."""
-    while True:
-        try:
-            async for msg in control.subscribe(after_seq=last, output=include_output):
-                if isinstance(msg, p.Event):
-                    last = msg.seq
-                out.message(msg)
-        except (NoDispatcher, OSError, ConnectionError, p.ProtocolError):
-            pass
-        await asyncio.sleep(0.2)
-
-
-class Printer:
-    """Events as JSON lines, or as short human lines."""
-
-    def __init__(self, as_json: bool):
-        self.as_json = as_json
-        self._cleaners: dict[int, StreamCleaner] = {}  # job id -> its output's cleaner, while it runs
-
-    def message(self, msg: p.Event | p.JobOutput) -> None:
-        # Test output, names and subjects are untrusted: never written to the terminal raw.
-        if self.as_json:
-            self._emit(p.to_json(msg))
-        elif isinstance(msg, p.JobOutput):
-            sys.stdout.write(self._cleaners.setdefault(msg.job_id, StreamCleaner()).feed(msg.data))
-        else:
-            if msg.kind == "job.finished" and msg.job is not None:
-                self._cleaners.pop(msg.job.id, None)
-            line = one_line(f"{msg.kind:<18} {describe(msg)}")
-            self._emit(f"{time.strftime('%H:%M:%S', time.localtime(msg.ts))} {line}")
-
-    @staticmethod
-    def _emit(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-
-def describe(event: p.Event) -> str:
-    parts = []
-    if event.job is not None:
-        j = event.job
-        parts.append(f"job {j.id} {j.commit[:10]} {j.branch} {j.state}")
-        if j.runner and j.state == "running":
-            parts.append(f"on {j.runner}")
-        if j.duration_s is not None:
-            parts.append(f"({j.duration_s:.2f} s)")
-        if j.passed is not None:
-            parts.append(f"{j.passed} passed, {j.failed} failed, {j.skipped} skipped")
-    elif event.commit is not None:
-        c = event.commit
-        parts.append(f"{c.sha[:10]} {c.branch} {c.author}: {c.subject}")
-    elif event.runner is not None:
-        r = event.runner
-        parts.append(f"{r.name} ({r.host}, pid {r.pid}) {r.state}")
-    if event.message:
-        parts.append(f"- {event.message}")
-    return " ".join(parts)
+        asyncio.run(serve(args, StateDir.in_git_dir(git_dir), top))
+    except SupervisorError as exc:
+        die(str(exc))
 
 
 # ---------------------------------------------------------------------- queries
 
 
-async def cmd_status(args) -> None:
-    control = Control.for_state(state_for(args.repo))
-    try:
-        status = await control.status()
-    finally:
-        await control.close()
+def cmd_status(args) -> None:
+    with Query(endpoint_for(state_for(args.repo))) as query:
+        status = query.status()
     if args.json:
         sys.stdout.flush()
         sys.stdout.buffer.write(p.to_json_bytes(status) + b"\n")
         return
-    # Names, branches and subjects come from runners and commits: shown through one_line, never raw.
+    # Names, shas, branches and subjects come from the dispatcher: shown through one_line, never raw.
     print(f"repository {one_line(status.repo_url)}")
     print(f"\nrunners ({len(status.runners)})")
     for r in status.runners:
@@ -401,23 +330,21 @@ async def cmd_status(args) -> None:
     for j in reversed(status.jobs[-args.limit:] if args.limit else status.jobs):
         subject = one_line(commits[j.commit].subject) if j.commit in commits else ""
         dur = f"{j.duration_s:7.2f}s" if j.duration_s is not None else " " * 8
-        print(f"  {j.id:>5} {j.state:<9} {j.commit[:10]} {one_line(j.branch)[:20]:<20} {dur} {subject[:50]}")
+        print(f"  {j.id:>5} {j.state:<9} {one_line(j.commit)[:10]} {one_line(j.branch)[:20]:<20} {dur} {subject[:50]}")
 
 
-async def cmd_rerun(args) -> None:
-    await _simple(args.repo, lambda c: c.rerun(args.commit))
+def cmd_rerun(args) -> None:
+    _simple(args.repo, p.RerunRequest(commit=args.commit))
 
 
-async def cmd_cancel(args) -> None:
-    await _simple(args.repo, lambda c: c.cancel(args.job))
+def cmd_cancel(args) -> None:
+    _simple(args.repo, p.CancelRequest(job_id=args.job))
 
 
-async def _simple(repo: str, call) -> None:
-    control = Control.for_state(state_for(repo))
-    try:
-        reply = await call(control)
-    finally:
-        await control.close()
+def _simple(repo: str, request: p.Message) -> None:
+    with Query(endpoint_for(state_for(repo))) as query:
+        reply = query.request(request)
+    assert isinstance(reply, p.Reply)
     print(reply.message)
     if not reply.ok:
         raise SystemExit(1)
@@ -428,12 +355,7 @@ def cmd_log(args) -> None:
     path = state.job_log(args.job)
     if not path.exists() and not args.follow:
         die(f"no output stored for job {args.job}")
-    asyncio.run(_print_log(state, args.job, args.follow))
-
-
-async def _print_log(state: StateDir, job_id: int, follow: bool) -> None:
     offset = 0
-    path = state.job_log(job_id)
     cleaner = StreamCleaner()
     while True:
         try:
@@ -445,17 +367,14 @@ async def _print_log(state: StateDir, job_id: int, follow: bool) -> None:
         except FileNotFoundError:
             pass
         sys.stdout.flush()
-        if not follow:
+        if not args.follow:
             return
-        control = Control.for_state(state)
-        try:
-            status = await control.status()
-        finally:
-            await control.close()
-        job = next((j for j in status.jobs if j.id == job_id), None)
+        with Query(endpoint_for(state)) as query:
+            status = query.status()
+        job = next((j for j in status.jobs if j.id == args.job), None)
         if job is None or job.state in p.FINAL_STATES and offset >= job.log_size:
             return
-        await asyncio.sleep(0.25)
+        time.sleep(0.25)
 
 
 def cmd_demo(args) -> None:

@@ -1,17 +1,18 @@
-"""A control client: how the CLI, `serve` and the control center talk to a dispatcher."""
+"""The asyncio control client: how `serve` and the control center talk to a dispatcher.
+
+The one-shot commands use ``query.Query``, its blocking counterpart.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import AsyncIterator
 
 from . import protocol as p
-from .statedir import StateDir, resolve_token
+from .query import NoDispatcher, endpoint_for
+from .statedir import StateDir
 
-
-class NoDispatcher(Exception):
-    pass
+__all__ = ["Control", "NoDispatcher"]
 
 
 class Control:
@@ -24,16 +25,7 @@ class Control:
 
     @classmethod
     def for_state(cls, state: StateDir, token: str | None = None) -> "Control":
-        address = os.environ.get("TUICI_DISPATCHER") or state.address()
-        if not address:
-            raise NoDispatcher(f"no dispatcher has run for this repository ({state.path} has no address)")
-        host, port = p.parse_address(address)
-        # A dispatcher serving TLS (for runners on other hosts) is trusted through the CA in TUICI_TLS_CA.
-        try:
-            tls = p.client_tls(os.environ.get("TUICI_TLS_CA"))
-        except OSError as exc:  # ssl.SSLError included
-            raise NoDispatcher(f"cannot load the CA file in TUICI_TLS_CA: {exc}") from None
-        return cls(p.Endpoint(host, port, resolve_token(token, state), tls))
+        return cls(endpoint_for(state, token))
 
     async def _connect(self) -> p.Connection:
         try:

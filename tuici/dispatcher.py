@@ -62,6 +62,23 @@ class AlreadyRunning(Exception):
     pass
 
 
+MAX_TRACKED_ADDRESSES = 10_000
+
+
+def _remember(table: dict, key: str, value, forgettable) -> None:
+    """Put key last in the table (least recently seen first); past the cap, drop entries that are as good as
+    absent, then the least recently seen, down to 90% so the scan is paid once per thousand new addresses.
+    Memory stays bounded, and a flood from many addresses cannot reset the limit of one that keeps trying."""
+    table.pop(key, None)
+    table[key] = value
+    if len(table) > MAX_TRACKED_ADDRESSES:
+        for old in [k for k, v in table.items() if forgettable(v)]:
+            del table[old]
+        excess = len(table) - MAX_TRACKED_ADDRESSES * 9 // 10
+        for old in list(table)[:max(0, excess)]:
+            del table[old]
+
+
 class RateLimiter:
     """Connection attempts per source address: a token bucket; a wrong token costs a lot of tokens."""
 
@@ -70,30 +87,33 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._logged: dict[str, float] = {}
 
+    def _refilled(self, bucket: tuple[float, float]) -> float:
+        level, at = bucket
+        return min(self.burst, level + (time.monotonic() - at) * self.rate)
+
+    def _set(self, ip: str, level: float) -> None:
+        _remember(self._buckets, ip, (level, time.monotonic()),
+                  lambda bucket: self._refilled(bucket) >= self.burst)  # a full bucket is a fresh one
+
     def _level(self, ip: str) -> float:
-        level, at = self._buckets.get(ip, (self.burst, time.monotonic()))
-        now = time.monotonic()
-        return min(self.burst, level + (now - at) * self.rate)
+        bucket = self._buckets.get(ip)
+        return self.burst if bucket is None else self._refilled(bucket)
 
     def allow(self, ip: str) -> bool:
         level = self._level(ip)
-        if len(self._buckets) > 10_000:
-            self._buckets.clear()  # bounded memory under a flood from many addresses
         allowed = level >= 1.0
-        self._buckets[ip] = (level - 1.0 if allowed else level, time.monotonic())
+        self._set(ip, level - 1.0 if allowed else level)
         return allowed
 
     def penalise(self, ip: str) -> None:
-        self._buckets[ip] = (self._level(ip) - self.penalty, time.monotonic())
+        self._set(ip, self._level(ip) - self.penalty)
 
     def should_log(self, ip: str) -> bool:
         """At most one log line per address every 10 s, so a flood cannot fill the disk."""
         now = time.monotonic()
-        if now - self._logged.get(ip, 0.0) < 10.0:
+        if now - self._logged.get(ip, -10.0) < 10.0:
             return False
-        if len(self._logged) > 10_000:
-            self._logged.clear()  # bounded memory, as for the buckets
-        self._logged[ip] = now
+        _remember(self._logged, ip, now, lambda at: time.monotonic() - at >= 10.0)
         return True
 
 
@@ -107,10 +127,12 @@ class Dispatcher:
         max_attempts: int = 3,
         repo_url: str = "",
         tls: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
     ):
         self.state = state.ensure()
         self.host = host
         self.port = port
+        self.sock = sock  # a listening socket bound for us (by a supervisor), used instead of host and port
         self.heartbeat_timeout = heartbeat_timeout
         self.max_attempts = max_attempts
         self.repo_url = repo_url
@@ -122,10 +144,9 @@ class Dispatcher:
         self.commits: dict[str, p.CommitInfo] = {}
         self.tips: dict[str, str] = {}
         self.jobs: dict[int, p.JobInfo] = {}
-        self.priority: dict[int, int] = {}
         self.attempts: dict[tuple[int, int], p.AttemptInfo] = {}
         self.active_job: dict[str, int] = {}  # commit -> its queued or running job
-        self.queue: list[tuple[int, int]] = []  # heap of (-priority, job id)
+        self.queue: list[tuple[int, int]] = []  # heap of (-job.priority, job id); stale entries are skipped
         self.runners: dict[str, RunnerSession] = {}
         self.cancel_requested: set[int] = set()
         self.subscribers: set[Subscriber] = set()
@@ -166,14 +187,17 @@ class Dispatcher:
         self._load(snap)
         for job_id, size in (await asyncio.to_thread(self._running_log_sizes)).items():
             self.jobs[job_id].log_size = size
+        if self.sock is not None:
+            where = {"sock": self.sock}
+        else:
+            where = {"host": self.host, "port": self.port, "reuse_address": True}
         self._server = await asyncio.start_server(
-            self._handle, self.host, self.port, limit=p.READ_LIMIT, reuse_address=True, ssl=self.tls,
+            self._handle, **where, limit=p.READ_LIMIT, ssl=self.tls,
             ssl_handshake_timeout=5.0 if self.tls else None,
         )
         sock = self._server.sockets[0]
-        host, port = sock.getsockname()[:2]
-        self.port = port
-        self.address = f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+        self.port = sock.getsockname()[1]
+        self.address = p.address_of(sock)
         self.state.write_address(self.address)
         self._spawn(self._watch_heartbeats())
         log.info("dispatcher listening on %s (state %s)", self.address, self.state.path)
@@ -188,7 +212,7 @@ class Dispatcher:
         self.tips = dict(snap.tips)
         for job, prio in snap.jobs:
             self.jobs[job.id] = job
-            self.priority[job.id] = prio
+            job.priority = prio  # the column is authoritative: bodies stored before the field lack it
             self.next_job_id = max(self.next_job_id, job.id + 1)
             if job.state in ("queued", "running"):
                 self.active_job[job.commit] = job.id
@@ -248,7 +272,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ durability
 
     def _save_job(self, job: p.JobInfo) -> None:
-        self._pending.jobs[job.id] = (job, self.priority[job.id])
+        self._pending.jobs[job.id] = (job, job.priority)
         self._schedule_flush()
 
     def _save_attempt(self, a: p.AttemptInfo) -> None:
@@ -397,10 +421,10 @@ class Dispatcher:
         return queued
 
     def _new_job(self, sha: str, branch: str, priority: int) -> p.JobInfo:
-        job = p.JobInfo(id=self.next_job_id, commit=sha, branch=branch, state="queued", queued_at=time.time())
+        job = p.JobInfo(id=self.next_job_id, commit=sha, branch=branch, state="queued", queued_at=time.time(),
+                        priority=priority)
         self.next_job_id += 1
         self.jobs[job.id] = job
-        self.priority[job.id] = priority
         self.active_job[sha] = job.id
         heapq.heappush(self.queue, (-priority, job.id))
         self._save_job(job)
@@ -582,7 +606,7 @@ class Dispatcher:
             # Everything it printed belongs to the lost attempt; the next attempt starts a fresh log.
             job.log_size = 0
             self._truncate_log_later(job.id)
-            heapq.heappush(self.queue, (-self.priority[job.id], job.id))
+            heapq.heappush(self.queue, (-job.priority, job.id))
             self._save_job(job)
             self._publish("job.requeued", job=job, message=reason)
 
@@ -596,8 +620,9 @@ class Dispatcher:
         self._log_executor.submit(_truncate, path)
 
     async def _watch_heartbeats(self) -> None:
+        """Mark quiet runners lost, at most a quarter of the timeout late (and wake no more often than that)."""
         while True:
-            await asyncio.sleep(min(0.5, self.heartbeat_timeout / 4))
+            await asyncio.sleep(self.heartbeat_timeout / 4)
             now = time.monotonic()
             for sess in list(self.runners.values()):
                 if sess.conn is not None and now - sess.last_seen > self.heartbeat_timeout:
@@ -626,7 +651,7 @@ class Dispatcher:
         while self.queue:
             neg_prio, job_id = heapq.heappop(self.queue)
             job = self.jobs.get(job_id)
-            if job is not None and job.state == "queued" and -neg_prio == self.priority[job_id]:
+            if job is not None and job.state == "queued" and -neg_prio == job.priority:
                 return job
         return None
 
@@ -688,11 +713,11 @@ class Dispatcher:
         if len(matches) != 1:
             return p.Reply(ok=False, message=f"{'no' if not matches else 'more than one'} commit matches {prefix!r}")
         sha = matches[0]
-        top = max(self.priority.values(), default=0) + 1
+        top = max((j.priority for j in self.jobs.values()), default=0) + 1
         active = self.active_job.get(sha)
         if active is not None and self.jobs[active].state == "queued":
             job = self.jobs[active]
-            self.priority[job.id] = top
+            job.priority = top
             heapq.heappush(self.queue, (-top, job.id))
             self._save_job(job)
             self._publish("job.queued", job=job, message="moved to the front")

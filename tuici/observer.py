@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,15 @@ log = logging.getLogger("tuici.observer")
 
 REPORT_CHUNK = 1000  # commits per message
 SEP = "\x1f"
+# watchfiles looks for events every `step` ms, even when there are none, and reports a change one to two
+# steps after it: short for loose refs (commits and pushes, where latency matters), long for the top of the
+# git dir (packed-refs: deleting a packed branch; HEAD).
+REFS_STEP_MS = 12
+TOP_STEP_MS = 500
+_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+# What git's check_refname_format rejects (for-each-ref skips such refs): a component starting with "." or
+# ending with ".lock", "..", "@{", control characters, space and ~^:?*[\, a trailing ".", the name "@".
+_BAD_REF_NAME = re.compile(r"(^|/)\.|\.lock(/|$)|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|\.$|^@$")
 
 
 @dataclass
@@ -51,6 +62,7 @@ class Source:
             self.work_tree = None if top == self.git_dir else top
             self.url = str(top)
         self._repo: git.Repo | None = None
+        self._commits: set[str] = set()  # shas known to be commits (an object's type never changes)
 
     @property
     def repo(self) -> git.Repo:
@@ -80,6 +92,58 @@ class Source:
             return cfg.RepoConfig()
 
     def branches(self) -> dict[str, str]:
+        """Each branch that points to a commit, with its tip."""
+        tips = self._read_heads()
+        if tips is None:
+            return self._for_each_ref()
+        return {name: sha for name, sha in tips.items() if self._is_commit(sha)}
+
+    def _read_heads(self) -> dict[str, str] | None:
+        """Branch tips read from the ref files, without spawning git; None if refs are not kept in files.
+
+        Loose refs are read before packed-refs, as git does: a concurrent pack-refs writes packed-refs
+        before it deletes the loose files, so no branch can be missed between the two.
+        """
+        if (self.git_dir / "reftable").is_dir():
+            return None
+        tips: dict[str, str] = {}
+        symbolic: list[str] = []
+        heads = self.git_dir / "refs" / "heads"
+        for folder, _, files in os.walk(heads):
+            for file in files:
+                name = os.path.relpath(os.path.join(folder, file), heads).replace(os.sep, "/")
+                if _BAD_REF_NAME.search(name):
+                    continue
+                try:
+                    with open(os.path.join(folder, file), "rb") as fh:
+                        content = fh.read(4096).decode("ascii", "replace").strip()
+                except OSError:  # deleted meanwhile: packed-refs may still hold it, as it would for git
+                    continue
+                if content.startswith("ref:"):
+                    symbolic.append(name)
+                elif _SHA.fullmatch(content):
+                    tips[name] = content
+        for line in self._read_packed_refs():
+            sha, _, ref = line.partition(" ")
+            if ref.startswith("refs/heads/") and _SHA.fullmatch(sha):
+                name = ref[len("refs/heads/"):]
+                if not _BAD_REF_NAME.search(name):
+                    tips.setdefault(name, sha)  # a loose ref is newer than its packed copy
+        for name in symbolic:  # rare: let git resolve them, through its running cat-file
+            try:
+                tips[name] = self.repo.git.get_object_header(f"refs/heads/{name}")[0].decode()
+            except (ValueError, git.GitCommandError):
+                tips.pop(name, None)
+        return tips
+
+    def _read_packed_refs(self) -> list[str]:
+        try:
+            with open(self.git_dir / "packed-refs", encoding="utf-8", errors="replace") as fh:
+                return [line.rstrip("\n") for line in fh if line[:1] not in ("#", "^")]
+        except FileNotFoundError:
+            return []
+
+    def _for_each_ref(self) -> dict[str, str]:
         out = self.repo.git.for_each_ref("--format=%(refname:short)%00%(objectname)%00%(objecttype)", "refs/heads")
         heads = {}
         for line in out.splitlines():
@@ -88,20 +152,29 @@ class Source:
                 heads[name] = sha
         return heads
 
+    def _is_commit(self, sha: str) -> bool:
+        if sha in self._commits:
+            return True
+        if self._type(sha) != b"commit":
+            return False
+        if len(self._commits) > 10_000:
+            self._commits.clear()  # bounded; it only saves asking git again
+        self._commits.add(sha)
+        return True
+
     def new_commits(self, tip: str, exclude: list[str]) -> list[p.CommitInfo]:
         """Commits reachable from ``tip`` but from none of ``exclude``, oldest first."""
         return self._log(tip, "--not", *exclude, "--reverse", "--topo-order")
 
-    def present(self, shas: list[str]) -> list[str]:
-        """Those of ``shas`` still in the repository (a force-push and gc may have dropped some)."""
-        return [sha for sha in shas if self._has(sha)]
+    def has(self, sha: str) -> bool:
+        """Whether the object is still in the repository (a force-push and gc may have dropped it)."""
+        return self._type(sha) is not None
 
-    def _has(self, sha: str) -> bool:
+    def _type(self, sha: str) -> bytes | None:
         try:
-            self.repo.odb.info(bytes.fromhex(sha))
-            return True
+            return self.repo.odb.info(bytes.fromhex(sha)).type
         except (ValueError, git.BadName, git.BadObject, OSError, git.GitCommandError):
-            return False
+            return None
 
     def commit_info(self, sha: str) -> p.CommitInfo:
         return self._log(sha, "-1")[0]
@@ -118,8 +191,10 @@ class Source:
 def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]]:
     """What to tell the dispatcher, given the tips it knows: reports for changed branches, names of gone ones."""
     conf = source.config()
-    heads = {b: sha for b, sha in source.branches().items() if conf.watches(b)}
-    exclude = source.present(sorted(set(known.values())))
+    branches = source.branches()
+    heads = {b: sha for b, sha in branches.items() if conf.watches(b)}
+    tips = set(branches.values())  # present for sure; only known tips that are no longer anyone's are looked up
+    exclude = sorted(sha for sha in set(known.values()) if sha in tips or source.has(sha))
     reports = []
     for branch in sorted(heads):
         tip = heads[branch]
@@ -188,7 +263,7 @@ class Observer:
                     except git.GitCommandError as exc:
                         log.error("fetch from %s failed: %s", self.source.url, exc.stderr.strip())
                 reports, gone = await asyncio.to_thread(plan, self.source, known)
-                closed.cancel()
+                await _stop_reading(closed)
                 for report in reports:
                     await self._report(conn, report)
                     known[report.branch] = report.tip
@@ -223,6 +298,8 @@ class Observer:
     async def _watch(self) -> None:
         """Set ``changed`` whenever a ref moves: loose refs (recursively), packed-refs or HEAD."""
         git_dir = self.source.git_dir
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()  # looked at by watchfiles (in rust) after each step
 
         def ref_file(change: watchfiles.Change, path: str) -> bool:
             return not path.endswith(".lock")
@@ -230,14 +307,38 @@ class Observer:
         def top_file(change: watchfiles.Change, path: str) -> bool:
             return os.path.basename(path) in ("packed-refs", "HEAD")
 
-        # watchfiles wakes every `step` ms to look for events, even when idle: short for loose refs
-        # (commits, pushes: latency matters), long for packed-refs (gc, deleting a packed branch).
-        async def watch(path: Path, flt, recursive: bool, step: int) -> None:
-            async for _ in watchfiles.awatch(path, watch_filter=flt, debounce=200, step=step, recursive=recursive,
-                                             stop_event=self.stopping):
-                self.changed.set()
+        def tell(fn) -> None:
+            try:
+                loop.call_soon_threadsafe(fn)
+            except RuntimeError:  # the loop is closed: we are exiting
+                pass
 
-        await asyncio.gather(watch(git_dir / "refs", ref_file, True, 10), watch(git_dir, top_file, False, 100))
+        def watch(path: Path, flt, recursive: bool, step: int, done: asyncio.Future) -> None:
+            error = None
+            try:
+                for _ in watchfiles.watch(path, watch_filter=flt, debounce=200, step=step, rust_timeout=0,
+                                          recursive=recursive, stop_event=stop, raise_interrupt=False):
+                    tell(self.changed.set)
+            except Exception as exc:
+                error = exc
+            tell(lambda: done.done() or (done.set_exception(error) if error else done.set_result(None)))
+
+        # Daemon threads: one asleep in a long step must not hold up the observer's exit.
+        watchers = []
+        for path, flt, recursive, step in ((git_dir / "refs", ref_file, True, REFS_STEP_MS),
+                                           (git_dir, top_file, False, TOP_STEP_MS)):
+            done = loop.create_future()
+            threading.Thread(target=watch, args=(path, flt, recursive, step, done), daemon=True,
+                             name=f"watch {path.name}").start()
+            watchers.append(done)
+        try:
+            await asyncio.gather(*watchers)
+        except Exception:
+            # Without file events we would miss commits: exit, to be restarted (by serve) rather than go blind.
+            log.exception("watching %s failed; stopping", git_dir)
+            self.stopping.set()
+        finally:
+            stop.set()
 
     @staticmethod
     async def _wait(event: asyncio.Event, seconds: float) -> None:
@@ -245,6 +346,18 @@ class Observer:
             await asyncio.wait_for(event.wait(), seconds)
         except asyncio.TimeoutError:
             pass
+
+
+async def _stop_reading(read: asyncio.Future) -> None:
+    """Cancel a pending read of the connection and wait until it has let go of the reader (else our next
+    read fails: "readexactly() called while another coroutine is already waiting")."""
+    read.cancel()
+    await asyncio.wait([read])
+    if read.cancelled():
+        return
+    if not read.result():
+        raise ConnectionError("dispatcher closed the connection")
+    raise p.ProtocolError("the dispatcher sent something unasked")
 
 
 def mirror_dir_for(url: str) -> Path:

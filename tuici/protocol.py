@@ -4,17 +4,23 @@ A frame is a 4-byte big-endian length followed by a msgpack body of at most
 ``MAX_FRAME`` bytes. The body decodes to exactly one of the ``Message`` structs
 (tagged by their ``type`` field); anything else raises ``ProtocolError`` and the
 receiving side closes that one connection.
+
+asyncio and ssl are imported where they are used: the one-shot commands (status, log, rerun, cancel) use a
+blocking socket and start ~30 ms sooner without them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ssl
+import socket
 import struct
 from dataclasses import dataclass
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, BinaryIO, Literal, Union
 
 import msgspec
+
+if TYPE_CHECKING:
+    import asyncio
+    import ssl
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
@@ -29,10 +35,13 @@ JobState = Literal["queued", "running", "passed", "failed", "error", "cancelled"
 RunnerState = Literal["idle", "busy", "lost"]
 FINAL_STATES = frozenset({"passed", "failed", "error", "cancelled"})
 
-# A full object id (SHA-1 or SHA-256): never an option or a path, whoever sends it.
-Sha = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")]
+# A full object id (SHA-1 or SHA-256): never an option or a path. Checked where a sha comes in: in what an
+# observer reports (the dispatcher queues it) and in what a runner is told to check out. Control clients only
+# show what the dispatcher checked on the way in, and skip the check (a third of decoding 10,000 jobs).
+# Anchored with \A and \Z: `$` would also match before a trailing newline.
+Sha = Annotated[str, msgspec.Meta(pattern=r"\A[0-9a-f]{40}([0-9a-f]{24})?\Z")]
 # As git allows it: no control characters (a NUL could not even go into a test command's environment).
-Branch = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]+$")]
+Branch = Annotated[str, msgspec.Meta(pattern=r"\A[^\x00-\x1f\x7f]+\Z")]
 # Unix seconds, finite: SQLite would store a NaN as NULL and refuse the whole batch it is in.
 Timestamp = Annotated[float, msgspec.Meta(ge=-1e11, le=1e11)]
 Offset = Annotated[int, msgspec.Meta(ge=0)]
@@ -59,16 +68,23 @@ class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_de
 
 
 class CommitInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
-    sha: Sha
-    branch: Branch
+    sha: str
+    branch: str
     author: str = ""
     subject: str = ""
     time: Timestamp = 0.0  # committer time
 
 
+class ReportedCommit(CommitInfo):
+    """A commit as an observer reports it: its sha and branch are checked (see ``Sha``)."""
+
+    sha: Sha
+    branch: Branch
+
+
 class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     id: int
-    commit: Sha
+    commit: str
     branch: str
     state: JobState
     runner: str | None = None
@@ -83,6 +99,7 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
     started_at: float | None = None
     finished_at: float | None = None
     log_size: int = 0
+    priority: int = 0  # dispatch order: the highest first, then the lowest id; a rerun goes above every other
 
 
 class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -145,7 +162,7 @@ class Refused(_Msg, tag="refused"):
 class CommitsSeen(_Msg, tag="commits"):
     branch: Branch
     tip: Sha
-    commits: list[CommitInfo]  # oldest first
+    commits: list[ReportedCommit]  # oldest first
 
 
 class BranchGone(_Msg, tag="branch_gone"):
@@ -307,21 +324,42 @@ def to_json(obj: msgspec.Struct) -> str:
 
 
 
+def _body_length(header: bytes, max_size: int) -> int:
+    (length,) = _HEADER.unpack(header)
+    if length > max_size:
+        raise ProtocolError(f"frame of {length} bytes exceeds the {max_size}-byte limit")
+    return length
+
+
 async def read_message(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> Message | None:
     """The next message (of at most ``max_size`` bytes), or None at a clean end of stream."""
+    import asyncio
+
     try:
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
             raise ProtocolError("connection closed inside a frame header") from None
         return None
-    (length,) = _HEADER.unpack(header)
-    if length > max_size:
-        raise ProtocolError(f"frame of {length} bytes exceeds the {max_size}-byte limit")
+    length = _body_length(header, max_size)
     try:
         body = await reader.readexactly(length)
     except asyncio.IncompleteReadError:
         raise ProtocolError("connection closed inside a frame") from None
+    return decode(body)
+
+
+def read_message_blocking(stream: BinaryIO, max_size: int = MAX_FRAME) -> Message | None:
+    """As ``read_message``, from a blocking binary stream (a socket's ``makefile("rb")``)."""
+    header = stream.read(_HEADER.size)
+    if not header:
+        return None
+    if len(header) < _HEADER.size:
+        raise ProtocolError("connection closed inside a frame header")
+    length = _body_length(header, max_size)
+    body = stream.read(length)
+    if len(body) < length:
+        raise ProtocolError("connection closed inside a frame")
     return decode(body)
 
 
@@ -339,12 +377,18 @@ class Endpoint:
 
 
 def client_tls(cafile: str | None) -> ssl.SSLContext | None:
-    return ssl.create_default_context(cafile=cafile) if cafile else None
+    if not cafile:
+        return None
+    import ssl
+
+    return ssl.create_default_context(cafile=cafile)
 
 
 def server_tls(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
     if not certfile:
         return None
+    import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(certfile, keyfile)
@@ -360,6 +404,8 @@ class Connection:
 
     @classmethod
     async def open(cls, endpoint: Endpoint, timeout: float = 5.0) -> "Connection":
+        import asyncio
+
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(endpoint.host, endpoint.port, limit=READ_LIMIT, ssl=endpoint.tls,
                                     server_hostname=endpoint.host if endpoint.tls else None),
@@ -400,6 +446,12 @@ class Connection:
             pass
 
 
+def address_of(sock: socket.socket) -> str:
+    """A listening socket's ``HOST:PORT`` (``[v6]:PORT``), as ``parse_address`` reads it back."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (or ``[v6]:PORT``) into its parts, with a clear error."""
     host, sep, port = text.rpartition(":")
@@ -410,6 +462,8 @@ def parse_address(text: str) -> tuple[str, int]:
 
 async def handshake(endpoint: Endpoint, hello: Hello, timeout: float = 5.0) -> tuple[Connection, Welcome]:
     """Connect and authenticate; raises RefusedError with the dispatcher's reason."""
+    import asyncio
+
     conn = await Connection.open(endpoint, timeout)
     try:
         reply = await asyncio.wait_for(conn.request(hello), timeout)

@@ -8,101 +8,32 @@ offset the dispatcher reports, then delivers the result it has been holding.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import fcntl
 import logging
 import os
 import shutil
 import signal
 import socket
+import subprocess
+import threading
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import git
-import psutil
-
-from . import config as cfg
 from . import protocol as p
+from .lazy import LazyModule
+from .procs import become_subreaper, die_with_parent, kill_all_descendants, kill_group
+from .sandbox import Sandbox
 
+# Loaded by the first job: a runner registers ~90 ms sooner without them (GitPython alone is ~80 ms).
+git = LazyModule("git")
+cfg = LazyModule("tuici.config")
+ET = LazyModule("xml.etree.ElementTree")
 log = logging.getLogger("tuici.runner")
 
 HEARTBEAT_INTERVAL = 1.0
 KILL_GRACE = 2.0
 MAX_JUNIT_SIZE = 64 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1
-_PR_SET_DUMPABLE = 4
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-def die_with_parent() -> None:
-    """In a child before exec: be killed if the process that started us dies (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-
-def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def become_subreaper() -> None:
-    """Orphaned descendants are re-parented to us instead of init, so they can be found and killed."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    except (OSError, AttributeError):
-        pass
-
-
-def hide_memory() -> None:
-    """Processes of our own user (the code under test) may no longer read our memory or /proc/<pid>/environ,
-    where a token given to us in TUICI_TOKEN stays readable after unsetenv (as ssh-agent does; Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def is_zombie(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _descendants() -> list[psutil.Process]:
-    try:
-        return psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def kill_all_descendants() -> None:
-    """SIGKILL every process below this one, then reap the ones re-parented to us.
-
-    Round after round until none is left alive: a process that forks in a loop can add a child
-    between one round's listing and its kill.
-    """
-    for _ in range(1000):
-        alive = [proc for proc in _descendants() if not is_zombie(proc)]
-        if not alive:
-            break
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-    for proc in _descendants():  # all dead now, so all re-parented to us
-        try:
-            if proc.ppid() == os.getpid():
-                proc.wait(1)
-        except (psutil.Error, ChildProcessError):
-            pass
 
 
 class JobError(Exception):
@@ -116,6 +47,7 @@ class ActiveJob:
     size: int = 0
     result: p.JobResult | None = None
     pgid: int | None = None
+    spawning: bool = False  # a cancel now must wait for the pid: interrupting the spawn would lose the process
     cancelled: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # the running command is to be killed
@@ -124,21 +56,66 @@ class ActiveJob:
     def cancel(self) -> None:
         self.cancelled = True
         self.stop.set()
-        if self.pgid is None and self.task is not None and self.result is None:
+        if self.pgid is None and not self.spawning and self.task is not None and self.result is None:
             self.task.cancel()
 
 
+# Between jobs the clean keeps the __pycache__ directories of tracked directories: Python and pytest check each
+# .pyc against its source's mtime and size, and never import one whose source is gone.
+KEEP_CACHES = (":(exclude)__pycache__/*", ":(exclude)*/__pycache__/*")
+FS_CLOCK_SLACK = 0.05  # seconds file times may lag time.time() (the kernel stamps them with a coarse clock)
+
+
 class Workspace:
-    """A kept clone that shares objects with the repository, reset to exactly one commit per job."""
+    """A kept clone that shares objects with the repository, set to exactly one commit per job.
+
+    It is cleaned as soon as a job ends (``release``) rather than when the next one starts, which takes
+    the clean off the path from a commit to its test.
+    """
 
     def __init__(self, root: Path):
         self.root = root
         self.checkout = root / "checkout"
         self._repo: git.Repo | None = None
         self._url = ""
+        self._lock = threading.Lock()  # the prepare of a cancelled job may still be running in its thread
+        self._clean_since: float | None = None  # cleaned, and untouched since then; None: it may be dirty
+        self._caches: list[Path] = []  # the __pycache__ directories that the clean kept
 
     def prepare(self, url: str, sha: str) -> Path:
-        repo = self._open(url)
+        with self._lock:
+            repo = self._open(url)
+            clean_since, self._clean_since = self._clean_since, None
+            caches, self._caches = self._caches, []
+            # A .pyc is trusted if its source's mtime, in whole seconds, is the one it was compiled from: a
+            # source rewritten within the second the last job ended in could fool that, so then caches go.
+            trusted = clean_since is not None and int(time.time() - FS_CLOCK_SLACK) > int(clean_since)
+            try:
+                self._check_out(repo, url, sha)
+                if clean_since is None or (caches and not trusted):
+                    repo.git.clean("-ffdxq")
+                elif any(_only_a_cache(cache.parent) for cache in caches):
+                    # A directory this commit no longer tracks was kept by its cache alone: it would import
+                    # as a namespace package. Cleaning again removes it (it is untracked now) and only it.
+                    repo.git.clean("-ffdxq", "--", ".", *KEEP_CACHES)
+            except git.GitCommandError as exc:
+                raise JobError(f"cannot check out {sha} cleanly: {exc.stderr.strip()}") from None
+            return self.checkout
+
+    def release(self) -> None:
+        """Clean the checkout, now that the job's processes are all gone."""
+        with self._lock:
+            if self._repo is None:
+                return
+            try:
+                self._repo.git.clean("-ffdxq", "--", ".", *KEEP_CACHES)
+            except git.GitCommandError as exc:
+                log.warning("cannot clean %s (the next job will try again): %s", self.checkout, exc.stderr.strip())
+                return
+            self._caches = _find_caches(self.checkout)
+            self._clean_since = time.time()
+
+    def _check_out(self, repo: git.Repo, url: str, sha: str) -> None:
         try:
             # Usually the commit is already here (shared objects): try it first, fetch only if not.
             repo.git.checkout("--force", "--detach", "--quiet", sha)
@@ -149,14 +126,13 @@ class Workspace:
             except git.GitCommandError:
                 raise JobError(f"commit {sha} is not in the repository {url}") from None
             repo.git.checkout("--force", "--detach", "--quiet", sha)
-        repo.git.clean("-ffdxq")
-        return self.checkout
 
     def _open(self, url: str) -> git.Repo:
         if self._repo is not None and self._url == url:
             return self._repo
         if not url:
             raise JobError("the dispatcher does not know the repository's location yet")
+        self._clean_since, self._caches = None, []
         if self.checkout.exists():
             try:
                 repo = git.Repo(self.checkout)
@@ -174,6 +150,25 @@ class Workspace:
             raise JobError(f"cannot clone {url}: {exc.stderr.strip()}") from None
         self._repo, self._url = repo, url
         return repo
+
+
+def _find_caches(top: Path) -> list[Path]:
+    """The __pycache__ directories below ``top``."""
+    found = []
+    for folder, dirs, _ in os.walk(top):
+        if folder == str(top) and ".git" in dirs:
+            dirs.remove(".git")
+        if "__pycache__" in dirs:
+            dirs.remove("__pycache__")
+            found.append(Path(folder) / "__pycache__")
+    return found
+
+
+def _only_a_cache(folder: Path) -> bool:
+    try:
+        return os.listdir(folder) == ["__pycache__"]
+    except OSError:
+        return False
 
 
 def junit_counts(paths: list[str]) -> tuple[int, int, int] | None:
@@ -203,10 +198,15 @@ def junit_counts(paths: list[str]) -> tuple[int, int, int] | None:
 
 
 class Runner:
-    def __init__(self, endpoint: p.Endpoint, name: str, workdir: Path):
+    def __init__(self, endpoint: p.Endpoint, name: str, workdir: Path, hide: tuple[Path, ...] = (),
+                 sandbox: str = "auto"):
         self.endpoint = endpoint
         self.name = name
         self.workdir = workdir
+        self.junit_dir = workdir / "junit"
+        self.hide = hide  # what the code under test must not see: the state dir, other runners' work dirs
+        self.sandbox = sandbox  # "auto": a sandbox where this machine allows one; "on": required; "off"
+        self.unsandboxed_because: str | None = None
         self.workspace = Workspace(workdir)
         self.job: ActiveJob | None = None
         self.stopping = asyncio.Event()
@@ -217,7 +217,8 @@ class Runner:
 
     async def run(self) -> None:
         become_subreaper()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.junit_dir.mkdir(parents=True, exist_ok=True)
+        self._check_sandbox()
         self._lock_fd = os.open(self.workdir / "runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -247,6 +248,25 @@ class Runner:
                 self.job.cancel()
                 if self.job.task is not None:
                     await asyncio.gather(self.job.task, return_exceptions=True)
+
+    def _check_sandbox(self) -> None:
+        if self.sandbox == "off":
+            self.unsandboxed_because = "the runner was started with --sandbox off"
+            return
+        problem = Sandbox(hide=self.hide).probe()
+        if problem is None:
+            return
+        if self.sandbox == "on":
+            raise SystemExit(f"tuici runner: --sandbox on, but this machine cannot build one: {problem}")
+        self.unsandboxed_because = f"this machine cannot build one: {problem}"
+        log.warning("test commands run without a sandbox: %s", self.unsandboxed_because)
+
+    def _sandbox_for(self, assign: p.Assign, checkout: Path) -> Sandbox | None:
+        if self.unsandboxed_because is not None:
+            return None
+        repo = Path(assign.repo_url)
+        return Sandbox(hide=self.hide, keep=(checkout, self.junit_dir),
+                       read_only=(repo,) if repo.is_absolute() else ())
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -382,7 +402,7 @@ class Runner:
                 write(f"tuici: {self.name} testing {a.commit[:12]} ({a.branch}), attempt {a.attempt}\n".encode())
                 checkout = await asyncio.to_thread(self.workspace.prepare, a.repo_url, a.commit)
                 repo_config = cfg.load(lambda name: _read_file(checkout / name))
-                junit = str(self.workdir / f"junit-{a.job_id}.xml")
+                junit = str(self.junit_dir / f"{a.job_id}.xml")
                 Path(junit).unlink(missing_ok=True)
                 argv = repo_config.argv
                 if repo_config.command == cfg.DEFAULT_COMMAND:
@@ -391,8 +411,12 @@ class Runner:
                 env = {**os.environ, **repo_config.env, "CI": "true", "TUICI_COMMIT": a.commit,
                        "TUICI_BRANCH": a.branch, "TUICI_JOB_ID": str(a.job_id),
                        "TUICI_ATTEMPT": str(a.attempt), "TUICI_JUNIT_XML": junit}
+                sandbox = self._sandbox_for(a, checkout)
+                if sandbox is None:
+                    write(f"tuici: no sandbox: {self.unsandboxed_because}\n".encode())
                 started = time.monotonic()
-                exit_code, timed_out = await self._run_command(job, argv, checkout, env, repo_config.timeout, write)
+                exit_code, timed_out = await self._run_command(job, argv, checkout, env, repo_config.timeout, write,
+                                                               sandbox)
                 counts = await asyncio.to_thread(junit_counts, [junit])
                 if timed_out:
                     write(f"\ntuici: timed out after {repo_config.timeout:g} s; killed\n".encode())
@@ -405,6 +429,8 @@ class Runner:
                     raise
             except OSError as exc:
                 error = f"cannot run the test command: {exc}"
+            except subprocess.SubprocessError as exc:  # raised in the child before exec: the sandbox
+                error = f"cannot start the test command in its sandbox: {exc}"
             if error:
                 write(f"tuici: {error}\n".encode())
             elif job.cancelled:
@@ -415,15 +441,26 @@ class Runner:
                                  log_size=job.size, passed=passed, failed=failed, skipped=skipped,
                                  error=error, cancelled=job.cancelled, timed_out=timed_out)
         job.changed.set()
+        await asyncio.to_thread(self.workspace.release)  # once the result is on its way
 
-    async def _run_command(self, job, argv, cwd, env, timeout, write) -> tuple[int | None, bool]:
+    async def _run_command(self, job, argv, cwd, env, timeout, write, sandbox) -> tuple[int | None, bool]:
         if job.cancelled:
             return None, False
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
-        )
-        job.pgid = proc.pid
+
+        def child_setup() -> None:
+            die_with_parent()
+            if sandbox is not None:
+                sandbox.enter(cwd)
+
+        job.spawning = True
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=child_setup,
+            )
+        finally:
+            job.spawning = False
+        job.pgid = proc.pid  # a cancel that came during the spawn has set job.stop: the wait below ends at once
         timed_out = False
 
         async def pump() -> None:
@@ -463,13 +500,18 @@ def _read_file(path: Path) -> bytes | None:
         return None
 
 
-def default_workdir(name: str) -> Path:
+def runners_base() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "tuici" / "runners" / name
+    return (Path(base) / "tuici" / "runners").resolve()
 
 
-async def run_runner(endpoint: p.Endpoint, name: str, workdir: Path) -> None:
-    runner = Runner(endpoint, name, workdir)
+def default_workdir(name: str) -> Path:
+    return runners_base() / name
+
+
+async def run_runner(endpoint: p.Endpoint, name: str, workdir: Path, hide: tuple[Path, ...] = (),
+                     sandbox: str = "auto") -> None:
+    runner = Runner(endpoint, name, workdir, hide, sandbox)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, runner.stopping.set)

@@ -152,3 +152,18 @@ class Store:
     def shutdown(self) -> None:
         self._executor.submit(self.close).result()
         self._executor.shutdown(wait=True)
+
+
+def last_seq(path: Path) -> int:
+    """The newest event's number in the store at ``path`` (0 for none), read before a dispatcher starts on it:
+    every event that dispatcher publishes comes after it."""
+    if not path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(path)
+        try:
+            return db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:  # no events table yet, or a damaged file: the dispatcher will say so
+        return 0

@@ -12,20 +12,24 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
-from .runner import become_subreaper, die_with_parent, is_zombie, kill_group
+from . import protocol as p
+from .lazy import LazyModule
+from .procs import SUPERVISED_BY, become_subreaper, is_zombie, kill_group
 from .statedir import StateDir
+
+psutil = LazyModule("psutil")  # first needed by the orphan sweep, once a child exits (or after SWEEP_BACKSTOP)
 
 log = logging.getLogger("tuici.supervisor")
 
 STOP_GRACE = 5.0
+SWEEP_BACKSTOP = 30.0  # seconds between orphan sweeps while no process of ours exits
 MARK = "TUICI_SUPERVISOR"  # inherited by everything we start, so strays can be told from others' processes
 BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
 
@@ -75,50 +79,53 @@ class Supervisor:
         on_event: Callable[[str, str, str], None] | None = None,
         dispatcher_args: list[str] | None = None,
         listen: str = "127.0.0.1:0",
+        runner_args: list[str] | None = None,
     ):
         self.repo = repo
         self.state = state.ensure()
         self.initial_runners = runners
         self.on_event = on_event or (lambda kind, name, message: None)
         self.dispatcher_args = dispatcher_args or []
+        self.runner_args = runner_args or []
         self.listen = listen
         self.children: dict[str, Child] = {}
         self.address = ""
+        self._listener: socket.socket | None = None  # the dispatcher's, held for its restarts
         self._next_runner = 1
         self._stopping = False
         self._sweeper: asyncio.Task | None = None
+        self._child_exited = asyncio.Event()
 
     # ------------------------------------------------------------------ public
 
     async def start(self) -> str:
-        """Start the dispatcher (and wait until it listens), then the observer and runners."""
-        address = await self.start_dispatcher()
-        await self.start_workers()
-        return address
+        """Start the dispatcher, the observer and the runners at once; return when the dispatcher serves.
 
-    async def start_dispatcher(self) -> str:
+        We bind the dispatcher's socket and hand it down, so the others need not wait for the dispatcher to
+        be up: they connect while it starts (into the socket's backlog) and are taken in as soon as it is.
+        A restarted dispatcher gets the same socket: clients wait for it instead of being refused.
+        """
         become_subreaper()
         if dispatcher_running(self.state):
             raise SupervisorError(f"a dispatcher is already running for {self.repo} at {self.state.address()}")
-        self.state.address_file.unlink(missing_ok=True)
+        self.state.address_file.unlink(missing_ok=True)  # the dispatcher writes it when it serves
         self.state.token(create=True)
-        dispatcher = self._child("dispatcher", "dispatcher", self._dispatcher_argv(self.listen))
+        self._listener = self._bind()
+        self.address = p.address_of(self._listener)
+        dispatcher = self._child("dispatcher", "dispatcher", self._dispatcher_argv())
         await self._spawn(dispatcher)
-        self.address = await self._wait_for_address(dispatcher)
-        self.listen = self.address  # a restarted dispatcher comes back on the same port
-        dispatcher.argv = self._dispatcher_argv(self.address)
-        self._sweeper = asyncio.ensure_future(self._sweep_orphans())
-        return self.address
-
-    async def start_workers(self) -> None:
         await self._spawn(self._child("observer", "observer", self._component_argv("observer", str(self.repo))))
         for _ in range(self.initial_runners):
             await self.add_runner()
+        await self._wait_until_serving(dispatcher)
+        self._sweeper = asyncio.ensure_future(self._sweep_orphans())
+        return self.address
 
     async def add_runner(self) -> Child:
         name = f"runner-{self._next_runner}"
         self._next_runner += 1
-        argv = self._component_argv("runner", "--name", name, "--workdir", str(self.state.path / "runners" / name))
+        argv = self._component_argv("runner", "--name", name, "--workdir", str(self.state.path / "runners" / name),
+                                    *self.runner_args)
         child = self._child(name, "runner", argv)
         await self._spawn(child)
         return child
@@ -143,6 +150,8 @@ class Supervisor:
         await asyncio.gather(*(self._terminate(c) for c in others))
         if "dispatcher" in self.children:
             await self._terminate(self.children["dispatcher"])
+        if self._listener is not None:
+            self._listener.close()
         kill_descendants()
 
     def signal_child(self, name: str, sig: int) -> None:
@@ -157,8 +166,20 @@ class Supervisor:
         self.children[name] = child
         return child
 
-    def _dispatcher_argv(self, listen: str) -> list[str]:
-        return [sys.executable, "-m", "tuici", "dispatcher", "--listen", listen, "--state", str(self.state.path),
+    def _bind(self) -> socket.socket:
+        try:
+            host, port = p.parse_address(self.listen)
+        except ValueError as exc:
+            raise SupervisorError(str(exc)) from None
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            return socket.create_server((host, port), family=family)
+        except OSError as exc:
+            raise SupervisorError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
+
+    def _dispatcher_argv(self) -> list[str]:
+        return [sys.executable, "-m", "tuici", "dispatcher", "--listen", self.address,
+                "--listen-fd", str(self._listener.fileno()), "--state", str(self.state.path),
                 "--repo", str(self.repo), *self.dispatcher_args]
 
     def _component_argv(self, kind: str, *args: str) -> list[str]:
@@ -169,10 +190,12 @@ class Supervisor:
         logfile = open(self.state.component_log(child.name), "ab", buffering=0)
         try:
             env = {k: v for k, v in os.environ.items() if k != "TUICI_TOKEN"}
-            env[MARK] = str(os.getpid())
+            env[MARK] = env[SUPERVISED_BY] = str(os.getpid())
+            # No preexec_fn (the child asks to die with us itself, see die_with_supervisor): Python can then
+            # spawn with vfork, about a fifth of the time of a fork, while the others start.
             child.proc = await asyncio.create_subprocess_exec(
                 *child.argv, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
-                start_new_session=True, preexec_fn=_child_setup,
+                start_new_session=True, pass_fds=(self._listener.fileno(),) if child.kind == "dispatcher" else (),
             )
         finally:
             logfile.close()
@@ -184,6 +207,7 @@ class Supervisor:
 
     async def _monitor(self, child: Child, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
+        self._child_exited.set()
         if not child.wanted or self._stopping or child.proc is not proc:
             child.state = "stopped"
             return
@@ -215,7 +239,7 @@ class Supervisor:
             await asyncio.gather(child.monitor, return_exceptions=True)
         child.state = "stopped"
 
-    async def _wait_for_address(self, child: Child, timeout: float = 15.0) -> str:
+    async def _wait_until_serving(self, child: Child, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if child.proc is not None and child.proc.returncode is not None:
@@ -223,30 +247,34 @@ class Supervisor:
                     f"the dispatcher exited with {child.proc.returncode}: "
                     f"{_tail(self.state.component_log(child.name))}"
                 )
-            address = self.state.address()
-            if address:
-                return address
+            if self.state.address():
+                return
             await asyncio.sleep(0.01)
-        raise SupervisorError(f"the dispatcher did not start listening within {timeout:.0f} s")
+        raise SupervisorError(f"the dispatcher did not start serving within {timeout:.0f} s")
 
     async def _sweep_orphans(self) -> None:
-        """Kill processes orphaned into our care (test commands of a runner that was SIGKILLed)."""
+        """Kill processes orphaned into our care (test commands of a runner that was SIGKILLed).
+
+        Orphans are handed to us when a process of ours dies, so we sweep when a child exits, then again
+        shortly after each sweep that killed something (the killed leave their own children to us), and
+        otherwise only now and then, as a backstop: an idle supervisor does not wake up every second.
+        """
         while True:
-            await asyncio.sleep(1.0)
-            ours = {c.proc.pid for c in self.children.values() if c.proc is not None}
-            for proc in _strays(recursive=False):
-                if proc.pid not in ours:
-                    _kill_and_reap(proc)
+            try:
+                await asyncio.wait_for(self._child_exited.wait(), SWEEP_BACKSTOP)
+            except asyncio.TimeoutError:
+                pass
+            self._child_exited.clear()
+            again = 0.05
+            while _sweep({c.proc.pid for c in self.children.values() if c.proc is not None}):
+                await asyncio.sleep(again)
+                again = min(again * 4, 2.0)
 
     def _event(self, kind: str, child: Child, message: str) -> None:
         try:
             self.on_event(kind, child.name, message)
         except Exception:  # a broken listener must not take supervision down with it
             log.exception("event listener failed")
-
-
-def _child_setup() -> None:
-    die_with_parent()
 
 
 def _strays(recursive: bool) -> list[psutil.Process]:
@@ -263,6 +291,16 @@ def _strays(recursive: bool) -> list[psutil.Process]:
                 found.append(proc)
         except psutil.Error:
             pass
+    return found
+
+
+def _sweep(ours: set[int]) -> bool:
+    """Kill and reap our strays other than ``ours``; whether there were any."""
+    found = False
+    for proc in _strays(recursive=False):
+        if proc.pid not in ours:
+            _kill_and_reap(proc)
+            found = True
     return found
 
 
@@ -292,8 +330,7 @@ def kill_descendants() -> None:
             proc.kill()
         except psutil.Error:
             pass
-    for proc in _strays(recursive=False):
-        _kill_and_reap(proc)
+    _sweep(ours=set())
 
 
 def _tail(path: Path, lines: int = 5) -> str:

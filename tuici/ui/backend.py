@@ -85,11 +85,13 @@ CONNECTION_ERRORS = (NoDispatcher, OSError, p.ProtocolError)
 
 
 class LiveBackend(Backend):
-    def __init__(self, repo: Path, state: StateDir, runners: int, dispatcher_args: list[str] | None = None):
+    def __init__(self, repo: Path, state: StateDir, runners: int, dispatcher_args: list[str] | None = None,
+                 runner_args: list[str] | None = None):
         self.repo = repo
         self.state = state
         self.runners = runners
         self.dispatcher_args = dispatcher_args or []
+        self.runner_args = runner_args or []
         self.supervisor: Supervisor | None = None
         self._control: Control | None = None
         self._requests = asyncio.Lock()  # one control connection answers one request at a time
@@ -105,7 +107,7 @@ class LiveBackend(Backend):
             self.can_supervise = False  # the supervisor of `tuici serve` owns the runners' names
         else:
             self.supervisor = Supervisor(self.repo, self.state, runners=self.runners, on_event=self._process_event,
-                                         dispatcher_args=self.dispatcher_args)
+                                         dispatcher_args=self.dispatcher_args, runner_args=self.runner_args)
             try:
                 await self.supervisor.start()
             except (SupervisorError, OSError) as exc:

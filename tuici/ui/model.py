@@ -16,9 +16,6 @@ import msgspec
 from .. import protocol as p
 from ..sanitize import one_line
 
-FRONT_MESSAGE = "moved to the front"
-
-
 def safe(text: str) -> str:
     """``one_line`` with a fast path: most text is plain and printable already."""
     return text if text.isprintable() else one_line(text)
@@ -52,8 +49,6 @@ class Model:
         self.loaded = False
         self.changes = Changes()
         self._snapshot_seq = 0  # events up to here are already reflected in the last snapshot
-        self._front: dict[int, int] = {}  # job id -> when it was moved to the front of the queue
-        self._fronts = 0
 
     # ------------------------------------------------------------------ input
 
@@ -67,8 +62,7 @@ class Model:
         for commit in status.commits:
             self._upsert_commit(commit)
         for job in status.jobs:
-            rerun = job.state == "queued" and self._has_older_job(job)
-            self._upsert_job(job, to_front=rerun)
+            self._upsert_job(job)
         self.runners = {}
         for runner in status.runners:
             self._upsert_runner(runner)
@@ -93,8 +87,7 @@ class Model:
         if event.commit is not None:
             self._upsert_commit(event.commit)
         if event.job is not None:
-            to_front = kind == "job.queued" and (event.message == FRONT_MESSAGE or self._has_older_job(event.job))
-            self._upsert_job(event.job, to_front=to_front)
+            self._upsert_job(event.job)
         if event.runner is not None:
             if kind == "runner.left":
                 self.runners.pop(safe(event.runner.name), None)
@@ -121,18 +114,17 @@ class Model:
         return None if job_id is None else self.jobs.get(job_id)
 
     def queue(self) -> list[p.JobInfo]:
-        """Waiting jobs in dispatch order: moved to the front most recently first, then oldest first."""
+        """Waiting jobs in the order the dispatcher hands them out: highest priority first (the latest
+        rerun has the highest), then oldest. Each job carries its priority, so the order is exact for
+        reruns made before we connected too."""
         waiting = [job for job in self.jobs.values() if job.state == "queued"]
-        waiting.sort(key=lambda job: (-self._front.get(job.id, 0), job.id))
+        waiting.sort(key=lambda job: (-job.priority, job.id))
         return waiting
 
     def running_jobs(self) -> int:
         return self.counts["running"]
 
     # ------------------------------------------------------------------ internals
-
-    def _has_older_job(self, job: p.JobInfo) -> bool:
-        return self.latest_job.get(job.commit, job.id) < job.id
 
     def _upsert_commit(self, commit: p.CommitInfo) -> None:
         known = commit.sha in self.commits
@@ -144,7 +136,7 @@ class Model:
             self.changes.commits_added = True
         self.changes.commits.add(commit.sha)
 
-    def _upsert_job(self, job: p.JobInfo, to_front: bool) -> None:
+    def _upsert_job(self, job: p.JobInfo) -> None:
         job = msgspec.structs.replace(job, branch=safe(job.branch), error=safe(job.error),
                                       runner=safe(job.runner) if job.runner else job.runner)
         old = self.jobs.get(job.id)
@@ -152,9 +144,6 @@ class Model:
             self.counts[old.state] -= 1
         self.counts[job.state] += 1
         self.jobs[job.id] = job
-        if to_front:
-            self._fronts += 1
-            self._front[job.id] = self._fronts
         sha = job.commit
         if sha not in self.commits:  # its commit.seen is older than what we were sent
             self._upsert_commit(p.CommitInfo(sha=sha, branch=job.branch))

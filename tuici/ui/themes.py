@@ -1,8 +1,9 @@
 """Colour themes: TOML files loaded into Textual themes, each with colours for job states.
 
-Bundled themes live in ``themes/`` (installed inside the package as ``tuici/themes``);
-users may add their own in ``$XDG_CONFIG_HOME/tuici/themes``. A file that cannot be used
-is reported by name with its problem and skipped, so one bad theme never stops the app.
+Bundled themes live in ``themes/`` at the top of the repository; a wheel installs them inside
+the package as ``tuici/themes`` (pyproject.toml maps one onto the other). Users may add their
+own in ``$XDG_CONFIG_HOME/tuici/themes``. A file that cannot be used is reported by name with
+its problem and skipped, so one bad theme never stops the app.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ class ThemeFileError(Exception):
 
 
 def theme_dirs() -> list[Path]:
-    """Where themes are looked for, in order: the user's, then the installed, then the source tree's."""
-    return [config_dir() / "themes", _PACKAGE / "themes", _PACKAGE.parent / "themes"]
+    """Where themes are looked for, in order: the user's, then the bundled ones."""
+    return [config_dir() / "themes", bundled_dir()]
+
+
+def bundled_dir() -> Path:
+    """The bundled themes: inside an installed package, else at the top of the source tree (an editable install)."""
+    installed = _PACKAGE / "themes"
+    return installed if installed.is_dir() else _PACKAGE.parent / "themes"
 
 
 def load_theme_file(path: Path) -> Theme:

@@ -30,7 +30,7 @@ from ..formatting import job_badge, short_sha
 from ..logindex import STRIDE, IndexState, LogIndex
 
 POLL_INTERVAL = 0.1  # how often a live log is checked for more output
-CACHED_BLOCKS = 256  # blocks of STRIDE lines kept in memory
+CACHED_BLOCKS = 32  # blocks of STRIDE lines kept in memory: dozens of screens; more costs memory and GC time
 
 
 @dataclass
@@ -147,10 +147,18 @@ class LogView(ScrollView, can_focus=True):
         else:
             for block in range(max(0, old.lines - 1) // STRIDE, state.lines // STRIDE + 1):
                 self._blocks.discard(block)  # the block that held the last line has grown
-        self.virtual_size = Size(self._width, state.lines)
+        self._resize(Size(self._width, state.lines))
         if self.follow:
             self._scroll_to_end()
         self.refresh()
+
+    def _resize(self, size: Size) -> None:
+        """Set the virtual size without laying out the whole screen again, as assigning it would: a log
+        growing ten times a second under a scrollbar already shown only moves the thumb. Should a
+        scrollbar appear or go, its own reactive asks for the layout. (Textual's own resizing without
+        layout does the same.)"""
+        self.set_reactive(LogView.virtual_size, size)
+        self._scroll_update(size)
 
     def _forget_drawn_lines(self) -> None:
         for number in list(self._blocks.keys()):
@@ -208,7 +216,7 @@ class LogView(ScrollView, can_focus=True):
             widest = max((line.cell_len for line in lines), default=0)
             if widest > self._width:
                 self._width = widest
-                self.virtual_size = Size(widest, self._state.lines)
+                self._resize(Size(widest, self._state.lines))
         self.refresh()  # a stale read is dropped: the refresh asks for the block again
 
     def render_line(self, y: int) -> Strip:

@@ -59,7 +59,6 @@ class RecordTable(ScrollView, can_focus=True):
         self.keys: list[Hashable] = []
         self.cursor_row = 0
         self._versions: dict[Hashable, int] = {}
-        self._generation = 0  # bumped to redraw every row (time went by, the theme changed)
         self._lines: LRUCache[tuple, Strip] = LRUCache(1024)
         self._styles: dict[str, Style] = {}
 
@@ -96,8 +95,8 @@ class RecordTable(ScrollView, can_focus=True):
         self.refresh()
 
     def redraw(self) -> None:
-        """Draw every row again (ages moved on, or the theme changed)."""
-        self._generation += 1
+        """Draw every row again (ages moved on, or the theme changed): no drawn line is any use now."""
+        self._lines.clear()
         self._styles.clear()
         self.refresh()
 
@@ -209,7 +208,7 @@ class RecordTable(ScrollView, can_focus=True):
             return Strip.blank(width, base)
         key = self.keys[row]
         selected = row == self.cursor_row
-        cache_key = (key, self._versions.get(key, 0), self._generation, width, selected, self.has_focus)
+        cache_key = (key, self._versions.get(key, 0), width, selected, self.has_focus)
         line = self._lines.get(cache_key)
         if line is None:
             style = base + self._style("record-table--cursor") if selected else base

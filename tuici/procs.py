@@ -1,0 +1,107 @@
+"""Process helpers the supervisor and the runner share: prctl flags, process-group and descendant kills.
+
+Cheap to import (psutil is only loaded when a kill needs it), so that neither process pays for the other's
+modules at start-up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+from .lazy import LazyModule
+
+psutil = LazyModule("psutil")
+
+SUPERVISED_BY = "TUICI_SUPERVISED_BY"  # the supervisor's pid, in the environment of each process it starts
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_PR_SET_CHILD_SUBREAPER = 36
+
+# Resolved once, here: a child between fork and exec must not load libraries (another thread may hold the lock).
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the flags below are best effort
+    _prctl = None
+
+
+def _set(option: int, value: int) -> None:
+    if _prctl is not None:
+        _prctl(option, value)
+
+
+def die_with_parent() -> None:
+    """In a child before exec: be killed if the process that started us dies (Linux)."""
+    _set(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def die_with_supervisor() -> None:
+    """In a process a supervisor started: be killed when it dies, as ``die_with_parent`` in a preexec_fn would.
+
+    Asked here, after exec, so that the supervisor can spawn without a preexec_fn; if the supervisor died
+    before we asked, we are no longer its child, and leave. The variable is dropped, so that what we start
+    in turn (test commands) does not take the supervisor for its parent.
+    """
+    supervisor = os.environ.pop(SUPERVISED_BY, None)
+    if supervisor is None:
+        return
+    die_with_parent()
+    if os.getppid() != int(supervisor):
+        raise SystemExit("tuici: the supervisor that started this process is gone")
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants are re-parented to us instead of init, so they can be found and killed."""
+    _set(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def hide_memory() -> None:
+    """Processes of our own user (the code under test) may no longer read our memory or /proc/<pid>/environ,
+    where a token given to us in TUICI_TOKEN stays readable after unsetenv (as ssh-agent does; Linux)."""
+    _set(_PR_SET_DUMPABLE, 0)
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def is_zombie(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _descendants() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_all_descendants() -> None:
+    """SIGKILL every process below this one, then reap the ones re-parented to us.
+
+    Round after round until none is left alive: a process that forks in a loop can add a child
+    between one round's listing and its kill.
+    """
+    for _ in range(1000):
+        alive = [proc for proc in _descendants() if not is_zombie(proc)]
+        if not alive:
+            break
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+    for proc in _descendants():  # all dead now, so all re-parented to us
+        try:
+            if proc.ppid() == os.getpid():
+                proc.wait(1)
+        except (psutil.Error, ChildProcessError):
+            pass
