@@ -193,9 +193,9 @@ class Cluster:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
 
-def _wait_or_kill(proc: subprocess.Popen) -> None:
+def _wait_or_kill(proc: subprocess.Popen, timeout: float = 10) -> None:
     try:
-        proc.wait(10)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)

@@ -8,9 +8,7 @@ cursor, clear the screen, set the title or reach the clipboard.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import PeakRss, _env, job_processes, toml_command, tuici_processes, wait_for
+from conftest import PeakRss, _env, _wait_or_kill, job_processes, toml_command, tuici_processes, wait_for
 from tuici import protocol as p
 from tuici.sanitize import StreamCleaner, clean, one_line, safe_text
 
@@ -160,11 +158,7 @@ def test_commit_subjects_branch_names_and_authors_are_shown_safely(repo, cluster
                  and b"y" * 1000 in out.read_bytes(), 60, message="the new commit's job to finish")
     finally:
         serve.terminate()
-        try:
-            serve.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            serve.wait()
+        _wait_or_kill(serve, 20)
     printed = out.read_bytes().decode("utf-8")
     assert_terminal_safe(printed)
     assert f"{again[:10]} evil2J0;t Mallory Evil: fix the bug" in printed

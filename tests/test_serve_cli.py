@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import sys
 import psutil
 import pytest
 
-from conftest import _env, job_processes, toml_command, tuici_processes, wait_for
+from conftest import _env, _wait_or_kill, job_processes, toml_command, tuici_processes, wait_for
 from tuici.client import Control
 
 
@@ -35,11 +34,7 @@ def serve(repo, tmp_path):
     finally:
         if proc.poll() is None:
             proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _wait_or_kill(proc, 20)
         out.close()
         err.close()
         from tuici.supervisor import kill_descendants

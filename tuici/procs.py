@@ -22,9 +22,10 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 # Resolved once, here: a child between fork and exec must not load libraries (another thread may hold the lock).
 try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: the flags below are best effort
-    _prctl = None
+    libc = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    libc = None
+_prctl = getattr(libc, "prctl", None)  # not Linux: the flags below are best effort
 
 
 def _set(option: int, value: int) -> None:

@@ -218,12 +218,12 @@ class Runner:
     async def run(self) -> None:
         become_subreaper()
         self.junit_dir.mkdir(parents=True, exist_ok=True)
-        self._check_sandbox()
         self._lock_fd = os.open(self.workdir / "runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SystemExit(f"tuici runner: {self.workdir} is in use by another runner") from None
+        self._check_sandbox()
         backoff = 0.1
         try:
             while not self.stopping.is_set():

@@ -18,9 +18,12 @@ Everything runs in the forked child before exec (``preexec_fn``): a few system c
 from __future__ import annotations
 
 import ctypes
+import errno as errnos
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .procs import libc
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -30,10 +33,10 @@ _MS_NOATIME, _MS_NODIRATIME, _MS_RELATIME = 1024, 2048, 1 << 21
 _ST_RELATIME = 4096
 
 # Resolved now, in the runner: the child after fork must not load libraries (another thread may hold the lock).
-_libc = ctypes.CDLL(None, use_errno=True)
-_unshare = _libc.unshare
-_mount = _libc.mount
-_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_unshare = getattr(libc, "unshare", None)
+_mount = getattr(libc, "mount", None)
+if _mount is not None:
+    _mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 
 class SandboxError(OSError):
@@ -83,6 +86,8 @@ class Sandbox:
 
     def enter(self, cwd: Path) -> None:
         """In the child before exec: build the sandbox, then start in cwd as seen from inside it."""
+        if _unshare is None or _mount is None:
+            raise SandboxError(errnos.ENOSYS, "user and mount namespaces need Linux")
         uid, gid = os.getuid(), os.getgid()
         _own_user_namespace(uid, gid)
         _mount_call(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we mount leaks back out
