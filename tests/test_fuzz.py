@@ -63,7 +63,7 @@ SAMPLES: list[p.Message] = [
     p.Subscribe(after_seq=3, output=True),
     p.Event(seq=1, ts=1.0, kind="job.finished", commit=_commit, job=_job, runner=_runner, message="m"),
     p.JobOutput(job_id=1, offset=0, data=b"x"),
-    p.StatusRequest(limit=2),
+    p.StatusRequest(limit=2), p.StatusRequest(as_json=True), p.StatusJson(data=b'{"jobs":[', more=True),
     p.StatusReply(repo_url="/r", last_seq=1, commits=[_commit], jobs=[_job], runners=[_runner],
                   attempts=[p.AttemptInfo(job_id=1, attempt=1, runner="r1", started_at=1.0)]),
     p.RerunRequest(commit="0123"), p.CancelRequest(job_id=1),

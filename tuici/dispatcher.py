@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import heapq
+import itertools
 import hmac
 import logging
 import os
@@ -19,6 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 
@@ -117,6 +119,33 @@ class RateLimiter:
         return True
 
 
+class JsonPrefix:
+    """The JSON of the leading records of an insertion-ordered dict that are done changing (a commit always,
+    a job once finished, an attempt once ended), kept between `status --json` requests: over 10,000 jobs the
+    next request copies bytes instead of encoding them. Every change to a record goes through the dispatcher's
+    ``_save_*`` (what the store is not told of, it would lose), which reports it here: a change to a record
+    inside the prefix drops the prefix."""
+
+    def __init__(self, done: Callable[[msgspec.Struct], bool]):
+        self.done = done
+        self.keys: set = set()
+        self.parts: list[bytes] = []  # the prefix's records as JSON array items, without the brackets
+
+    def changed(self, key) -> None:
+        if key in self.keys:
+            self.keys.clear()
+            self.parts.clear()
+
+    def array(self, records: dict) -> msgspec.Raw:
+        rest = itertools.islice(records.items(), len(self.keys), None)
+        grown = list(itertools.takewhile(lambda item: self.done(item[1]), rest))
+        if grown:
+            self.parts.append(p.to_json_bytes([record for _, record in grown])[1:-1])
+            self.keys.update(key for key, _ in grown)
+        tail = p.to_json_bytes(list(itertools.islice(records.values(), len(self.keys), None)))[1:-1]
+        return msgspec.Raw(b"[" + b",".join(part for part in (*self.parts, tail) if part) + b"]")
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -151,6 +180,9 @@ class Dispatcher:
         self.cancel_requested: set[int] = set()
         self.subscribers: set[Subscriber] = set()
         self.recent: deque[p.Event] = deque(maxlen=RING_SIZE)
+        self._commits_json = JsonPrefix(lambda c: True)  # see _status_json
+        self._jobs_json = JsonPrefix(lambda j: j.state in p.FINAL_STATES)
+        self._attempts_json = JsonPrefix(lambda a: a.ended_at is not None)
         self.seq = 0
         self.durable_seq = 0
         self.next_job_id = 1
@@ -273,10 +305,12 @@ class Dispatcher:
 
     def _save_job(self, job: p.JobInfo) -> None:
         self._pending.jobs[job.id] = (job, job.priority)
+        self._jobs_json.changed(job.id)
         self._schedule_flush()
 
     def _save_attempt(self, a: p.AttemptInfo) -> None:
         self._pending.attempts[(a.job_id, a.attempt)] = a
+        self._attempts_json.changed((a.job_id, a.attempt))
         self._schedule_flush()
 
     def _publish(self, kind: str, **fields) -> None:
@@ -678,7 +712,13 @@ class Dispatcher:
             if isinstance(msg, p.Subscribe):
                 await self._stream(conn, msg)
                 return
-            if isinstance(msg, p.StatusRequest):
+            if isinstance(msg, p.StatusRequest) and msg.as_json:
+                document = self._status_json(msg.limit)
+                for start in range(0, len(document), p.OUTPUT_CHUNK):
+                    end = start + p.OUTPUT_CHUNK
+                    conn.send_nowait(p.StatusJson(data=document[start:end], more=end < len(document)))
+                await conn.writer.drain()
+            elif isinstance(msg, p.StatusRequest):
                 await conn.send(self._status(msg.limit))
             elif isinstance(msg, p.RerunRequest):
                 await conn.send(self._rerun(msg.commit))
@@ -706,6 +746,17 @@ class Dispatcher:
             runners=[s.info for s in self.runners.values()],
             attempts=[a for a in self.attempts.values() if a.job_id in ids],
         )
+
+    def _status_json(self, limit: int) -> bytes:
+        """``_status`` as the JSON document `status --json` prints; the long lists mostly from ``JsonPrefix``."""
+        if limit:
+            return p.to_json_bytes(self._status(limit))
+        # Each list goes in as one msgspec.Raw (a JSON array), which the encoder copies in as it is.
+        return p.to_json_bytes(p.StatusReply(
+            repo_url=self.repo_url, last_seq=self.seq, commits=self._commits_json.array(self.commits),
+            jobs=self._jobs_json.array(self.jobs), runners=[s.info for s in self.runners.values()],
+            attempts=self._attempts_json.array(self.attempts),
+        ))
 
     def _rerun(self, prefix: str) -> p.Reply:
         prefix = prefix.strip().lower()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import BinaryIO
 
 from . import protocol as p
 from .statedir import StateDir, resolve_token
@@ -58,6 +59,9 @@ class Query:
 
     def request(self, msg: p.Message) -> p.Message:
         self._sock.sendall(p.encode(msg))
+        return self._receive()
+
+    def _receive(self) -> p.Message:
         reply = p.read_message_blocking(self._stream)
         if reply is None:
             raise ConnectionError("dispatcher closed the connection")
@@ -69,6 +73,17 @@ class Query:
         reply = self.request(p.StatusRequest(limit=limit))
         assert isinstance(reply, p.StatusReply)
         return reply
+
+    def status_json(self, out: BinaryIO) -> None:
+        """Write the status to ``out`` as the dispatcher encoded it (see ``StatusJson``)."""
+        reply = self.request(p.StatusRequest(as_json=True))
+        while True:
+            if not isinstance(reply, p.StatusJson):
+                raise p.ProtocolError(f"expected status_json, got {type(reply).__name__}")
+            out.write(reply.data)
+            if not reply.more:
+                return
+            reply = self._receive()
 
     def close(self) -> None:
         self._stream.close()
