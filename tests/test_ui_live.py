@@ -194,3 +194,51 @@ class TestQuit:
         finally:
             await app.stop_backend()
         assert all(proc.poll() is None for proc in cluster.procs.values())
+
+
+async def _eventually(predicate, message: str, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` without blocking the loop the backend runs on."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {message}"
+        await asyncio.sleep(0.05)
+
+
+class TestStartUp:
+    async def test_the_dispatcher_starts_first_and_the_observer_and_runners_after_the_first_status(self, tmp_path):
+        repo = make_repo(tmp_path)
+        backend = LiveBackend(repo.path, repo.state, 2)
+        try:
+            await backend.launch()  # what `tuici` does before it imports Textual
+            assert list(backend.processes()) == ["dispatcher"]
+            await backend.start()
+            first = await backend.status()  # fetched on a thread while the dispatcher started
+            assert first.repo_url == str(repo.path) and not first.runners
+            await _eventually(lambda: set(backend.processes()) == {"dispatcher", "observer", "runner-1", "runner-2"},
+                              "the observer and runners to be started")
+
+            async def runners_joined() -> bool:
+                status = await backend.status()  # asked the usual way now
+                return {r.name for r in status.runners} == {"runner-1", "runner-2"} and any(
+                    j.commit == repo.head() and j.state == "passed" for j in status.jobs)
+            for _ in range(400):
+                if await runners_joined():
+                    break
+                await asyncio.sleep(0.05)
+            assert await runners_joined()
+        finally:
+            await backend.stop()
+        wait_for(lambda: not tuici_processes(), 15, message="every process the backend started to end")
+
+    async def test_a_first_status_that_cannot_be_fetched_is_asked_again_and_the_reason_shown(self, tmp_path,
+                                                                                            cluster, monkeypatch):
+        monkeypatch.setenv("TUICI_TOKEN", "not-the-token")
+        app = ControlCenter(LiveBackend(cluster.repo.path, cluster.state, 1))
+        try:
+            async with app.run_test(size=SIZE, notifications=True) as pilot:
+                await until(pilot, lambda: any("wrong token" in n.message for n in app._notifications),
+                            message="the refusal to be shown")
+                assert app.backend.attached and app.connection != "connected"
+        finally:
+            await app.stop_backend()
+        assert all(proc.poll() is None for proc in cluster.procs.values())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tuici import protocol as p
-from tuici.ui.app import ControlCenter, config_problem, run_app
+from tuici.ui.app import ControlCenter
+from tuici.ui.launch import config_problem, run_app
 from tuici.ui.backend import BackendError
 from tuici.ui.components.status_bar import StatusBar
 from tuici.ui.components.confirm import ConfirmScreen

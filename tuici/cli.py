@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         args = build_ui_parser().parse_args(argv)
-        from .ui.app import run_app
+        from .ui.launch import run_app
 
         run_app(args.repo, runners=args.runners, theme=args.theme, sandbox=args.sandbox)
         return

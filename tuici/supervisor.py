@@ -99,12 +99,18 @@ class Supervisor:
     # ------------------------------------------------------------------ public
 
     async def start(self) -> str:
-        """Start the dispatcher, the observer and the runners at once; return when the dispatcher serves.
+        """Start every process at once and return the dispatcher's address once it serves.
 
         We bind the dispatcher's socket and hand it down, so the others need not wait for the dispatcher to
         be up: they connect while it starts (into the socket's backlog) and are taken in as soon as it is.
         A restarted dispatcher gets the same socket: clients wait for it instead of being refused.
         """
+        await self.spawn_dispatcher()
+        await self.spawn_workers()
+        return await self.serving()
+
+    async def spawn_dispatcher(self) -> None:
+        """Bind the dispatcher's socket and start the dispatcher, without waiting for it to serve."""
         become_subreaper()
         if dispatcher_running(self.state):
             raise SupervisorError(f"a dispatcher is already running for {self.repo} at {self.state.address()}")
@@ -112,13 +118,20 @@ class Supervisor:
         self.state.token(create=True)
         self._listener = self._bind()
         self.address = p.address_of(self._listener)
-        dispatcher = self._child("dispatcher", "dispatcher", self._dispatcher_argv())
-        await self._spawn(dispatcher)
+        await self._spawn(self._child("dispatcher", "dispatcher", self._dispatcher_argv()))
+
+    async def spawn_workers(self) -> None:
+        """Start the observer and the initial runners (they may connect before the dispatcher serves)."""
         await self._spawn(self._child("observer", "observer", self._component_argv("observer", str(self.repo))))
         for _ in range(self.initial_runners):
             await self.add_runner()
-        await self._wait_until_serving(dispatcher)
-        self._sweeper = asyncio.ensure_future(self._sweep_orphans())
+
+    async def serving(self) -> str:
+        """Return the dispatcher's address once it serves (``SupervisorError`` if it exits or stays silent);
+        from then on, sweep for orphans."""
+        await self._wait_until_serving(self.children["dispatcher"])
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep_orphans())
         return self.address
 
     async def add_runner(self) -> Child:

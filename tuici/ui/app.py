@@ -9,7 +9,6 @@ workers that report back; the UI thread only draws.
 from __future__ import annotations
 
 import gc
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -22,13 +21,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from .. import config as cfg
 from .. import protocol as p
-from ..statedir import NotARepository, StateDir, find_git_dir
-from ..supervisor import kill_descendants
 from . import themes
 from .actions import bindings_for, palette_actions
-from .backend import Backend, BackendError, LiveBackend
+from .backend import Backend, BackendError
 from .components.commits import CommitsPanel
 from .components.confirm import ConfirmScreen
 from .components.help import HelpScreen
@@ -183,8 +179,11 @@ class ControlCenter(App[None]):
     # ------------------------------------------------------------------ applying what happened
 
     def receive(self, update: Update | ProcessEvent) -> None:
-        """Keep it for the next flush (``flush`` swaps the list, so this looks it up every time)."""
+        """Keep it for the next flush (``flush`` swaps the list, so this looks it up every time). A snapshot
+        is everything at once and comes seldom (on connecting): it is shown at once, not on the timer."""
         self.pending.append(update)
+        if isinstance(update, Snapshot):
+            self.call_later(self.flush)
 
     def flush(self) -> None:
         """Apply everything that arrived since the last flush, in one batch, to the panels that it changed."""
@@ -200,6 +199,9 @@ class ControlCenter(App[None]):
                 self.model.update_heartbeats(update.runners)
             elif isinstance(update, Connection):
                 self.connection = update.state
+                if update.reason:
+                    self.notify(update.reason, title="tuici cannot follow the engine", severity="error",
+                                timeout=3600, markup=False)
             else:
                 self._announce(update)
         changes = self.model.take_changes()
@@ -433,34 +435,3 @@ def _freeze_heap() -> None:
     milliseconds every few seconds while a job printed fast. (A collection first would cost as long, for
     the few dozen objects start-up leaves behind.)"""
     gc.freeze()
-
-
-def config_problem(top: Path) -> str | None:
-    """What is wrong with the repository's tuici config, if anything (jobs would end in error)."""
-    def read(name: str) -> bytes | None:
-        path = top / name
-        return path.read_bytes() if path.is_file() else None
-    try:
-        cfg.load(read)
-    except cfg.ConfigError as exc:
-        return f"{exc}. Jobs end in error until it is fixed."
-    except OSError as exc:
-        return f"Cannot read the config: {exc}"
-    return None
-
-
-def run_app(repo: str, runners: int, theme: str | None, sandbox: str = "auto") -> None:
-    """`tuici [REPO]`: open the control center on REPO; problems found before it opens end with a message."""
-    try:
-        top, _ = find_git_dir(repo)
-        state = StateDir.for_repo(repo)
-    except NotARepository as exc:
-        sys.exit(f"tuici: {exc}")
-    if runners < 0:
-        sys.exit("tuici: --runners must be 0 or more")
-    problem = config_problem(top)
-    app = ControlCenter(LiveBackend(top, state, runners, runner_args=["--sandbox", sandbox]), theme=theme, warnings=[problem] if problem else [])
-    try:
-        app.run()
-    finally:
-        kill_descendants()  # should the app have died mid-way, its processes do not outlive it

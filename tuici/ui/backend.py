@@ -8,6 +8,8 @@ tests hand the app a recorded one, so they need no processes and stay determinis
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import AsyncIterator, Callable
 
 from .. import protocol as p
 from ..client import Control, NoDispatcher
+from ..query import Query, endpoint_for
 from ..statedir import StateDir
 from ..supervisor import Supervisor, SupervisorError, dispatcher_running
 
@@ -23,6 +26,10 @@ ProcessListener = Callable[[str, str, str], None]  # (kind, name, message), as t
 
 class BackendError(Exception):
     """The engine could not be started, reached or asked: the message says why, for the user."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent  # asking again cannot help (a wrong token, another protocol version)
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,50 @@ class Backend(ABC):
 
 
 CONNECTION_ERRORS = (NoDispatcher, OSError, p.ProtocolError)
+WORKERS_AFTER = 1.0  # seconds the observer and runners wait for the app's first status at most
+
+
+class FirstStatus:
+    """The dispatcher's status, fetched on a thread as soon as it serves, while the app is still importing
+    Textual (which holds the event loop): connecting, reading 5 MB and decoding 10,000 jobs took ~0.2 s
+    of the first frame, and now happen during the import. A daemon thread: quitting never waits for it."""
+
+    PATIENCE = 15.0  # seconds to wait for the dispatcher to serve; the supervisor reports why it did not
+
+    def __init__(self, state: StateDir):
+        loop = asyncio.get_running_loop()
+        self._reply: asyncio.Future[p.StatusReply | None] = loop.create_future()
+        self._cancelled = threading.Event()
+        threading.Thread(target=self._fetch, args=(state, loop), name="tuici-first-status", daemon=True).start()
+
+    def _fetch(self, state: StateDir, loop: asyncio.AbstractEventLoop) -> None:
+        reply = None
+        try:
+            deadline = time.monotonic() + self.PATIENCE
+            while not state.address() and time.monotonic() < deadline:
+                if self._cancelled.wait(0.01):
+                    return
+            with Query(endpoint_for(state)) as query:
+                reply = query.status()
+        except (Exception, SystemExit):  # no token, refused, gone: the app asks again and says what is wrong
+            pass
+        finally:
+            try:
+                loop.call_soon_threadsafe(self._deliver, reply)
+            except RuntimeError:  # the loop is closed: the app is gone
+                pass
+
+    def _deliver(self, reply: p.StatusReply | None) -> None:
+        if not self._reply.done():
+            self._reply.set_result(reply)
+
+    async def take(self) -> p.StatusReply | None:
+        """The status, or None if it could not be fetched."""
+        return await self._reply
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._deliver(None)
 
 
 class LiveBackend(Backend):
@@ -96,12 +147,23 @@ class LiveBackend(Backend):
         self._control: Control | None = None
         self._requests = asyncio.Lock()  # one control connection answers one request at a time
         self._notices: set[asyncio.Task] = set()
+        self._launched = False
+        self._failure: BackendError | None = None
+        self._first_status = asyncio.Event()
+        self._workers: asyncio.Task | None = None  # see _start_workers
+        self._first: FirstStatus | None = None
 
     @property
     def label(self) -> str:
         return str(self.repo)
 
-    async def start(self) -> None:
+    async def launch(self) -> None:
+        """Start the dispatcher, or find a running engine, without waiting for it to serve: `tuici` calls
+        this before importing Textual, so that the dispatcher loads its history while the app loads. A
+        failure is kept for ``start`` to raise, where the app shows it."""
+        if self._launched:
+            return
+        self._launched = True
         if dispatcher_running(self.state):
             self.attached = True
             self.can_supervise = False  # the supervisor of `tuici serve` owns the runners' names
@@ -109,16 +171,45 @@ class LiveBackend(Backend):
             self.supervisor = Supervisor(self.repo, self.state, runners=self.runners, on_event=self._process_event,
                                          dispatcher_args=self.dispatcher_args, runner_args=self.runner_args)
             try:
-                await self.supervisor.start()
+                await self.supervisor.spawn_dispatcher()
             except (SupervisorError, OSError) as exc:
                 await self.supervisor.stop()
+                self._failure = BackendError(f"could not start the engine: {exc}")
+                return
+        self._first = FirstStatus(self.state)
+
+    async def start(self) -> None:
+        await self.launch()
+        if self._failure is not None:
+            raise self._failure
+        if self.supervisor is not None:
+            try:
+                await self.supervisor.serving()
+            except SupervisorError as exc:
+                await self.supervisor.stop()
                 raise BackendError(f"could not start the engine: {exc}") from None
+            self._workers = asyncio.ensure_future(self._start_workers())
         try:
             self._control = Control.for_state(self.state)
         except NoDispatcher as exc:
             raise BackendError(str(exc)) from None
         except SystemExit as exc:  # resolve_token's message when there is no token to be found
             raise BackendError(str(exc.code)) from None
+
+    async def _start_workers(self) -> None:
+        """The observer and the runners, once the app has its first status (or after a second without).
+
+        The first frame needs neither, and on two cores three interpreters starting alongside it made it
+        ~0.3 s later. A failure to start them is told as a process event, like a later crash of theirs.
+        """
+        try:
+            await asyncio.wait_for(self._first_status.wait(), WORKERS_AFTER)
+        except asyncio.TimeoutError:
+            pass
+        try:
+            await self._supervisor().spawn_workers()
+        except (SupervisorError, OSError) as exc:
+            self._process_event("process.exited", "observer and runners", f"could not be started: {exc}")
 
     @property
     def control(self) -> Control:
@@ -132,14 +223,24 @@ class LiveBackend(Backend):
                 return await call(self.control)
             except CONNECTION_ERRORS as exc:
                 raise BackendError(f"the dispatcher did not answer: {exc}") from None
+            except p.RefusedError as exc:
+                raise BackendError(f"the dispatcher refused this control center: {exc}", exc.permanent) from None
 
     async def status(self, limit: int = 0) -> p.StatusReply:
-        return await self._request(lambda control: control.status(limit))
+        first, self._first = self._first, None
+        reply = await first.take() if first is not None and not limit else None
+        if reply is None:
+            reply = await self._request(lambda control: control.status(limit))
+        self._first_status.set()
+        return reply
 
     async def events(self, after_seq: int) -> AsyncIterator[p.Event]:
-        async for message in self.control.subscribe(after_seq=after_seq):
-            if isinstance(message, p.Event):
-                yield message
+        try:
+            async for message in self.control.subscribe(after_seq=after_seq):
+                if isinstance(message, p.Event):
+                    yield message
+        except p.RefusedError as exc:
+            raise BackendError(f"the dispatcher refused this control center: {exc}", exc.permanent) from None
 
     async def rerun(self, sha: str) -> p.Reply:
         return await self._request(lambda control: control.rerun(sha))
@@ -173,11 +274,15 @@ class LiveBackend(Backend):
         return self.state.job_log(job_id)
 
     async def stop(self) -> None:
-        for task in self._notices:
+        if self._first is not None:
+            self._first.cancel()
+        tasks = [*self._notices, *filter(None, [self._workers])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._notices, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._control is not None:
             await self._control.close()
+            self._control = None
         if self.supervisor is not None:
             await self.supervisor.stop()
             self.supervisor = None

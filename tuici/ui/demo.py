@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..statedir import StateDir
-from ..supervisor import kill_descendants
-from .app import ControlCenter
 from .backend import LiveBackend
+from .launch import open_control_center
 
 COMMIT_EVERY = 5.0  # seconds between the demo's commits
 
@@ -128,11 +127,9 @@ def run_demo(runners: int, theme: str | None) -> None:
             add_commit(repo, sample, number)
         committer = Committer(repo, first=4)
         committer.start()
-        app = ControlCenter(LiveBackend(repo, StateDir.for_repo(repo), max(1, runners)), theme=theme)
         try:
-            app.run()
+            open_control_center(LiveBackend(repo, StateDir.for_repo(repo), max(1, runners)), theme)
         finally:
             committer.stop()
-            kill_descendants()
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -21,7 +21,8 @@ HEARTBEAT_POLL = 2.0
 
 @dataclass(frozen=True)
 class Connection:
-    state: str  # connecting, connected, reconnecting
+    state: str  # connecting, connected, reconnecting, refused
+    reason: str = ""  # why it was refused
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,11 @@ class Feed:
             while True:
                 try:
                     await self._follow()
-                except (BackendError, *CONNECTION_ERRORS):
+                except BackendError as exc:
+                    if exc.permanent:
+                        self.deliver(Connection("refused", str(exc)))
+                        return
+                except CONNECTION_ERRORS:
                     pass
                 self.deliver(Connection("reconnecting"))
                 await asyncio.sleep(RETRY_DELAY)

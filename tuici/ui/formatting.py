@@ -49,6 +49,7 @@ HEALTH_BADGES: dict[str, Badge] = {
     "connecting": Badge("◌", "connecting", "queued"),
     "connected": Badge("⇄", "connected", "pass"),
     "reconnecting": Badge("↻", "reconnecting", "errored"),
+    "refused": Badge("✘", "refused", "fail"),
 }
 
 # The theme variables every job and runner state is drawn with.
