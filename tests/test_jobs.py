@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
 from conftest import toml_command, wait_for
+from tuici import protocol as p
+from tuici.client import Control
 
 
 def test_job_environment_and_junit_counts(repo, cluster):
@@ -169,3 +172,34 @@ def test_kept_caches_go_when_the_next_job_starts_within_the_second_the_last_one_
         monkeypatch.setattr(runner, "time", SimpleNamespace(time=lambda: now))
         workspace.prepare(str(repo.path), repo.head())
         assert (checkout / "__pycache__" / "m.pyc").exists() is kept
+
+
+def test_output_printed_a_little_at_a_time_is_streamed_in_batches_and_complete(repo, cluster):
+    """pytest -q prints a dot per test: each used to be a message to the dispatcher and every viewer."""
+    dots = "for i in $(seq 1 200); do printf .; sleep 0.005; done; echo; echo done"
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    sha = repo.commit("dots", config=toml_command(dots))
+
+    async def live_output() -> list[bytes]:
+        control = Control.for_state(cluster.state)
+        chunks, job_id = [], None
+        try:
+            async for message in control.subscribe(after_seq=0, output=True):
+                if isinstance(message, p.Event) and message.job is not None and message.job.commit == sha:
+                    job_id = message.job.id
+                    if message.kind == "job.finished":
+                        return chunks
+                elif isinstance(message, p.JobOutput) and message.job_id == job_id:
+                    chunks.append(message.data)
+        finally:
+            await control.close()
+        return chunks
+
+    chunks = asyncio.run(live_output())
+    job = cluster.wait_job(sha)
+    assert job.state == "passed"
+    log = cluster.log_of(job.id)
+    assert log.endswith("\n" + "." * 200 + "\ndone\n")
+    assert b"".join(chunks).decode() == log  # the live stream is the stored log
+    assert 1 < len(chunks) < 100  # live, yet batched: 200 prints in well under 100 messages

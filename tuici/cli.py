@@ -21,7 +21,8 @@ QUERIES = ("status", "log", "rerun", "cancel")  # one request to a dispatcher, p
 
 STATUS_SCHEMA = """\
 status --json prints one object:
-  repo      the repository URL runners clone from
+  type      "status_reply"
+  repo_url  the repository URL runners clone from
   last_seq  the newest event's sequence number
   runners   [{name, host, pid, state: idle|busy|lost, job: id|null, jobs_done, last_heartbeat}]
   jobs      [{id, commit, branch, state: queued|running|passed|failed|error|cancelled, runner,
@@ -29,7 +30,7 @@ status --json prints one object:
               passed, failed, skipped, error, queued_at, started_at, finished_at, log_size}]
   commits   [{sha, branch, author, subject, time}]
   attempts  [{job_id, attempt, runner, started_at, ended_at, outcome, reason}]
-Times are unix seconds; counts are null when the command wrote no JUnit XML."""
+Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code) are left out."""
 
 
 def _repo_arg(parser: argparse.ArgumentParser) -> None:
