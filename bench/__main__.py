@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import report
-from .harness import (Figure, LoadMeter, Procs, Profiler, become_subreaper, load_text, machine_info,
+from .harness import (Figure, LoadMeter, Procs, Profiler, become_subreaper, load_text, machine_info, wait_quiet,
                       sweep_descendants, tuici_root)
 from .rows import ROWS, Context, Sizes
 
@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     whole = LoadMeter()
     try:
         for name in args.rows:
-            say(f"{name}: start (load {load_text()})")
+            # One row's teardown (50 runners stopping, say) must not weigh on the next row's figures.
+            quiet = wait_quiet()
+            say(f"{name}: start (load {load_text()}; machine quiet after {quiet:.1f} s)")
             t0 = time.monotonic()
             meter = LoadMeter()
             try:

@@ -58,11 +58,12 @@ def tuici_root() -> str:
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # PYTHONDONTWRITEBYTECODE (set on some build machines) would make every process recompile tuici's source:
-    # measure tuici as installed, with its bytecode cached, as on a user's machine.
+    # measure tuici as installed, with its bytecode cached, as on a user's machine. And no PYTHONUNBUFFERED:
+    # a runner passes its environment on to the test command, which would then write unbuffered, unlike the
+    # direct run it is compared with (tuici's processes flush their logs and event lines themselves).
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TUICI_TOKEN", "TUICI_DISPATCHER", "PYTHONDONTWRITEBYTECODE")}
+           if k not in ("TUICI_TOKEN", "TUICI_DISPATCHER", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")}
     env[MARK] = str(os.getpid())
-    env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
 
@@ -465,6 +466,17 @@ def cpu_seconds(pids: Iterable[int]) -> float:
         except psutil.Error:
             pass
     return total
+
+
+def wait_quiet(busy_pct: float = 10.0, window: float = 0.5, timeout: float = 30.0) -> float:
+    """Wait until the machine's CPU is under ``busy_pct`` over ``window`` (at most ``timeout``); seconds waited."""
+    t0 = time.monotonic()
+    psutil.cpu_percent()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(window)
+        if psutil.cpu_percent() < busy_pct:
+            break
+    return time.monotonic() - t0
 
 
 # ---------------------------------------------------------------------- profiling

@@ -23,7 +23,7 @@ from . import _bare_app as bare_app
 from . import limits
 from ._tty import Frame, Terminal
 from .harness import (PY, BenchError, Cluster, Figure, Procs, Profiler, Repo, RssSampler, cpu_seconds, git,
-                      summarize, wait_for)
+                      summarize, wait_for, wait_quiet)
 
 
 # ---------------------------------------------------------------------- sizes and context
@@ -39,7 +39,7 @@ class Sizes:
     overhead_jobs: int = 30  # spaced-out jobs running `true`
     runners: int = 2  # runners in the latency, overhead and real-suite rows
     suite_seconds: float = 2.0  # aimed-at direct duration of the generated pytest suite
-    suite_repeats: int = 11  # direct/tuici pairs of the real-suite row (this VM's CPU speed drifts +-20%)
+    suite_repeats: int = 21  # direct/tuici pairs of the real-suite row (this VM's CPU speed drifts +-20%)
     backlog_commits: int = 500  # commits made at once
     backlog_runners: str = "2,4"  # runner counts to try
     log_mb: int = 200  # megabytes (10^6) one job prints
@@ -323,7 +323,7 @@ def real_suite(ctx: Context) -> list[Figure]:
         return job.finished_at - returned, job
 
     cluster = _cluster(ctx, "suite", repo, s.runners)
-    directs, viatuici, in_runner, ratios = [], [], [], []
+    directs, viatuici, in_runner, ratios, pairs = [], [], [], [], []
     try:
         direct()  # warm-up: .pyc files in the checkout, page cache
         _warm_up(cluster, repo, s.runners)
@@ -340,6 +340,8 @@ def real_suite(ctx: Context) -> list[Figure]:
                 d = direct()
                 time.sleep(s.gap)
                 t, job = via_tuici()
+            pairs.append({"first": "tuici" if i % 2 else "direct", "direct_s": round(d, 3), "tuici_s": round(t, 3),
+                          "in_runner_s": round(job.duration_s, 3), "runner": job.runner})
             directs.append(d)
             viatuici.append(t)
             in_runner.append(job.duration_s)
@@ -355,7 +357,7 @@ def real_suite(ctx: Context) -> list[Figure]:
     ratio = rs["p50"]  # the median pair: each pair's runs are seconds apart, so drift cancels within it
     details = {"direct_s": sd, "commit_to_result_s": st, "command_in_runner_s": summarize(in_runner),
                "tuici_own_s (commit_to_result - command_in_runner)": summarize(t - c for t, c in zip(viatuici, in_runner)),
-               "pair_ratios": rs, "ratio_of_medians": round(st["p50"] / sd["p50"], 4)}
+               "pair_ratios": rs, "ratio_of_medians": round(st["p50"] / sd["p50"], 4), "pairs": pairs}
     return [Figure("real-suite", "real suite: via tuici / direct", "ratio", ratio, "<= 1.05", ratio <= 1.05,
                    spread=f"median of {rs['n']} pairs (min {rs['min']:.3f}, max {rs['max']:.3f}); "
                           f"ratio of the medians {st['p50'] / sd['p50']:.3f}",
@@ -696,17 +698,6 @@ def _prefill(repo: Repo, shas: list[str], runners: int) -> None:
     asyncio.run(fill())
 
 
-def _wait_quiet(busy_pct: float = 10.0, window: float = 0.5, timeout: float = 30.0) -> float:
-    """Wait until the machine's CPU is under ``busy_pct`` over ``window`` (at most ``timeout``); seconds waited."""
-    t0 = time.monotonic()
-    psutil.cpu_percent()
-    while time.monotonic() - t0 < timeout:
-        time.sleep(window)
-        if psutil.cpu_percent() < busy_pct:
-            break
-    return time.monotonic() - t0
-
-
 def scale(ctx: Context) -> list[Figure]:
     s = ctx.sizes
     repo = Repo(ctx.tmp / "scale-repo", toml(f"sleep {s.scale_sleep}", 60), files=10)
@@ -738,7 +729,7 @@ def scale(ctx: Context) -> list[Figure]:
         lost = sum(1 for r in cluster.status().runners if r.state == "lost")
         # `tuici status --json`, the command a user or script runs, once the 50 runners have cleaned their
         # workspaces after those jobs (seconds of CPU on 2 cores, which would otherwise be timed with it)
-        settled = _wait_quiet()
+        settled = wait_quiet()
         wall, size, njobs = [], 0, 0
         for _ in range(s.status_repeats):
             t = time.perf_counter()

@@ -32,9 +32,9 @@ ET = LazyModule("xml.etree.ElementTree")
 log = logging.getLogger("tuici.runner")
 
 HEARTBEAT_INTERVAL = 1.0
-# A command printing a little at a time (pytest: a dot per test) cost a spool write, a message, and a wake-up of
-# the dispatcher and of every viewer per print: ~1 ms of CPU each, on the cores the tests run on. After a read
-# smaller than OUTPUT_TRICKLE, the pump waits OUTPUT_LINGER (or until the command exits) to read a batch.
+# A command printing a little at a time (pytest: a dot per test) cost a message, and a wake-up of the dispatcher
+# and of every viewer, per print: ~1 ms of CPU each, on the cores the tests run on. While the job runs, less
+# than OUTPUT_TRICKLE of new output waits up to OUTPUT_LINGER for more before it is sent; the result never waits.
 OUTPUT_TRICKLE = 4096
 OUTPUT_LINGER = 0.05
 KILL_GRACE = 2.0
@@ -55,6 +55,7 @@ class ActiveJob:
     spawning: bool = False  # a cancel now must wait for the pid: interrupting the spawn would lose the process
     cancelled: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # the result is in
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # the running command is to be killed
     task: asyncio.Task | None = None
 
@@ -367,6 +368,11 @@ class Runner:
                 current, result_sent = job, False
             job.changed.clear()
             if sent < job.size:
+                if job.result is None and job.size - sent < OUTPUT_TRICKLE:
+                    try:
+                        await asyncio.wait_for(job.ended.wait(), OUTPUT_LINGER)
+                    except asyncio.TimeoutError:
+                        pass
                 with open(job.spool, "rb") as fh:
                     fh.seek(sent)
                     while sent < job.size:
@@ -445,6 +451,7 @@ class Runner:
         job.result = p.JobResult(job_id=a.job_id, attempt=a.attempt, exit_code=exit_code, duration_s=duration,
                                  log_size=job.size, passed=passed, failed=failed, skipped=skipped,
                                  error=error, cancelled=job.cancelled, timed_out=timed_out)
+        job.ended.set()
         job.changed.set()
         await asyncio.to_thread(self.workspace.release)  # once the result is on its way
 
@@ -471,11 +478,9 @@ class Runner:
         async def pump() -> None:
             while data := await proc.stdout.read(p.OUTPUT_CHUNK):
                 write(data)
-                if len(data) < OUTPUT_TRICKLE:
-                    await asyncio.wait([exited], timeout=OUTPUT_LINGER)
 
-        exited = asyncio.ensure_future(proc.wait())
         reader = asyncio.ensure_future(pump())
+        exited = asyncio.ensure_future(proc.wait())
         stop = asyncio.ensure_future(job.stop.wait())
         try:
             await asyncio.wait([exited, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
