@@ -227,8 +227,10 @@ class LiveBackend(Backend):
                 raise BackendError(f"the dispatcher refused this control center: {exc}", exc.permanent) from None
 
     async def status(self, limit: int = 0) -> p.StatusReply:
-        first, self._first = self._first, None
-        reply = await first.take() if first is not None and not limit else None
+        reply = None
+        if self._first is not None and not limit:  # a limited status (heartbeats) leaves it for the full one
+            first, self._first = self._first, None
+            reply = await first.take()
         if reply is None:
             reply = await self._request(lambda control: control.status(limit))
         self._first_status.set()

@@ -35,15 +35,14 @@ def config_problem(top: Path) -> str | None:
 def run_app(repo: str, runners: int, theme: str | None, sandbox: str = "auto") -> None:
     """`tuici [REPO]`: open the control center on REPO; problems found before it opens end with a message."""
     try:
-        top, _ = find_git_dir(repo)
-        state = StateDir.for_repo(repo)
+        top, git_dir = find_git_dir(repo)
     except NotARepository as exc:
         sys.exit(f"tuici: {exc}")
     if runners < 0:
         sys.exit("tuici: --runners must be 0 or more")
     problem = config_problem(top)
-    open_control_center(LiveBackend(top, state, runners, runner_args=["--sandbox", sandbox]), theme,
-                        [problem] if problem else [])
+    backend = LiveBackend(top, StateDir.in_git_dir(git_dir), runners, runner_args=["--sandbox", sandbox])
+    open_control_center(backend, theme, [problem] if problem else [])
 
 
 def open_control_center(backend: LiveBackend, theme: str | None, warnings: Iterable[str] = ()) -> None:
