@@ -26,6 +26,28 @@ from tuici.supervisor import MARK, become_subreaper, kill_descendants
 become_subreaper()
 
 
+@pytest.fixture
+def outside(tmp_path):
+    """A directory a test command can read in its sandbox, for gates it waits on: the sandbox gives every job
+    a /tmp of its own, so the test's tmp_path is out of its sight."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="tuici-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Runners' work dirs and job environments in this session's temp dir, not the user's cache."""
+    os.environ["TUICI_CACHE_DIR"] = str(tmp_path_factory.mktemp("tuici-cache"))
+    yield
+
+
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
@@ -132,9 +154,9 @@ class Cluster:
         return self._spawn("observer", "observer", str(self.repo.path), "--dispatcher", self.address,
                            "--state", str(self.state.path))
 
-    def start_runner(self, name: str) -> subprocess.Popen:
+    def start_runner(self, name: str, *args: str) -> subprocess.Popen:
         return self._spawn(name, "runner", "--dispatcher", self.address, "--state", str(self.state.path),
-                           "--name", name, "--workdir", str(self.tmp / "work" / name))
+                           "--name", name, "--workdir", str(self.tmp / "work" / name), *args)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]
@@ -228,6 +250,14 @@ def cluster_factory(tmp_path: Path):
     finally:
         for c in made:
             c.stop()
+
+
+def cmdline(proc: psutil.Process) -> list[str]:
+    """The process's command line; empty once it has exited (listing and asking always race with its exit)."""
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
 
 
 def tuici_processes() -> list[psutil.Process]:

@@ -264,11 +264,11 @@ def fill(directory) -> None:
 
 
 def test_a_full_state_disk_gives_a_clear_error_keeps_the_database_whole_and_work_resumes(
-        repo, small_state_disk, cluster, tmp_path):
+        repo, small_state_disk, cluster, tmp_path, outside):
     cluster.start_observer()
     cluster.start_runner("r1")
     cluster.wait_job(repo.head())
-    gate = tmp_path / "go"
+    gate = outside / "go"
     writer = repo.commit("writes while the disk is full", config=toml_command(
         f"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; seq 1 200000; echo the-end", timeout=120))
     running = cluster.wait_job(writer, states={"running"})

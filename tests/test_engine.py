@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import signal
 import time
 
@@ -113,18 +115,22 @@ def test_commits_made_while_the_observer_is_down_are_tested_after_it_returns(rep
     assert cluster.job_for(on_branch).branch == "feature"
 
 
-def test_hanging_test_is_killed_at_its_timeout_with_its_children(repo, cluster, tmp_path):
-    pidfile = tmp_path / "child.pid"
+def test_hanging_test_is_killed_at_its_timeout_with_its_children(repo, cluster):
+    import psutil
+
+    marker = f"300.{os.getpid()}"  # a sleep no other process runs (its pid inside the sandbox means nothing here)
     cluster.start_observer()
     cluster.start_runner("r1")
-    sha = repo.commit("hangs", config=toml_command(f"sleep 300 & echo $! > {pidfile}; wait", timeout=1))
+    sha = repo.commit("hangs", config=toml_command(f"sleep {marker} & echo started; wait", timeout=1))
     job = cluster.wait_job(sha)
     assert job.state == "failed" and "timed out" in job.error
     assert "timed out after 1 s" in cluster.log_of(job.id)
-    child = int(pidfile.read_text())
-    import psutil
-    wait_for(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
-             5, message="the test's child to be gone")
+
+    def sleeping() -> list[psutil.Process]:
+        return [proc for proc in psutil.process_iter(["cmdline", "status"])
+                if proc.info["cmdline"] == ["sleep", marker] and proc.info["status"] != psutil.STATUS_ZOMBIE]
+
+    wait_for(lambda: not sleeping(), 5, message="the test's child to be gone")
 
 
 def test_cancel_a_running_job_and_rerun_its_commit(repo, cluster):

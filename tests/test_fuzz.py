@@ -359,12 +359,12 @@ def attacks(draw, token: str, taken_name: str, job_ids: list[int]) -> tuple[str,
 
 
 @pytest.mark.timeout(300)
-def test_a_live_dispatcher_survives_fuzzing_and_keeps_serving_everyone_else(repo, cluster, tmp_path):
+def test_a_live_dispatcher_survives_fuzzing_and_keeps_serving_everyone_else(repo, cluster, tmp_path, outside):
     cluster.start_observer()
     cluster.start_runner("r1")
     first = repo.head()
     assert cluster.wait_job(first).state == "passed"
-    gate = tmp_path / "go"
+    gate = outside / "go"
     blocked = repo.commit("waits for the fuzzing to end",
                           config=toml_command(f"echo begun; while [ ! -e {gate} ]; do sleep 0.05; done; echo finished",
                                               timeout=600))

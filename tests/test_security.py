@@ -21,7 +21,7 @@ from conftest import Cluster, GitRepo, _env, _wait_or_kill, toml_command, wait_f
 from tuici import dispatcher as dispatcher_module
 from tuici import protocol as p
 from tuici.client import Control, NoDispatcher
-from tuici.sandbox import Sandbox
+from tuici.runner.sandbox import find_bwrap, probe
 from tuici.statedir import StateDir
 
 
@@ -148,7 +148,7 @@ with socket.create_connection((host, int(port)), timeout=10) as sock:
 """
 
 
-SANDBOX_PROBLEM = Sandbox().probe()
+SANDBOX_PROBLEM = probe(find_bwrap())
 
 
 def _probe_commit(repo: GitRepo, token: str, address: str) -> str:
@@ -158,11 +158,14 @@ def _probe_commit(repo: GitRepo, token: str, address: str) -> str:
                        config=f"command = {json.dumps(command)}\ntimeout = 60\n")
 
 
-def _assert_nothing_leaked(out: str, token: str) -> None:
+def _assert_nothing_leaked(out: str, token: str, sandboxed: bool = False) -> None:
     assert "LEAKED" not in out and token not in out, out
     assert "probe environment: safe" in out and "probe runner cmdline: safe" in out
-    for place in ("runner environ", "runner memory", "token file"):
+    # In the sandbox the test's parent is the PID namespace's init (bwrap), which holds no token: the runner is
+    # not there to be read at all.
+    for place in ("runner environ", "runner memory") if not sandboxed else ():
         assert f"probe {place}: unreadable" in out, out
+    assert "probe token file: unreadable" in out, out
     assert "probe every process's root: safe" in out
     assert "probe write to the repository: refused" in out
     assert "probe inherited sockets: none" in out
@@ -212,7 +215,7 @@ def test_code_under_test_cannot_get_the_token_from_a_runner_of_its_own_user(shar
         cluster.start_dispatcher()
         cluster.start_observer()
         token = cluster.state.token()
-        env = {**_env(), "TUICI_TOKEN": token, "HOME": str(work)}
+        env = {**_env(), "TUICI_TOKEN": token, "HOME": str(work), "TUICI_CACHE_DIR": str(work / "cache")}
         log = open(tmp_path / "outsider.log", "ab")
         cluster.procs["outsider"] = subprocess.Popen(
             ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
@@ -223,7 +226,7 @@ def test_code_under_test_cannot_get_the_token_from_a_runner_of_its_own_user(shar
         job = cluster.wait_job(_probe_commit(repo, token, cluster.address), timeout=60)
         out = cluster.log_of(job.id)
         assert job.state == "passed", out
-        _assert_nothing_leaked(out, token)
+        _assert_nothing_leaked(out, token, sandboxed=SANDBOX_PROBLEM is None)
     finally:
         cluster.stop()
 
@@ -236,18 +239,18 @@ def test_code_under_test_cannot_reach_tuici_from_a_local_runner_of_the_same_user
     read-only, and other runners' work dirs (in the state dir, as `serve` places them) are hidden."""
     cluster.start_observer()
     for name in ("r1", "r2"):
-        cluster._spawn(name, "runner", "--dispatcher", cluster.address, "--state", str(cluster.state.path),
-                       "--name", name, "--workdir", str(cluster.state.path / "runners" / name))
+        cluster.start_runner(name)
     cluster.wait_job(repo.head())
     token = cluster.state.token()
     job = cluster.wait_job(_probe_commit(repo, token, cluster.address), timeout=60)
     out = cluster.log_of(job.id)
     assert job.state == "passed", out
-    _assert_nothing_leaked(out, token)
+    _assert_nothing_leaked(out, token, sandboxed=True)
     for place in ("token file after umount", "token file after umount in a nested namespace"):
         assert f"probe {place}: safe" in out
-    assert "probe state dir listing: ['runners']" in out  # only the mount points of what is bound back in
-    assert "probe beside the checkout: ['checkout', 'junit']" in out  # no spools, no lock, no other runner
+    assert "probe state dir listing: unreadable" in out  # the repository is not there at all
+    # The job's own checkout, its JUnit dir and the repository's objects (read-only), nothing of a runner's.
+    assert f"probe beside the checkout: ['.repo-objects', 'junit', '{repo.path.name}']" in out
     assert "no sandbox" not in out
     assert not (repo.path / ".git" / "refs" / "heads" / "injected").exists()
 
@@ -269,11 +272,11 @@ def test_the_token_is_not_in_the_test_environment_log_or_open_files(repo, cluste
 # ---------------------------------------------------------------------- roles
 
 
-def test_a_runner_reports_only_on_its_own_job_and_only_control_clients_control(repo, cluster, tmp_path):
+def test_a_runner_reports_only_on_its_own_job_and_only_control_clients_control(repo, cluster, tmp_path, outside):
     cluster.start_observer()
     cluster.start_runner("r1")
     cluster.wait_job(repo.head())
-    gate = tmp_path / "go"
+    gate = outside / "go"
     sha = repo.commit("held", config=toml_command(f"echo mine; while [ ! -e {gate} ]; do sleep 0.05; done; echo done"))
     job = cluster.wait_job(sha, states={"running"})
     token = cluster.state.token()

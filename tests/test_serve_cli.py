@@ -12,7 +12,7 @@ import sys
 import psutil
 import pytest
 
-from conftest import _env, _wait_or_kill, job_processes, toml_command, tuici_processes, wait_for
+from conftest import _env, _wait_or_kill, cmdline, job_processes, toml_command, tuici_processes, wait_for
 from tuici.client import Control
 
 
@@ -54,7 +54,7 @@ def test_serve_runs_everything_prints_json_events_and_leaves_nothing_behind_on_s
     sha = repo.commit("hangs", config=toml_command("sleep 300", timeout=600))
     wait_for(lambda: any(e.get("kind") == "job.started" and e["job"]["commit"] == sha for e in events(serve)),
              30, message="the hanging job to start")
-    wait_for(lambda: any("sleep 300" in " ".join(p.cmdline()) for p in tuici_processes()), message="the test command")
+    wait_for(lambda: any("sleep 300" in " ".join(cmdline(p)) for p in tuici_processes()), message="the test command")
     assert len(tuici_processes()) >= 5  # serve, dispatcher, observer, 2 runners, and the test command
     serve.send_signal(signal.SIGTERM)
     assert serve.wait(20) == 0
@@ -92,7 +92,7 @@ def test_a_sigkilled_serve_takes_the_processes_it_started_with_it(repo, serve):
 def test_serve_restarts_a_dispatcher_that_dies_and_nothing_is_lost(repo, serve):
     wait_for(lambda: repo.state.address(), message="the dispatcher")
     wait_for(lambda: any(e.get("kind") == "job.finished" for e in events(serve)), 30, message="a first job")
-    dispatcher = wait_for(lambda: next((p for p in tuici_processes() if "dispatcher" in p.cmdline()), None))
+    dispatcher = wait_for(lambda: next((p for p in tuici_processes() if "dispatcher" in cmdline(p)), None))
     address = repo.state.address()
     dispatcher.kill()
     sha = repo.commit("while the dispatcher restarts")
@@ -121,10 +121,10 @@ def test_serve_kills_the_test_commands_of_a_runner_that_was_sigkilled_even_those
 
     def both_started():
         found = first_attempt()
-        return found if {"sleep 300", "sleep 301"} <= {" ".join(p.cmdline()) for p in found} else None
+        return found if {"sleep 300", "sleep 301"} <= {" ".join(cmdline(p)) for p in found} else None
 
     procs = wait_for(both_started, 30, message="both test processes")
-    runner = next(p.parent() for p in procs if "runner" in p.parent().cmdline())
+    runner = next(a for p in procs for a in p.parents() if "runner" in cmdline(a))
     runner.kill()  # its test processes are handed to serve, which kills them: no need to wait for serve's stop
     wait_for(lambda: not first_attempt(), 20, message="the orphaned test processes to be killed")
     assert serve.poll() is None

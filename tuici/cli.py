@@ -27,7 +27,8 @@ status --json prints one object:
   runners   [{name, host, pid, state: idle|busy|lost, job: id|null, jobs_done, last_heartbeat}]
   jobs      [{id, commit, branch, state: queued|running|passed|failed|error|cancelled, runner,
               priority (queued jobs run highest first, then oldest), attempts, exit_code, duration_s,
-              passed, failed, skipped, error, queued_at, started_at, finished_at, log_size}]
+              passed, failed, skipped, error, queued_at, started_at, finished_at, log_size,
+              env (the key of the environment setup made), env_reused}]
   commits   [{sha, branch, author, subject, time}]
   attempts  [{job_id, attempt, runner, started_at, ended_at, outcome, reason}]
 Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code) are left out."""
@@ -102,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "its own.")
     _client_opts(r)
     r.add_argument("--name", help="the runner's name (default: HOST-PID)")
-    r.add_argument("--workdir", type=Path, metavar="DIR", help="where the runner keeps its checkout")
+    r.add_argument("--workdir", type=Path, metavar="DIR",
+                   help="where the runner keeps its checkout (default: $TUICI_CACHE_DIR or ~/.cache/tuici, "
+                        "runners/NAME); never inside a repository")
+    r.add_argument("--env-cache-size", default=os.environ.get("TUICI_ENV_CACHE_SIZE", "10G"), metavar="SIZE",
+                   help="keep at most SIZE of job environments and package caches, least recently used "
+                        "removed first (default 10G, or $TUICI_ENV_CACHE_SIZE)")
     _sandbox_arg(r)
 
     st = sub.add_parser("status", help="show commits, jobs and runners", description=STATUS_SCHEMA,
@@ -267,7 +273,9 @@ def cmd_runner(args) -> None:
     import socket
 
     from .procs import hide_memory
-    from .runner import default_workdir, run_runner, runners_base
+    from .runner import default_workdir, run_runner
+    from .runner.environments import EnvCache, parse_size
+    from .statedir import cache_root
 
     setup_logging()
     endpoint, state = _endpoint(args)
@@ -276,10 +284,14 @@ def cmd_runner(args) -> None:
         hide_memory()
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     workdir = (args.workdir or default_workdir(name)).resolve()
-    hide = [state.path.resolve()] if state else []
-    if workdir.is_relative_to(runners_base()):
-        hide.append(runners_base())  # other runners' checkouts: the code under test must not touch them
-    asyncio.run(run_runner(endpoint, name, workdir, tuple(hide), args.sandbox))
+    # Out of the code under test's sight: the token and database, other runners' work dirs and environments,
+    # and this runner's own (its spools, its git dir), of which the job gets only what it needs.
+    hide = [cache_root(), workdir, *([state.path.resolve()] if state else [])]
+    try:
+        limit = parse_size(args.env_cache_size)
+    except ValueError:
+        die(f"--env-cache-size: {args.env_cache_size!r} is not a size (like 10G or 500M)")
+    asyncio.run(run_runner(endpoint, name, workdir, tuple(hide), args.sandbox, EnvCache(cache_root(), limit)))
 
 
 def _endpoint(args) -> tuple[p.Endpoint, StateDir | None]:

@@ -16,6 +16,7 @@ import msgspec
 
 DEFAULT_COMMAND = ["python", "-m", "pytest"]
 DEFAULT_TIMEOUT = 3600.0
+DEFAULT_CACHE_KEY = ["pyproject.toml", "requirements*.txt", "uv.lock", "setup.cfg", "setup.py"]
 
 
 class ConfigError(Exception):
@@ -28,13 +29,26 @@ class RepoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     env: dict[str, str] = {}
     branches: list[str] = msgspec.field(default_factory=lambda: ["*"])
     coalesce: bool = False
+    setup: str | list[str] | None = None  # run first, in a virtualenv made (and kept) for the job
+    python: str | None = None  # the interpreter that virtualenv is made from (default: tuici's own)
+    cache_key: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_CACHE_KEY))
+    network: bool = True  # false: the job's own network namespace, with only loopback
 
     @property
     def argv(self) -> list[str]:
         """The command as an argument vector: a string runs through the shell, a list does not."""
-        if isinstance(self.command, str):
-            return ["/bin/sh", "-c", self.command]
-        return list(self.command)
+        return _argv(self.command)
+
+    @property
+    def setup_argv(self) -> list[str] | None:
+        return None if self.setup is None else _argv(self.setup)
+
+    def watches(self, branch: str) -> bool:
+        return any(fnmatch.fnmatchcase(branch, pattern) for pattern in self.branches)
+
+
+def _argv(command: str | list[str]) -> list[str]:
+    return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
 
     def watches(self, branch: str) -> bool:
         return any(fnmatch.fnmatchcase(branch, pattern) for pattern in self.branches)
@@ -55,14 +69,22 @@ def _check(data: dict, filename: str) -> RepoConfig:
             key = text.split("`")[1]
             problem = "unknown key"
         raise ConfigError(f"{filename}: key '{key}': {problem}") from None
-    if isinstance(config.command, str) and not config.command.strip():
-        raise ConfigError(f"{filename}: key 'command': must not be empty")
-    if isinstance(config.command, list) and not config.command:
-        raise ConfigError(f"{filename}: key 'command': must not be an empty list")
-    # What exec() cannot take would otherwise surface in the runner, not as this job's error.
-    words = [config.command] if isinstance(config.command, str) else config.command
-    if any("\0" in word for word in words):
-        raise ConfigError(f"{filename}: key 'command': must not contain a NUL character")
+    for key in ("command", "setup"):
+        command = getattr(config, key)
+        if command is None:
+            continue
+        if isinstance(command, str) and not command.strip():
+            raise ConfigError(f"{filename}: key '{key}': must not be empty")
+        if isinstance(command, list) and not command:
+            raise ConfigError(f"{filename}: key '{key}': must not be an empty list")
+        # What exec() cannot take would otherwise surface in the runner, not as this job's error.
+        words = [command] if isinstance(command, str) else command
+        if any("\0" in word for word in words):
+            raise ConfigError(f"{filename}: key '{key}': must not contain a NUL character")
+    if config.python is not None and (not config.python.strip() or "\0" in config.python):
+        raise ConfigError(f"{filename}: key 'python': must name an interpreter")
+    if any(not pattern or "\0" in pattern for pattern in config.cache_key):
+        raise ConfigError(f"{filename}: key 'cache_key': patterns must be non-empty")
     if not 0 < config.timeout < math.inf:
         raise ConfigError(f"{filename}: key 'timeout': must be a positive, finite number of seconds")
     for name, value in config.env.items():

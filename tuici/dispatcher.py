@@ -582,6 +582,7 @@ class Dispatcher:
         job.exit_code = msg.exit_code
         job.duration_s = msg.duration_s
         job.passed, job.failed, job.skipped = msg.passed, msg.failed, msg.skipped
+        job.env, job.env_reused = msg.env, msg.env_reused
         job.error = msg.error or (f"timed out after {msg.duration_s:.0f} s" if msg.timed_out else "")
         self._finish(job, state, outcome, job.error)
         await self.durable()
@@ -694,7 +695,7 @@ class Dispatcher:
         job.state, job.runner = "running", session.info.name
         job.started_at, job.finished_at = time.time(), None
         job.exit_code = job.duration_s = job.passed = job.failed = job.skipped = None
-        job.error = ""
+        job.error, job.env, job.env_reused = "", "", False
         session.info.state, session.info.job, session.attempt = "busy", job.id, job.attempts
         a = p.AttemptInfo(job_id=job.id, attempt=job.attempts, runner=session.info.name, started_at=job.started_at)
         self.attempts[(job.id, job.attempts)] = a

@@ -85,19 +85,23 @@ def _descendants() -> list[psutil.Process]:
         return []
 
 
-def kill_all_descendants() -> None:
-    """SIGKILL every process below this one, then reap the ones re-parented to us.
+def kill_all_descendants() -> list[str]:
+    """SIGKILL every process below this one, then reap the ones re-parented to us; the names of those killed.
 
     Round after round until none is left alive: a process that forks in a loop can add a child
     between one round's listing and its kill.
     """
+    names: list[str] = []
     for _ in range(1000):
         alive = [proc for proc in _descendants() if not is_zombie(proc)]
         if not alive:
             break
         for proc in alive:
             try:
+                name = proc.name()
                 proc.kill()
+                if name not in names and name != "bwrap":
+                    names.append(name)
             except psutil.Error:
                 pass
     for proc in _descendants():  # all dead now, so all re-parented to us
@@ -106,3 +110,4 @@ def kill_all_descendants() -> None:
                 proc.wait(1)
         except (psutil.Error, ChildProcessError):
             pass
+    return names

@@ -100,6 +100,8 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
     finished_at: float | None = None
     log_size: int = 0
     priority: int = 0  # dispatch order: the highest first, then the lowest id; a rerun goes above every other
+    env: str = ""  # the key of the environment ``setup`` made (none without setup)
+    env_reused: bool = False  # whether that environment was reused rather than made for this job
 
 
 class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -217,6 +219,8 @@ class JobResult(_Msg, tag="result"):
     error: str = ""  # set when tuici, not the tests, could not run the job
     cancelled: bool = False
     timed_out: bool = False
+    env: str = ""
+    env_reused: bool = False
 
 
 class ResultAck(_Msg, tag="result_ack"):

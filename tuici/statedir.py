@@ -5,6 +5,7 @@ By default that is ``<repo>/.git/tuici/`` so that it never dirties the work tree
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from dataclasses import dataclass
@@ -101,6 +102,25 @@ class StateDir:
         tmp = self.address_file.with_suffix(".tmp")
         tmp.write_text(address + "\n")
         tmp.replace(self.address_file)
+
+
+def cache_root() -> Path:
+    """tuici's cache: runners' work dirs and job environments (``$TUICI_CACHE_DIR``, else the user's cache dir).
+
+    Never inside a repository: tools that look upward for their configuration (pytest, setuptools, mypy) would
+    find the watched work tree's files from a job's checkout.
+    """
+    base = os.environ.get("TUICI_CACHE_DIR")
+    if not base:
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tuici")
+    return Path(base).resolve()
+
+
+def repo_cache(git_dir: Path) -> Path:
+    """The part of the cache kept for one repository (its runners' work dirs)."""
+    name = git_dir.parent.name if git_dir.name == ".git" else git_dir.name
+    digest = hashlib.sha256(os.fsencode(git_dir.resolve())).hexdigest()[:12]
+    return cache_root() / "repos" / f"{name}-{digest}"
 
 
 def resolve_token(explicit: str | None, state: StateDir | None) -> str:

@@ -22,7 +22,7 @@ from typing import Callable
 from . import protocol as p
 from .lazy import LazyModule
 from .procs import SUPERVISED_BY, become_subreaper, is_zombie, kill_group
-from .statedir import StateDir
+from .statedir import StateDir, repo_cache
 
 psutil = LazyModule("psutil")  # first needed by the orphan sweep, once a child exits (or after SWEEP_BACKSTOP)
 
@@ -88,6 +88,10 @@ class Supervisor:
         self.dispatcher_args = dispatcher_args or []
         self.runner_args = runner_args or []
         self.listen = listen
+        self.runners_dir = repo_cache(self.state.path.parent) / "runners"
+        if self.runners_dir.is_relative_to(repo.resolve()):
+            raise SupervisorError(f"tuici's cache {self.runners_dir} is inside the repository {repo}: a job's "
+                                  "checkout must not be; set TUICI_CACHE_DIR to a directory elsewhere")
         self.children: dict[str, Child] = {}
         self.address = ""
         self._listener: socket.socket | None = None  # the dispatcher's, held for its restarts
@@ -137,7 +141,7 @@ class Supervisor:
     async def add_runner(self) -> Child:
         name = f"runner-{self._next_runner}"
         self._next_runner += 1
-        argv = self._component_argv("runner", "--name", name, "--workdir", str(self.state.path / "runners" / name),
+        argv = self._component_argv("runner", "--name", name, "--workdir", str(self.runners_dir / name),
                                     *self.runner_args)
         child = self._child(name, "runner", argv)
         await self._spawn(child)

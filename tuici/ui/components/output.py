@@ -291,7 +291,8 @@ class OutputPanel(Vertical):
         if job is None:
             return
         badge = job_badge(job)
+        env = f" · env {job.env}{' reused' if job.env_reused else ''}" if job.env else ""
         self.border_title = Content.assemble(
             "Output · ", f"job {job.id} · ", short_sha(job.commit), " ", job.branch, " · ",
-            (badge.text, f"${badge.style}"),
+            (badge.text, f"${badge.style}"), env,
         )

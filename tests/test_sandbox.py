@@ -1,0 +1,261 @@
+"""The sandbox and the runner under attack from the code under test, with real processes: planted hooks, forged
+caches, background processes, hostile configs, signals to tuici's processes, and the network.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import psutil
+import pytest
+
+from conftest import Cluster, GitRepo, toml_command, tuici_processes, wait_for
+from tuici.runner.sandbox import find_bwrap, probe
+
+SANDBOX_PROBLEM = probe(find_bwrap())
+needs_sandbox = pytest.mark.skipif(SANDBOX_PROBLEM is not None,
+                                   reason=f"this machine cannot build the sandbox: {SANDBOX_PROBLEM}")
+
+
+@pytest.fixture
+def outside_repo(outside):
+    """A repository outside /tmp (which the sandbox replaces anyway), as a user's would be: the sandbox must
+    hide it itself."""
+    return GitRepo(outside / "repo")
+
+
+@pytest.fixture
+def outside_cluster(outside_repo, tmp_path):
+    cluster = Cluster(outside_repo, tmp_path)
+    try:
+        cluster.start_dispatcher()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+PLANT = """\
+git config core.fsmonitor 'cat {token} > {marker}' && echo 'planted fsmonitor'
+hooks=$(git rev-parse --git-path hooks) && mkdir -p "$hooks" && for hook in post-checkout pre-commit post-merge; do
+  printf '#!/bin/sh\\ncat {token} > {marker}\\n' > "$hooks/$hook" && chmod +x "$hooks/$hook" && echo "planted $hook"
+done
+mkdir -p "$(git rev-parse --git-path info)" && echo '* filter=evil' > "$(git rev-parse --git-path info)/attributes"
+git config filter.evil.clean 'cat {token} > {marker}'; git config filter.evil.smudge 'cat {token} > {marker}'
+echo done planting
+"""
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_hooks_fsmonitor_and_filters_planted_by_a_test_never_run(repo, cluster, tmp_path, mode):
+    """The sandbox keeps the checkout's git dir read-only; and whatever a job left there (with --sandbox off it
+    can write it), the runner's own git runs with hooks, fsmonitor and the clone's config out of play."""
+    if mode == "on" and SANDBOX_PROBLEM is not None:
+        pytest.skip(f"this machine cannot build the sandbox: {SANDBOX_PROBLEM}")
+    marker = tmp_path / "pwned"
+    token = cluster.state.token_file
+    cluster.start_observer()
+    cluster.start_runner("r1", "--sandbox", mode)
+    cluster.wait_job(repo.head())
+    plant = repo.commit("plant", files={"plant.sh": PLANT.format(token=token, marker=marker)},
+                        config=toml_command("sh plant.sh; exit 0"))
+    out = cluster.log_of(cluster.wait_job(plant).id)
+    assert "done planting" in out
+    if mode == "on":
+        assert "planted" not in out.replace("done planting", ""), out  # .git is read-only in the sandbox
+    else:
+        assert "planted fsmonitor" in out and "planted post-checkout" in out, out  # all is writable without it
+    for n in range(2):  # checkouts, cleans and fetches of later jobs, outside the sandbox
+        job = cluster.wait_job(repo.commit(f"after {n}", files={f"f{n}.txt": "x\n"}, config=toml_command("true")))
+        assert job.state == "passed"
+    assert not marker.exists()
+
+
+def test_a_forged_pyc_from_another_branch_never_changes_a_verdict(repo, cluster):
+    """A test on branch ``evil`` writes a .pyc for mod.py stamped with the real mod.py's mtime and size: the next
+    job on ``main``, for a commit that does not touch mod.py, must still find main broken."""
+    forge = (
+        "import importlib.util, os, sys\n"
+        "from importlib._bootstrap_external import _code_to_timestamp_pyc\n"
+        "src = open('mod.py').read()\n"
+        "fake = 'def ok():\\n    return True\\n'\n"
+        "fake = fake + '#' * (len(src) - len(fake))\n"
+        "st = os.stat('mod.py')\n"
+        "code = compile(fake, os.path.abspath('mod.py'), 'exec')\n"
+        "os.makedirs('__pycache__', exist_ok=True)\n"
+        "pyc = importlib.util.cache_from_source('mod.py')\n"
+        "open(pyc, 'wb').write(_code_to_timestamp_pyc(code, int(st.st_mtime), st.st_size))\n"
+        "import mod; print('forged ok() ->', mod.ok())\n"
+    )
+    check = toml_command("python3 -c 'import mod, sys; sys.exit(0 if mod.ok() else 1)'")
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    broken = repo.commit("broken", files={"mod.py": "def ok():\n    return False\n" + "#" * 40 + "\n"}, config=check)
+    assert cluster.wait_job(broken).state == "failed"
+    repo.git("checkout", "-q", "-b", "evil")
+    evil = repo.commit("forge", files={"forge.py": forge}, config=toml_command("python3 forge.py"))
+    out = cluster.log_of(cluster.wait_job(evil).id)
+    assert "forged ok() -> True" in out  # the forgery works where it was made
+    repo.git("checkout", "-q", "main")
+    later = repo.commit("unrelated", files={"notes.txt": "x\n"})
+    assert cluster.wait_job(later).state == "failed"
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_a_background_process_holding_the_output_does_not_hold_the_job(repo, cluster, mode):
+    """The job ends when its main process exits: what it left running is killed, and the verdict is the main
+    process's. (Before, asyncio waited for the pipe to close: "timed out; killed" after 12 s.)"""
+    if mode == "on" and SANDBOX_PROBLEM is not None:
+        pytest.skip(f"this machine cannot build the sandbox: {SANDBOX_PROBLEM}")
+    marker = f"300.{os.getpid()}{len(mode)}"
+    cluster.start_observer()
+    cluster.start_runner("r1", "--sandbox", mode)
+    sha = repo.commit("server left running", config=toml_command(f"sleep {marker} & echo tests done; exit 0",
+                                                                timeout=12))
+    job = cluster.wait_job(sha)
+    out = cluster.log_of(job.id)
+    assert job.state == "passed" and "timed out" not in out, out
+    assert "tests done" in out
+
+    def left() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            if proc.info["cmdline"] == ["sleep", marker] and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        return found
+
+    wait_for(lambda: not left(), 5, message="the background process to be killed")
+    if mode == "off":
+        assert "killed what it left running: sleep" in out
+
+
+def test_a_symlinked_or_huge_config_is_a_clear_error_and_the_runner_goes_on(repo, cluster):
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    (repo.path / "tuici.toml").unlink(missing_ok=True)
+    os.symlink("/dev/zero", repo.path / "tuici.toml")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "config is a link to /dev/zero")
+    job = cluster.wait_job(repo.head())
+    assert job.state == "error" and "symbolic link" in job.error, job.error
+    (repo.path / "tuici.toml").unlink()
+    with open(repo.path / "tuici.toml", "w") as fh:
+        fh.write("# padding\n" * (10 * 1024 * 1024))  # 100 MiB
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "a 100 MB config")
+    job = cluster.wait_job(repo.head(), timeout=60)
+    assert job.state == "error" and "a config may be at most" in job.error, job.error
+    fine = repo.commit("fine again", config=toml_command("echo fine"))
+    assert cluster.wait_job(fine).state == "passed"
+    assert {r.state for r in cluster.status().runners} == {"idle"}
+
+
+SIGNAL_EVERYONE = """\
+import os, signal, sys
+me = os.getpid()
+mine = {me}
+pid = me
+while pid > 1:  # our ancestors inside the namespace
+    with open(f"/proc/{pid}/stat") as fh:
+        pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+    mine.add(pid)
+seen = []
+for entry in os.listdir("/proc"):
+    if entry.isdigit() and int(entry) not in mine:
+        try:
+            seen.append(open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\\0", b" ").decode())
+            os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            pass
+hit = []
+for target in map(int, sys.argv[1:]):
+    try:
+        os.kill(target, signal.SIGKILL)
+        hit.append(target)
+    except OSError:
+        pass
+print("visible:", len(mine | set(map(int, filter(str.isdigit, os.listdir("/proc"))))), "others:", seen)
+print("tuici seen:", any("tuici" in cmd for cmd in seen), "signalled by pid:", hit)
+"""
+
+
+@needs_sandbox
+def test_a_test_command_can_neither_see_nor_signal_any_tuici_process(repo, cluster):
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    ours = {proc.pid for proc in tuici_processes()} | {cluster.procs[n].pid for n in ("dispatcher", "observer", "r1")}
+    argv = ["python3", "probe.py", *map(str, sorted(ours))]
+    sha = repo.commit("signal everyone", files={"probe.py": SIGNAL_EVERYONE},
+                      config=f"command = {argv!r}\ntimeout = 30\n".replace("'", '"'))
+    job = cluster.wait_job(sha)
+    out = cluster.log_of(job.id)
+    assert job.state == "passed", out
+    assert "tuici seen: False" in out and "others: []" in out, out
+    assert all(cluster.procs[n].poll() is None for n in ("dispatcher", "observer", "r1"))
+    # Pids from outside name nothing inside, or something of the job's own (a low pid): never a tuici process.
+    assert cluster.wait_job(repo.commit("still here", config=toml_command("true"))).state == "passed"
+
+
+@needs_sandbox
+def test_the_watched_repository_and_tuici_state_are_not_visible_at_all(outside_repo, outside_cluster, outside):
+    """The repository (with the state dir: token, database, logs, socket) lies outside /tmp here, as a user's
+    does: covered by an empty tmpfs in the job's sandbox; the job works in its own checkout at /tuici/<name>."""
+    repo, cluster = outside_repo, outside_cluster
+    look = (f"ls -A {repo.path}; echo listed; cat {cluster.state.token_file} || echo 'token: unreadable'; "
+            f"pwd; touch {repo.path}/x 2>&1 || echo 'repository: read-only'; git log --oneline -1; "
+            f"ls -A /tuici; ls -A {os.environ['TUICI_CACHE_DIR']} | wc -l")
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    sha = repo.commit("look", config=toml_command(look))
+    job = cluster.wait_job(sha)
+    out = cluster.log_of(job.id)
+    assert job.state == "passed", out
+    assert "\nlisted\n" in out and "token: unreadable" in out and "repository: read-only" in out
+    assert f"\n/tuici/{repo.path.name}\n" in out  # the checkout, which no repository contains
+    assert "look\n" in out  # git works inside: the repository's objects are there, read-only
+    assert cluster.state.token() not in out
+
+
+def _listener() -> tuple[socket.socket, int]:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(30)
+    return server, server.getsockname()[1]
+
+
+@needs_sandbox
+def test_network_false_leaves_the_job_only_its_own_loopback(repo, cluster):
+    server, port = _listener()
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    probe = ("import socket\n"
+             "try:\n"
+             f"    socket.create_connection(('127.0.0.1', {port}), timeout=5); print('host: reached')\n"
+             "except OSError as exc:\n"
+             "    print('host: unreachable', exc)\n"
+             "s = socket.create_server(('127.0.0.1', 0)); c = socket.create_connection(s.getsockname())\n"
+             "print('own loopback: works')\n")
+    try:
+        cluster.start_observer()
+        cluster.start_runner("r1")
+        cut = repo.commit("cut off", files={"probe.py": probe},
+                          config='command = "python3 probe.py"\nnetwork = false\n')
+        out = cluster.log_of(cluster.wait_job(cut).id)
+        assert "host: unreachable" in out and "own loopback: works" in out, out
+        joined = repo.commit("networked", config='command = "python3 probe.py"\n')
+        out = cluster.log_of(cluster.wait_job(joined).id)
+        assert "host: reached" in out, out
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()

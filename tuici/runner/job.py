@@ -1,0 +1,508 @@
+"""One job, from its commit to its verdict: checkout, config, environment, sandbox, command, JUnit counts.
+
+Everything here runs off the runner's event loop (git, the disk, locks: in threads) except the waiting, so the
+runner keeps heartbeating and streaming output whatever a job does; and any exception while handling a job
+ends that job in ``error`` with its reason, never the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+from .. import config as cfg
+from .. import protocol as p
+from ..errors import JobError
+from ..lazy import LazyModule
+from ..procs import die_with_parent, kill_all_descendants, kill_group
+from .environments import EnvCache, EnvSpec, Lease, matching_files
+from .junit import junit_counts
+from .sandbox import ROOT, Binding, Sandbox
+from .workspace import Workspace
+
+psutil = LazyModule("psutil")
+
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL, for a job that timed out or was cancelled
+DRAIN = 1.0  # seconds the output of what a command left running may still be read after it exited
+MAX_CONFIG_SIZE = 1024 * 1024
+# Inherited settings that would point a job with its own environment at the developer's Python instead.
+SHELL_PYTHON = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONSTARTUP", "PYTHONUSERBASE")
+
+Step = Literal["environment", "setup", "tests"]
+
+
+@dataclass(frozen=True)
+class RunnerPlaces:
+    """What a runner knows that does not change from one job to the next."""
+
+    name: str
+    workdir: Path
+    hide: tuple[Path, ...]  # what the code under test must not see (state dir, tuici's cache)
+    envs: EnvCache
+    bwrap: str | None  # None: no sandbox
+    unsandboxed_because: str | None
+    uv: str | None
+
+    @property
+    def junit_dir(self) -> Path:
+        return self.workdir / "junit"
+
+    @property
+    def shims(self) -> Path:
+        return self.workdir / "shims"
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None = None
+    timed_out: bool = False
+    error: str = ""
+    counts: tuple[int, int, int] | None = None
+    env: str = ""
+    env_reused: bool = False
+
+
+@dataclass
+class Control:
+    """How the connection steers a running job: cancel it, and know its process group."""
+
+    cancelled: bool = False
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    pgid: int | None = None
+    spawning: bool = False
+
+
+@dataclass(frozen=True)
+class View:
+    """Where the job's files are, as its commands see them (inside the sandbox, or the real paths)."""
+
+    source: str
+    env: str
+    junit: str
+    uv: str | None
+    shims: str
+    packages: str
+
+
+class Job:
+    def __init__(self, assign: p.Assign, places: RunnerPlaces, workspace: Workspace, control: Control,
+                 write: Callable[[bytes], None]):
+        self.a = assign
+        self.places = places
+        self.workspace = workspace
+        self.control = control
+        self.write = write
+        self.deadline = 0.0
+        self.spec: EnvSpec | None = None
+        self.keeps_pytest_cache = False
+        self.lease: Lease | None = None
+
+    def say(self, text: str) -> None:
+        self.write(f"tuici: {text}\n".encode())
+
+    async def run(self) -> Outcome:
+        a, out = self.a, Outcome()
+        self.say(f"{self.places.name} testing {a.commit[:12]} ({a.branch}), attempt {a.attempt}")
+        try:
+            await self._run(out)
+        except cfg.ConfigError as exc:
+            out.error = f"bad config: {exc}"
+        except JobError as exc:
+            out.error = str(exc)
+        except asyncio.CancelledError:
+            if not self.control.cancelled:
+                raise
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it ends this job, not the runner
+            out.error = f"tuici could not run the job: {type(exc).__name__}: {exc}"
+        if out.error:
+            self.say(out.error)
+        elif self.control.cancelled:
+            self.write(b"\ntuici: cancelled\n")
+        return out
+
+    async def _run(self, out: Outcome) -> None:
+        a = self.a
+        if a.repo_url and os.path.isdir(a.repo_url) and self.places.workdir.is_relative_to(Path(a.repo_url).resolve()):
+            raise JobError(f"the runner's work dir {self.places.workdir} is inside the repository; "
+                           "give the runner a --workdir elsewhere")
+        checkout = await asyncio.to_thread(self.workspace.prepare, a.repo_url, a.commit, self.places.bwrap is None)
+        config = await asyncio.to_thread(read_config, self.workspace, a.commit)
+        self.keeps_pytest_cache = not os.path.lexists(checkout / ".pytest_cache")  # unless the commit tracks one
+        self.deadline = time.monotonic() + config.timeout
+        view = self._view(config)
+        sandboxed = self.places.bwrap is not None
+        if not sandboxed:
+            self.say(f"no sandbox: {self.places.unsandboxed_because}")
+            if not config.network:
+                self.say("network = false needs the sandbox: this job has the network")
+        junit = f"{view.junit}/{a.job_id}.xml"
+        (self.places.junit_dir / f"{a.job_id}.xml").unlink(missing_ok=True)
+        if config.setup is not None:
+            tracked = await asyncio.to_thread(self.workspace.tracked, a.commit)
+            self.spec = EnvSpec(repo=a.repo_url, branch=a.branch, python=config.python or _default_python(),
+                                setup=config.setup_argv or [], inputs=matching_files(tracked, config.cache_key),
+                                place=view.env or f"unsandboxed {checkout}", source=view.source)
+            if not sandboxed:  # the environment and caches at their own paths
+                envs = self.places.envs
+                view = replace(view, env=str(envs.env_dir(self.spec)),
+                               packages=str(await asyncio.to_thread(envs.package_dir, self.spec)))
+        if not sandboxed and self.keeps_pytest_cache:
+            await asyncio.to_thread(_link, checkout / ".pytest_cache", self._pytest_cache())
+        env = self._environ(config, view, junit)
+        exposed = self._exposed(env)
+        if exposed:
+            self.say("visible read-only, as the interpreter lives in the repository: "
+                     + ", ".join(str(path) for path in exposed))
+        if config.setup is not None:
+            if not await self._environment(config, view, env, exposed, out):
+                return
+        argv = config.argv
+        sections = config.setup is not None  # setup and tests, each with its duration; else the output alone
+        if sections:
+            self._section("tests")
+        self.write(f"$ {' '.join(argv)}\n".encode())
+        started = time.monotonic()
+        sandbox = self._sandbox(config, view, exposed, setup=False) if sandboxed else None
+        out.exit_code, out.timed_out = await self._command(argv, checkout, view.source, env, sandbox)
+        took = time.monotonic() - started
+        if out.timed_out:
+            self.write(f"\ntuici: timed out after {config.timeout:g} s; killed\n".encode())
+        elif sections and not self.control.cancelled:
+            self._section(f"tests ended in {took:.1f} s, exit code {out.exit_code}")
+        out.counts = await asyncio.to_thread(junit_counts, [self.places.junit_dir / f"{a.job_id}.xml"])
+
+    # ------------------------------------------------------------------ environment
+
+    async def _environment(self, config: cfg.RepoConfig, view: View, env: dict[str, str],
+                           exposed: list[Path], out: Outcome) -> bool:
+        """Make or reuse the job's virtualenv; False if setup failed (the job then ends in error)."""
+        spec = self.spec
+        assert spec is not None
+        envs = self.places.envs
+        out.env = spec.key[:12]
+        lease = await asyncio.to_thread(envs.lease, spec)
+        try:
+            if await asyncio.to_thread(envs.ready, spec):
+                out.env_reused = True
+                self._section(f"setup skipped: environment {out.env} reused")
+            else:
+                await asyncio.to_thread(envs.start, spec)
+                packages = await asyncio.to_thread(envs.package_dir, spec)
+                self._section(f"setup: environment {out.env}, new")
+                started = time.monotonic()
+                code = await self._setup(config, view, env, exposed, spec, packages)
+                took = time.monotonic() - started
+                if code != 0 or self.control.cancelled:
+                    await asyncio.to_thread(envs.discard, spec)
+                    if self.control.cancelled:
+                        return False
+                    out.exit_code = code
+                    what = "timed out" if code is None else f"failed with exit code {code}"
+                    self._section(f"setup {what} after {took:.1f} s")
+                    raise JobError(f"setup {what}; the tests did not run")
+                await asyncio.to_thread(envs.finish, spec)
+                self._section(f"setup passed in {took:.1f} s")
+            # Shared from here on: another runner may use it too, none may remove or remake it.
+            await asyncio.to_thread(lease.share)
+            self.lease, lease = lease, None
+        finally:
+            if lease is not None:
+                lease.close()
+        asyncio.get_running_loop().run_in_executor(None, envs.evict)
+        return True
+
+    async def _setup(self, config: cfg.RepoConfig, view: View, env: dict[str, str], exposed: list[Path],
+                     spec: EnvSpec, packages: Path) -> int | None:
+        setup_env = {**env, "UV_CACHE_DIR": view.packages, "PIP_CACHE_DIR": f"{view.packages}/pip",
+                     "UV_LINK_MODE": "copy", "UV_COMPILE_BYTECODE": "1", "UV_PYTHON_DOWNLOADS": "never",
+                     "UV_NO_PROGRESS": "1", "PATH": f"{view.shims}:{env['PATH']}"}
+        sandbox = self._sandbox(config, view, exposed, setup=True, packages=packages) if self.places.bwrap else None
+        if view.uv is not None:
+            _write_shims(self.places.shims, view.uv)
+            make = [view.uv, "venv", "--quiet", "--python", spec.python, view.env]
+        else:
+            make = [spec.python, "-m", "venv", view.env]
+        self.write(f"$ {' '.join(make)}\n".encode())
+        code, timed_out = await self._command(make, self.workspace.checkout, view.source, setup_env, sandbox)
+        if code != 0 or timed_out:
+            return None if timed_out else code
+        self.write(f"$ {' '.join(config.setup_argv or [])}\n".encode())
+        code, timed_out = await self._command(config.setup_argv or [], self.workspace.checkout, view.source,
+                                              setup_env, sandbox)
+        return None if timed_out else code
+
+    def release(self) -> None:
+        """Let go of the environment, once the job's processes are gone."""
+        if self.lease is not None:
+            self.lease.close()
+            self.lease = None
+
+    # ------------------------------------------------------------------ places
+
+    def _view(self, config: cfg.RepoConfig) -> View:
+        places = self.places
+        if places.bwrap is not None:
+            return View(source=f"{ROOT}/{_source_name(self.a.repo_url)}", env=f"{ROOT}/env", junit=f"{ROOT}/junit",
+                        uv=f"{ROOT}/bin/uv" if places.uv else None, shims=f"{ROOT}/shims", packages=f"{ROOT}/packages")
+        return View(source=str(self.workspace.checkout), env="", junit=str(places.junit_dir), uv=places.uv,
+                    shims=str(places.shims), packages="")
+
+    def _sandbox(self, config: cfg.RepoConfig, view: View, exposed: list[Path], setup: bool,
+                 packages: Path | None = None) -> Sandbox:
+        places, ws = self.places, self.workspace
+        binds = [Binding(ws.checkout, view.source, writable=True),
+                 Binding(ws.git_dir, f"{view.source}/.git")]
+        objects = ws.repo_objects
+        if objects is not None:
+            binds.append(Binding(objects, f"{ROOT}/.repo-objects"))
+        if self.keeps_pytest_cache:
+            binds.append(Binding(self._pytest_cache(), f"{view.source}/.pytest_cache", writable=True))
+        binds.append(Binding(places.junit_dir, view.junit, writable=True))
+        if self.spec is not None:
+            binds.append(Binding(places.envs.env_dir(self.spec), view.env, writable=setup))
+        if setup:
+            if packages is not None:
+                binds.append(Binding(packages, view.packages, writable=True))
+            if places.uv is not None and view.uv is not None:
+                binds.append(Binding(Path(places.uv), view.uv))
+                binds.append(Binding(places.shims, view.shims))
+        binds += [Binding(path, str(path)) for path in exposed]
+        return Sandbox(hide=places.hide + self._repo_dirs(), binds=tuple(binds),
+                       network=setup or config.network, fresh_tmp=ws.tmp, fresh_cache=(ws.cache, _user_cache()))
+
+    def _repo_dirs(self) -> tuple[Path, ...]:
+        url = self.a.repo_url
+        if not url or not os.path.isdir(url):
+            return ()
+        dirs = [Path(url).resolve()]
+        objects = self.workspace.repo_objects
+        if objects is not None:
+            dirs.append(objects.parent)  # the git dir, where it is not inside the work tree
+        return tuple(dirs)
+
+    def _exposed(self, env: dict[str, str]) -> list[Path]:
+        """Interpreter environments on the job's PATH that the sandbox would hide: they are bound back in."""
+        if self.places.bwrap is None:
+            return []
+        hidden = self.places.hide + self._repo_dirs()
+        found: list[Path] = []
+        for entry in env.get("PATH", "").split(os.pathsep):
+            if not entry or not os.path.isabs(entry):
+                continue
+            path = Path(entry)
+            if not any(path.is_relative_to(h) for h in hidden):
+                continue
+            root = path.parent if (path.parent / "pyvenv.cfg").is_file() else path
+            if root.is_dir() and root not in found:
+                found.append(root)
+        return found
+
+    def _pytest_cache(self) -> Path:
+        """pytest's cache (for ``--lf``, ``--ff``), kept per runner and branch."""
+        cache = self.places.workdir / "pytest-cache" / _branch_dir(self.a.branch)
+        cache.mkdir(parents=True, exist_ok=True)
+        return cache
+
+    def _environ(self, config: cfg.RepoConfig, view: View, junit: str) -> dict[str, str]:
+        a = self.a
+        env = {k: v for k, v in os.environ.items() if k not in ("TUICI_TOKEN", "TUICI_CACHE_DIR")}
+        if config.setup is not None:
+            for name in SHELL_PYTHON:
+                env.pop(name, None)
+            own = {os.path.realpath(d) for d in (sys.prefix, os.environ.get("VIRTUAL_ENV", "")) if d}
+            if sys.prefix == sys.base_prefix:
+                own.discard(os.path.realpath(sys.prefix))
+            path = [e for e in env.get("PATH", os.defpath).split(os.pathsep)
+                    if not any(os.path.realpath(e).startswith(d + os.sep) for d in own)]
+            env["PATH"] = os.pathsep.join([f"{view.env}/bin", *path])
+            env["VIRTUAL_ENV"] = view.env
+        env.setdefault("PATH", os.defpath)
+        if self.places.bwrap is not None:
+            env.update(TMPDIR="/tmp", PWD=view.source)
+        env.update(config.env)
+        addopts = env.get("PYTEST_ADDOPTS", "")
+        env.update(CI="true", TUICI_COMMIT=a.commit, TUICI_BRANCH=a.branch, TUICI_JOB_ID=str(a.job_id),
+                   TUICI_ATTEMPT=str(a.attempt), TUICI_JUNIT_XML=junit,
+                   PYTEST_ADDOPTS=f"{addopts} --junitxml={junit}".strip())
+        return env
+
+    def _section(self, title: str) -> None:
+        self.write(f"── {title} ──\n".encode())
+
+    # ------------------------------------------------------------------ processes
+
+    async def _command(self, argv: list[str], cwd: Path, inner_cwd: str, env: dict[str, str],
+                       sandbox: Sandbox | None) -> tuple[int | None, bool]:
+        """Run one command to its end; (exit code, timed out). Output goes to the job's log as it comes.
+
+        The command is over when its main process exits, whatever it left running: that is killed (in the
+        sandbox its PID namespace goes with it), and its output is read for at most ``DRAIN`` seconds more.
+        """
+        control = self.control
+        if control.cancelled:
+            return None, False
+        if sandbox is not None:
+            assert self.places.bwrap is not None
+            argv = sandbox.argv(argv, inner_cwd, self.places.bwrap)
+            cwd = self.places.workdir
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return None, True
+        control.spawning = True
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+            )
+        finally:
+            control.spawning = False
+        control.pgid = proc.pid  # a cancel during the spawn has set control.stop: the wait ends at once
+        reader = asyncio.ensure_future(self._pump(proc.stdout))
+        exited = asyncio.ensure_future(_exit_of(proc))
+        stop = asyncio.ensure_future(control.stop.wait())
+        timed_out = False
+        try:
+            await asyncio.wait([exited, stop], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                # Timed out or cancelled: SIGTERM to every process of it first, then SIGKILL to what is left.
+                timed_out = not control.cancelled
+                await asyncio.to_thread(_signal_tree, proc.pid, signal.SIGTERM)
+                await asyncio.wait([exited], timeout=KILL_GRACE)
+        finally:
+            stop.cancel()
+            # Nothing it started outlives it: not its group, nor what left the group (we are a subreaper).
+            left = await asyncio.to_thread(kill_all_descendants)
+            kill_group(proc.pid, signal.SIGKILL)
+            await asyncio.gather(exited, return_exceptions=True)
+            if proc.returncode is None:
+                await proc.wait()
+            control.pgid = None
+            done, _ = await asyncio.wait([reader], timeout=DRAIN)
+            if not done:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            if left and not timed_out and not control.cancelled:
+                self.write(f"\ntuici: the command exited; killed what it left running: {', '.join(left)}\n".encode())
+        return proc.returncode, timed_out
+
+    async def _pump(self, stream: asyncio.StreamReader) -> None:
+        while data := await stream.read(p.OUTPUT_CHUNK):
+            self.write(data)
+
+
+async def _exit_of(proc: asyncio.subprocess.Process) -> int:
+    """The process's exit code as soon as it exits, not once every holder of its output pipe has closed it
+    (which is when ``Process.wait()`` returns)."""
+    if not hasattr(os, "pidfd_open"):
+        return await proc.wait()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        fd = None  # exited, and reaped by the child watcher already
+    if fd is not None:
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+    while proc.returncode is None:  # the child watcher reaps it and sets the code, in a moment
+        await asyncio.sleep(0.002)
+    return proc.returncode
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal_tree(pid: int, sig: int) -> None:
+    """Send ``sig`` to the command's processes (in the sandbox, the ones inside it, not bwrap itself)."""
+    for proc in _tree(pid):
+        try:
+            if proc.name() != "bwrap":
+                proc.send_signal(sig)
+        except psutil.Error:
+            pass
+    kill_group(pid, sig)
+
+
+# ---------------------------------------------------------------------- config
+
+
+def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
+    """The config committed at ``sha``, read from git's blobs: a symlink or an oversized file is a config error."""
+    wanted = {"tuici.toml", "pyproject.toml"}
+    out = workspace.git("ls-tree", "-z", sha, "--", *sorted(wanted))
+    entries = {}
+    for record in out.split(b"\0"):
+        if record:
+            info, _, name = record.partition(b"\t")
+            mode, kind, obj = info.decode().split(" ")
+            entries[os.fsdecode(name)] = (mode, kind, obj)
+
+    def read(name: str) -> bytes | None:
+        if name not in entries:
+            return None
+        mode, kind, obj = entries[name]
+        if mode == "120000":
+            raise cfg.ConfigError(f"{name}: is a symbolic link; tuici reads its config only from a regular file")
+        if kind != "blob":
+            raise cfg.ConfigError(f"{name}: is not a file")
+        size = workspace.blob_size(obj)
+        if size > MAX_CONFIG_SIZE:
+            raise cfg.ConfigError(f"{name}: is {size} bytes; a config may be at most {MAX_CONFIG_SIZE} bytes")
+        return workspace.blob(obj)
+
+    return cfg.load(read)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _default_python() -> str:
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def _source_name(url: str) -> str:
+    """The checkout's directory name inside the sandbox: the repository's, as a clone would have."""
+    name = re.sub(r"\.git$", "", os.path.basename(url.rstrip("/"))) if url else ""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return name if name and name not in ("env", "junit", "bin", "shims", "packages") else "src"
+
+
+def _branch_dir(branch: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(branch.encode()).hexdigest()[:16]
+
+
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+
+
+def _link(link: Path, target: Path) -> None:
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+
+
+def _write_shims(folder: Path, uv: str) -> None:
+    """``pip`` and ``pip3`` that run ``uv pip``, so that ``pip install`` in a setup command takes the fast path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("pip", "pip3"):
+        path = folder / name
+        text = f'#!/bin/sh\nexec "{uv}" pip "$@"\n'
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+            path.chmod(0o755)

@@ -1,0 +1,226 @@
+"""A runner's kept clone, set to exactly one commit per job, whose git dir no job can write.
+
+The git dir lives beside the work tree, not in it: the job sees it read-only (at ``.git`` of its checkout),
+so nothing a test writes (hooks, ``core.fsmonitor``, attributes in ``info/``) is ever read by the git commands
+the runner runs outside the sandbox. Those commands also run with hooks and fsmonitor switched off, whatever
+any config says.
+
+The clone borrows the repository's objects through an alternates entry that is a relative path to a link
+beside the git dir, ``.repo-objects``. The job's sandbox binds the repository's objects read-only at the same
+relative place, so git works inside it (``git describe`` for a version, say) while the repository's own
+directory stays out of sight.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+from ..errors import JobError
+
+# Run by every git command of the runner: no hook, no fsmonitor daemon, no prompt, whatever a config says.
+SAFE_GIT = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.sshCommand=ssh",
+            "-c", "protocol.ext.allow=never", "-c", "credential.helper=")
+ALTERNATES = "../../../.repo-objects"  # from <root>/git/.git/objects to <root>/.repo-objects
+
+
+def git_env() -> dict[str, str]:
+    """The environment for the runner's git: none of the caller's GIT_* variables (GIT_DIR would redirect)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+    return env
+
+
+class Workspace:
+    """``root/checkout`` (the work tree), ``root/git/.git`` (its git dir), ``root/tmp`` (the job's /tmp)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.checkout = root / "checkout"
+        self.git_dir = root / "git" / ".git"
+        self.objects_link = root / ".repo-objects"
+        self.tmp = root / "tmp"
+        self.cache = root / "cache"  # the job's fresh cache dir (~/.cache)
+        self._url: str | None = None
+        self._config = b""  # the clone's config as we wrote it
+        self._dirty = True
+        self._lock = threading.Lock()  # a cancelled job's prepare may still be running in its thread
+
+    # ------------------------------------------------------------------ git
+
+    def git(self, *args: str, check: bool = True) -> bytes:
+        """Run git on the clone; its output (``CalledProcessError`` on failure, when ``check``)."""
+        done = subprocess.run(["git", *SAFE_GIT, f"--git-dir={self.git_dir}", f"--work-tree={self.checkout}", *args],
+                              capture_output=True, stdin=subprocess.DEVNULL, env=git_env(), check=check)
+        return done.stdout
+
+    @property
+    def repo_objects(self) -> Path | None:
+        """The watched repository's objects dir, when the clone borrows from it."""
+        return self.objects_link.resolve() if self.objects_link.is_symlink() else None
+
+    # ------------------------------------------------------------------ jobs
+
+    def prepare(self, url: str, sha: str, gitfile: bool) -> Path:
+        """Check out exactly ``sha`` with nothing else in the work tree; an empty /tmp and cache beside it.
+
+        ``gitfile``: the checkout gets a ``.git`` file naming its git dir, for a job without a sandbox (which
+        binds the git dir there read-only instead), so that git works in it as in any clone.
+        """
+        with self._lock:
+            self._open(url)
+            self._restore_git_dir()
+            self._set_gitfile(gitfile)
+            try:
+                try:
+                    self.git("checkout", "--force", "--detach", "--quiet", sha)
+                except subprocess.CalledProcessError:
+                    self._fetch()
+                    try:
+                        self.git("cat-file", "-e", f"{sha}^{{commit}}")
+                    except subprocess.CalledProcessError:
+                        raise JobError(f"commit {sha} is not in the repository {url}") from None
+                    self.git("checkout", "--force", "--detach", "--quiet", sha)
+                if self._dirty:
+                    self.git("clean", "-ffdxq")
+            except subprocess.CalledProcessError as exc:
+                raise JobError(f"cannot check out {sha} cleanly: {_text(exc.stderr)}") from None
+            self._dirty = True
+            for path in (self.tmp, self.cache):
+                _empty_dir(path)
+            return self.checkout
+
+    def _restore_git_dir(self) -> None:
+        """Undo what a job without a sandbox may have written into the git dir that our git would act on: its
+        config (filter drivers, aliases, fsmonitor), hooks, attributes and excludes."""
+        config = self.git_dir / "config"
+        try:
+            if config.read_bytes() != self._config:
+                config.write_bytes(self._config)
+        except OSError:
+            config.write_bytes(self._config)
+        for path in (self.git_dir / "hooks", self.git_dir / "info"):
+            if path.is_symlink() or path.exists():
+                _remove(path)
+
+    def _set_gitfile(self, wanted: bool) -> None:
+        dot_git = self.checkout / ".git"
+        if wanted:
+            if dot_git.is_dir() and not dot_git.is_symlink():
+                dot_git.rmdir()  # the sandbox's mount point, empty
+            dot_git.write_text(f"gitdir: {self.git_dir}\n")
+        elif dot_git.is_file() or dot_git.is_symlink():
+            dot_git.unlink()
+
+    def release(self) -> None:
+        """Clean up after a job, once all of its processes are gone.
+
+        Everything the job wrote goes: its untracked files (``__pycache__`` too: a cache the test could write
+        must never be trusted by the next job), its /tmp and cache dir. Whatever git cannot remove (a directory
+        the test made unreadable) makes us start over from a fresh clone.
+        """
+        with self._lock:
+            if self._url is None:
+                return
+            self._restore_git_dir()
+            try:
+                self.git("clean", "-ffdxq")
+                self._dirty = False
+            except subprocess.CalledProcessError:
+                _remove(self.checkout)
+                self.checkout.mkdir()
+                self.git("reset", "--quiet", check=False)
+            for path in (self.tmp, self.cache):
+                _empty_dir(path)
+
+    def tracked(self, sha: str) -> list[tuple[str, str, str]]:
+        """(mode, blob sha, path) of every file the commit tracks."""
+        out = self.git("ls-tree", "-r", "-z", "--full-tree", sha)
+        entries = []
+        for record in out.split(b"\0"):
+            if record:
+                info, _, path = record.partition(b"\t")
+                mode, _, obj = info.decode().split(" ")
+                entries.append((mode, obj, os.fsdecode(path)))
+        return entries
+
+    def blob(self, obj: str) -> bytes:
+        return self.git("cat-file", "blob", obj)
+
+    def blob_size(self, obj: str) -> int:
+        return int(self.git("cat-file", "-s", obj))
+
+    # ------------------------------------------------------------------ the clone
+
+    def _fetch(self) -> None:
+        self.git("fetch", "--quiet", "--no-write-fetch-head", "--prune", "origin",
+                 "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*", check=False)
+
+    def _open(self, url: str) -> None:
+        if self._url == url:
+            return
+        if not url:
+            raise JobError("the dispatcher does not know the repository's location yet")
+        # Made anew by each runner process: a clone kept from before may carry what a job wrote into it.
+        for path in (self.git_dir.parent, self.checkout, self.objects_link):
+            _remove(path)
+        self.checkout.mkdir(parents=True)
+        try:
+            subprocess.run(["git", *SAFE_GIT, "init", "--quiet", str(self.git_dir.parent)], check=True,
+                           capture_output=True, env=git_env())
+            objects = _objects_dir(url)
+            if objects is not None:
+                self.objects_link.symlink_to(objects)
+                (self.git_dir / "objects" / "info" / "alternates").write_text(ALTERNATES + "\n")
+            self.git("remote", "add", "origin", url)
+            _remove(self.git_dir / "hooks")  # git init's samples: nothing of ours runs hooks
+        except subprocess.CalledProcessError as exc:
+            raise JobError(f"cannot set up a clone of {url}: {_text(exc.stderr)}") from None
+        self._config = (self.git_dir / "config").read_bytes()
+        self._fetch()
+        self._url, self._dirty = url, True
+
+
+def _objects_dir(url: str) -> Path | None:
+    """The objects dir of a repository on this machine, which a clone may borrow from; None for a remote one."""
+    if not os.path.isdir(url):
+        return None
+    done = subprocess.run(["git", *SAFE_GIT, "-C", url, "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                          capture_output=True, text=True, env=git_env())
+    if done.returncode != 0:
+        return None
+    objects = Path(done.stdout.strip()) / "objects"
+    return objects if objects.is_dir() else None
+
+
+def _text(data: bytes | str | None) -> str:
+    if isinstance(data, bytes):
+        data = data.decode(errors="replace")
+    return (data or "").strip()
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or tree, including directories a test made unreadable or unwritable."""
+    def make_writable(func, name, _exc):
+        parent = os.path.dirname(name)
+        for target in (parent, name):
+            try:
+                if not os.path.islink(target):
+                    os.chmod(target, stat.S_IRWXU)
+            except OSError:
+                pass
+        func(name)
+
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=make_writable)
+
+
+def _empty_dir(path: Path) -> None:
+    _remove(path)
+    path.mkdir(parents=True)
