@@ -443,25 +443,23 @@ def _signal_tree(pid: int, sig: int) -> None:
 
 def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
     """The config committed at ``sha``, read from git's blobs: a symlink or an oversized file is a config error."""
-    wanted = {"tuici.toml", "pyproject.toml"}
-    out = workspace.git("ls-tree", "-z", sha, "--", *sorted(wanted))
+    out = workspace.git("ls-tree", "-z", "--long", sha, "--", "tuici.toml", "pyproject.toml")
     entries = {}
     for record in out.split(b"\0"):
         if record:
             info, _, name = record.partition(b"\t")
-            mode, kind, obj = info.decode().split(" ")
-            entries[os.fsdecode(name)] = (mode, kind, obj)
+            mode, kind, obj, size = info.decode().split()
+            entries[os.fsdecode(name)] = (mode, kind, obj, size)
 
     def read(name: str) -> bytes | None:
         if name not in entries:
             return None
-        mode, kind, obj = entries[name]
+        mode, kind, obj, size = entries[name]
         if mode == "120000":
             raise cfg.ConfigError(f"{name}: is a symbolic link; tuici reads its config only from a regular file")
         if kind != "blob":
             raise cfg.ConfigError(f"{name}: is not a file")
-        size = workspace.blob_size(obj)
-        if size > MAX_CONFIG_SIZE:
+        if int(size) > MAX_CONFIG_SIZE:
             raise cfg.ConfigError(f"{name}: is {size} bytes; a config may be at most {MAX_CONFIG_SIZE} bytes")
         return workspace.blob(obj)
 

@@ -151,9 +151,6 @@ class Workspace:
     def blob(self, obj: str) -> bytes:
         return self.git("cat-file", "blob", obj)
 
-    def blob_size(self, obj: str) -> int:
-        return int(self.git("cat-file", "-s", obj))
-
     # ------------------------------------------------------------------ the clone
 
     def _fetch(self) -> None:
