@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import git
+import msgspec
 import watchfiles
 
 from . import config as cfg
@@ -27,7 +28,15 @@ from .statedir import find_git_dir
 log = logging.getLogger("tuici.observer")
 
 REPORT_CHUNK = 1000  # commits per message
-SEP = "\x1f"
+# Commit metadata comes from git log -z in this format: NUL-separated fields (git prints no NUL in them), each
+# record closed by its sha again. A commit's own sha cannot occur in its own metadata, so even a field that
+# some git version printed with a NUL in it cannot shift the fields of the commits after it.
+LOG_FORMAT = "--format=%H%x00%ct%x00%an%x00%s%x00%H"
+# At most this many characters of a name or subject: 1000 commits a message stay far below the frame limit.
+MAX_AUTHOR = 200
+MAX_SUBJECT = 500
+UNREADABLE_AUTHOR = "?"
+UNREADABLE_SUBJECT = "(unreadable commit metadata)"
 # watchfiles looks for events every `step` ms, even when there are none, and reports a change one to two
 # steps after it: short for loose refs (commits and pushes, where latency matters), long for the top of the
 # git dir (packed-refs: deleting a packed branch; HEAD).
@@ -176,16 +185,55 @@ class Source:
         except (ValueError, git.BadName, git.BadObject, OSError, git.GitCommandError):
             return None
 
-    def commit_info(self, sha: str) -> p.CommitInfo:
-        return self._log(sha, "-1")[0]
+    def tip_alone(self, sha: str) -> list[p.CommitInfo]:
+        """The commit ``sha`` without its history (empty only if git printed nothing readable)."""
+        return self._log(sha, "-1")
 
     def _log(self, *args: str) -> list[p.CommitInfo]:
-        out = self.repo.git.log(*args, f"--format=%H{SEP}%an{SEP}%ct{SEP}%s", "--")
-        commits = []
-        for line in out.splitlines():
-            sha, author, ctime, subject = line.split(SEP, 3)
-            commits.append(p.CommitInfo(sha=sha, branch="", author=author, subject=subject, time=float(ctime)))
-        return commits
+        out = self.repo.git.log("-z", "--encoding=UTF-8", LOG_FORMAT, *args, "--", stdout_as_string=False)
+        return parse_log(out)
+
+
+def parse_log(out: bytes) -> list[p.CommitInfo]:
+    """Commits from ``git log -z`` output in LOG_FORMAT. Whatever the metadata holds, each commit is returned:
+    one whose fields cannot be told apart gets placeholders (and a logged warning), never an exception."""
+    fields = out.split(b"\0")
+    commits = []
+    start = 0
+    while start + 1 < len(fields):  # the last field is the empty one after the final terminator
+        sha = fields[start].decode("ascii", "replace")
+        try:
+            end = fields.index(fields[start], start + 1)
+        except ValueError:
+            end = -1
+        if end < 0 or not _SHA.fullmatch(sha):  # not with LOG_FORMAT; should it happen, nothing beats garbage
+            log.warning("git log printed %r where a commit was expected; skipping the rest", fields[start][:100])
+            break
+        commits.append(_commit_info(sha, fields[start + 1:end]))
+        start = end + 1
+    return commits
+
+
+def _commit_info(sha: str, fields: list[bytes]) -> p.CommitInfo:
+    if len(fields) != 3:
+        log.warning("commit %s: unreadable metadata (%d fields); reporting it with placeholders", sha, len(fields))
+        return p.CommitInfo(sha=sha, branch="", author=UNREADABLE_AUTHOR, subject=UNREADABLE_SUBJECT)
+    ctime, author, subject = fields
+    try:
+        time = msgspec.convert(int(ctime), p.Timestamp)  # git prints nothing for a missing or broken date
+    except (ValueError, msgspec.ValidationError):
+        log.warning("commit %s: unreadable committer time %r; reporting it as 0", sha, ctime[:30])
+        time = 0.0
+    return p.CommitInfo(sha=sha, branch="", author=_text(author, MAX_AUTHOR), subject=_text(subject, MAX_SUBJECT),
+                        time=time)
+
+
+def _text(raw: bytes, limit: int) -> str:
+    """``raw`` decoded (bad UTF-8 replaced) and cut to ``limit`` characters, ending in "…" where it was cut."""
+    text = raw[:4 * limit].decode("utf-8", "replace")  # enough bytes for ``limit`` characters, whatever they are
+    if len(text) > limit or len(raw) > 4 * limit:
+        text = text[:limit - 1] + "…"
+    return text
 
 
 def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]]:
@@ -202,7 +250,7 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]
             continue
         if not exclude:
             # First start (or every known tip is gone): the tip only, not the whole history.
-            commits = [source.commit_info(tip)]
+            commits = source.tip_alone(tip)
         else:
             commits = source.new_commits(tip, exclude)
             if conf.coalesce:
