@@ -65,13 +65,12 @@ class Source:
                 raise ValueError("a remote repository needs a directory for its mirror")
             self.url = repo
             self.git_dir = mirror_dir
-            self.work_tree: Path | None = None
         else:
             top, self.git_dir = find_git_dir(repo)
-            self.work_tree = None if top == self.git_dir else top
             self.url = str(top)
         self._repo: git.Repo | None = None
         self._commits: set[str] = set()  # shas known to be commits (an object's type never changes)
+        self._configs: dict[str, cfg.RepoConfig] = {}  # by commit sha: a commit's files never change either
 
     @property
     def repo(self) -> git.Repo:
@@ -84,21 +83,49 @@ class Source:
     def fetch(self) -> None:
         self.repo.git.fetch("--prune", "--quiet", "origin")
 
-    def config(self) -> cfg.RepoConfig:
-        """Branch patterns and coalescing from the work tree's config (the default branch's, for a mirror)."""
-        def read(name: str) -> bytes | None:
-            if self.work_tree is not None:
-                path = self.work_tree / name
-                return path.read_bytes() if path.is_file() else None
+    def config(self, sha: str | None) -> cfg.RepoConfig:
+        """The config committed in ``sha`` (the defaults for None, or if it is broken: logged once).
+
+        Read from git's objects, never a work tree, and once per commit: the observer wakes on every ref
+        change, and most branches have not moved.
+        """
+        if sha is None:
+            return cfg.RepoConfig()
+        conf = self._configs.get(sha)
+        if conf is None:
             try:
-                return self.repo.git.show(f"HEAD:{name}", stdout_as_string=False)
+                conf = cfg.load(cfg.read_committed(self.repo, sha))
+            except cfg.ConfigError as exc:
+                log.error("config of commit %s: %s; using the defaults", sha[:10], exc)
+                conf = cfg.RepoConfig()
+            if len(self._configs) > 1000:
+                self._configs.clear()  # bounded; it only saves reading a commit again
+            self._configs[sha] = conf
+        return conf
+
+    def default_branch(self, branches: dict[str, str]) -> str | None:
+        """The branch whose committed config says which branches are watched: the one HEAD names (a
+        mirror's HEAD is the remote's default branch), else main or master; None if none of them exists."""
+        head = self._head_branch()
+        return next((name for name in (head, "main", "master") if name in branches), None)
+
+    def _head_branch(self) -> str | None:
+        """The branch HEAD names, None if it is detached."""
+        if (self.git_dir / "reftable").is_dir():  # HEAD is only a stub file: ask git
+            try:
+                ref = self.repo.git.symbolic_ref("-q", "HEAD")
             except git.GitCommandError:
                 return None
-        try:
-            return cfg.load(read)
-        except cfg.ConfigError as exc:
-            log.error("%s; watching every branch", exc)
-            return cfg.RepoConfig()
+        else:
+            try:
+                with open(self.git_dir / "HEAD", "rb") as fh:
+                    content = fh.read(4096).decode("utf-8", "replace")
+            except OSError:
+                return None
+            if not content.startswith("ref:"):
+                return None
+            ref = content[4:].strip()
+        return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
 
     def branches(self) -> dict[str, str]:
         """Each branch that points to a commit, with its tip."""
@@ -237,9 +264,13 @@ def _text(raw: bytes, limit: int) -> str:
 
 
 def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]]:
-    """What to tell the dispatcher, given the tips it knows: reports for changed branches, names of gone ones."""
-    conf = source.config()
+    """What to tell the dispatcher, given the tips it knows: reports for changed branches, names of gone ones.
+
+    Which branches are watched comes from the default branch's committed config; whether to coalesce, from
+    each branch tip's own.
+    """
     branches = source.branches()
+    conf = source.config(branches.get(source.default_branch(branches)))
     heads = {b: sha for b, sha in branches.items() if conf.watches(b)}
     tips = set(branches.values())  # present for sure; only known tips that are no longer anyone's are looked up
     exclude = sorted(sha for sha in set(known.values()) if sha in tips or source.has(sha))
@@ -253,7 +284,7 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]
             commits = source.tip_alone(tip)
         else:
             commits = source.new_commits(tip, exclude)
-            if conf.coalesce:
+            if source.config(tip).coalesce:
                 commits = commits[-1:]
         for c in commits:
             c.branch = branch
