@@ -158,6 +158,18 @@ def test_a_record_whose_fields_cannot_be_told_apart_gets_placeholders_and_the_ne
     assert parse_log(b"not a commit\0" + out) == []  # lost track: nothing rather than garbage
 
 
+def test_a_broken_commit_object_on_one_branch_does_not_stop_the_others(repo, caplog):
+    known = {"main": repo.head()}
+    broken = subprocess.run(["git", "hash-object", "-t", "commit", "-w", "--literally", "--stdin"], cwd=repo.path,
+                            input=f"tree zzz\nparent {repo.head()}\n\nno tree\n".encode(), capture_output=True,
+                            check=True).stdout.decode().strip()  # git log cannot walk it
+    (repo.path / ".git" / "refs" / "heads" / "broken").write_text(broken + "\n")  # update-ref would refuse it
+    after = repo.commit("after")
+    reports, _ = plan(Source(str(repo.path)), known)
+    assert {r.branch: [c.sha for c in r.commits] for r in reports} == {"main": [after]}
+    assert "cannot list the new commits of broken" in caplog.text
+
+
 # ---------------------------------------------------------------------- shown: the control center's model
 
 @settings(max_examples=300, derandomize=True, database=None)

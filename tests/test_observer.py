@@ -232,6 +232,21 @@ def _tips(cluster) -> set[str]:
         db.close()
 
 
+def test_a_known_tip_a_gc_pruned_from_a_pack_is_not_excluded(repo):
+    """git's long-running cat-file keeps the packs it opened: after a gc deleted one, it still finds the commits
+    only that pack held, and `git log --not <one of them>` fails. The observer crashed on that, once."""
+    source = Source(str(repo.path))
+    base = repo.head()
+    dropped = repo.commit("dropped later")
+    repo.git("gc", "-q")  # into a pack
+    assert shas(plan(source, {"main": base})[0]) == {"main": [dropped]}  # the cat-file has opened the pack
+    repo.git("reset", "-q", "--hard", base)
+    rewritten = repo.commit("rewritten")
+    repo.git("reflog", "expire", "--expire=now", "--all")
+    repo.git("gc", "-q", "--prune=now")  # a new pack without `dropped`; the old one deleted
+    assert shas(plan(source, {"main": dropped})[0]) == {"main": [rewritten]}
+
+
 def test_poll_mode_fetches_a_remote_repository(tmp_path, repo, cluster):
     bare = tmp_path / "remote.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(repo.path), str(bare)], check=True)

@@ -206,6 +206,11 @@ class Source:
         """Whether the object is still in the repository (a force-push and gc may have dropped it)."""
         return self._type(sha) is not None
 
+    def restart_cat_file(self) -> None:
+        """Let ``has`` ask a new git cat-file: the running one keeps the packs it opened, so after a gc
+        deleted one it still finds the commits that only that pack held."""
+        self.repo.git.clear_cache()
+
     def _type(self, sha: str) -> bytes | None:
         try:
             return self.repo.odb.info(bytes.fromhex(sha)).type
@@ -279,18 +284,31 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]
         tip = heads[branch]
         if known.get(branch) == tip:
             continue
-        if not exclude:
-            # First start (or every known tip is gone): the tip only, not the whole history.
-            commits = source.tip_alone(tip)
-        else:
-            commits = source.new_commits(tip, exclude)
-            if source.config(tip).coalesce:
-                commits = commits[-1:]
+        try:
+            commits = _new_commits(source, tip, exclude)
+        except git.GitCommandError:
+            # A gc may have pruned a known tip since ``has`` found it (or found it in a pack that it still
+            # held open, deleted since): look again, with a new cat-file, and try once more.
+            source.restart_cat_file()
+            exclude = [sha for sha in exclude if sha in tips or source.has(sha)]
+            try:
+                commits = _new_commits(source, tip, exclude)
+            except git.GitCommandError as exc:  # a broken commit object: the other branches are still reported
+                log.error("cannot list the new commits of %s at %s: %s", branch, tip, exc.stderr.strip())
+                continue
         for c in commits:
             c.branch = branch
         reports.append(Report(branch, tip, commits))
     gone = sorted(b for b in known if b not in heads)
     return reports, gone
+
+
+def _new_commits(source: Source, tip: str, exclude: list[str]) -> list[p.CommitInfo]:
+    if not exclude:
+        # First start (or every known tip is gone): the tip only, not the whole history.
+        return source.tip_alone(tip)
+    commits = source.new_commits(tip, exclude)
+    return commits[-1:] if source.config(tip).coalesce else commits
 
 
 class Observer:
