@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
+import pytest
+
 from conftest import GitRepo, toml_command, wait_for
+from tuici import config as cfg
 from tuici.observer import Source, plan
 
 
@@ -108,11 +112,99 @@ def test_detached_head_and_an_empty_repository_do_not_crash(tmp_path, repo):
     assert reports == []
 
 
-def test_a_bad_observer_config_is_logged_and_every_branch_watched(repo, caplog):
+def test_a_bad_observer_config_is_logged_once_and_every_branch_watched(repo, caplog):
     repo.commit("bad", config="branches = 'main'\n")
+    repo.git("branch", "other")
     source = Source(str(repo.path))
-    assert source.config().watches("anything")
-    assert "tuici.toml: key 'branches'" in caplog.text
+    for _ in range(3):  # the observer wakes often; a commit's config is read (and its error logged) once
+        assert {r.branch for r in plan(source, {})[0]} == {"main", "other"}
+    assert caplog.text.count("tuici.toml: key 'branches'") == 1
+
+
+# ---------------------------------------------------------------------- config: from commits, never the work tree
+
+
+def commit_only(repo: GitRepo, name: str, text: str, message: str) -> str:
+    """Commit one file, leaving whatever else the work tree has changed uncommitted."""
+    (repo.path / name).write_text(text)
+    repo.git("add", name)
+    repo.git("commit", "-q", "-m", message)
+    return repo.head()
+
+
+def test_watched_branches_come_from_the_branch_head_names_else_main_or_master(repo):
+    repo.commit("main only", config=toml_command("true") + "branches = ['main']\n")
+    repo.git("checkout", "-q", "-b", "wide")
+    repo.commit("every branch", config=toml_command("true") + "branches = ['*']\n")
+    repo.git("branch", "other")
+    source = Source(str(repo.path))
+
+    def watched() -> set[str]:
+        return {r.branch for r in plan(source, {})[0]}
+    assert watched() == {"main", "other", "wide"}  # HEAD names wide
+    repo.git("checkout", "-q", "--detach", "HEAD")
+    assert watched() == {"main"}  # detached: main's config
+    repo.git("symbolic-ref", "HEAD", "refs/heads/unborn")
+    assert watched() == {"main"}  # unborn: main's config
+    repo.git("branch", "-m", "main", "master")
+    assert watched() == set()  # master's config (it watches only 'main')
+    repo.git("branch", "-m", "master", "trunk")
+    assert watched() == {"trunk", "other", "wide"}  # neither: the defaults
+
+
+def test_coalesce_is_read_from_each_branch_tip(repo):
+    base = repo.head()
+    repo.git("checkout", "-q", "-b", "feature")
+    feature = [repo.commit("coalesce here", config=toml_command("true") + "coalesce = true\n")]
+    feature += [repo.commit(f"f{i}") for i in range(2)]
+    repo.git("checkout", "-q", "main")
+    main = [repo.commit(f"m{i}") for i in range(3)]
+    reports, _ = plan(Source(str(repo.path)), {"main": base, "feature": base})
+    assert shas(reports) == {"main": main, "feature": [feature[-1]]}
+
+
+def test_uncommitted_config_edits_change_nothing(repo, cluster):
+    commit_only(repo, "tuici.toml", toml_command("echo ok") + "branches = ['main']\n", "watch main")
+    (repo.path / "tuici.toml").write_text("branches = ['nothing']\n")
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    assert cluster.wait_job(repo.head()).state == "passed"
+    sha = commit_only(repo, "more.txt", "more\n", "more")
+    assert cluster.wait_job(sha).state == "passed"
+    assert repo.git("status", "--porcelain") == "M tuici.toml"  # still uncommitted: the commits were tested anyway
+
+
+def test_a_symlinked_committed_config_is_an_error_and_the_observer_goes_on_with_the_defaults(repo, cluster):
+    (repo.path / "real.toml").write_text("command = 'true'\nbranches = ['nothing']\n")  # followed: nothing watched
+    (repo.path / "tuici.toml").unlink()
+    os.symlink("real.toml", repo.path / "tuici.toml")
+    linked = repo.commit("config through a link")
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(linked)  # watched: the defaults watch every branch
+    wait_for(lambda: "tuici.toml: is a symbolic link" in cluster.component_log("observer"), message="the error")
+    later = repo.commit("later")
+    cluster.wait_job(later)
+    assert cluster.procs["observer"].poll() is None
+
+
+def test_read_committed_takes_regular_files_only_and_bounded(repo):
+    (repo.path / "tuici.toml").unlink()
+    os.symlink("/etc/passwd", repo.path / "tuici.toml")
+    (repo.path / "pyproject.toml").mkdir()
+    (repo.path / "pyproject.toml" / "x").write_text("x")
+    (repo.path / "big.toml").write_text("#" * (cfg.MAX_CONFIG_BYTES + 1))
+    (repo.path / "ok.toml").write_text("command = 'true'\n")
+    repo.commit("odd entries")
+    (repo.path / "ok.toml").write_text("command = 'uncommitted'\n")
+    read = cfg.read_committed(Source(str(repo.path)).repo, repo.head())
+    assert read("ok.toml") == b"command = 'true'\n" and read("absent.toml") is None
+    for name, problem in (("tuici.toml", "is a symbolic link"), ("pyproject.toml", "is a tree"),
+                          ("big.toml", f"{cfg.MAX_CONFIG_BYTES + 1} bytes, more than")):
+        with pytest.raises(cfg.ConfigError, match=f"{name}: {problem}"):
+            read(name)
+    with pytest.raises(cfg.ConfigError, match="git cannot read the tree"):
+        cfg.read_committed(Source(str(repo.path)).repo, "0" * 40)
 
 
 def test_live_observer_handles_an_empty_repo_then_branches(tmp_path, cluster_factory):
@@ -138,6 +230,21 @@ def _tips(cluster) -> set[str]:
         return {b for (b,) in db.execute("SELECT branch FROM tips")}
     finally:
         db.close()
+
+
+def test_a_known_tip_a_gc_pruned_from_a_pack_is_not_excluded(repo):
+    """git's long-running cat-file keeps the packs it opened: after a gc deleted one, it still finds the commits
+    only that pack held, and `git log --not <one of them>` fails. The observer crashed on that, once."""
+    source = Source(str(repo.path))
+    base = repo.head()
+    dropped = repo.commit("dropped later")
+    repo.git("gc", "-q")  # into a pack
+    assert shas(plan(source, {"main": base})[0]) == {"main": [dropped]}  # the cat-file has opened the pack
+    repo.git("reset", "-q", "--hard", base)
+    rewritten = repo.commit("rewritten")
+    repo.git("reflog", "expire", "--expire=now", "--all")
+    repo.git("gc", "-q", "--prune=now")  # a new pack without `dropped`; the old one deleted
+    assert shas(plan(source, {"main": dropped})[0]) == {"main": [rewritten]}
 
 
 def test_poll_mode_fetches_a_remote_repository(tmp_path, repo, cluster):

@@ -10,13 +10,17 @@ import fnmatch
 import math
 import re
 import tomllib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import msgspec
+
+if TYPE_CHECKING:
+    import git
 
 DEFAULT_COMMAND = ["python", "-m", "pytest"]
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_CACHE_KEY = ["pyproject.toml", "requirements*.txt", "uv.lock", "setup.cfg", "setup.py"]
+MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is an error, not something to read into memory
 
 
 class ConfigError(Exception):
@@ -117,3 +121,41 @@ def load(read: Callable[[str], bytes | None]) -> RepoConfig:
                 raise ConfigError("pyproject.toml: key 'tool.tuici': must be a table")
             return _check(section, "pyproject.toml [tool.tuici]")
     return RepoConfig()
+
+
+def read_committed(repo: git.Repo, sha: str) -> Callable[[str], bytes | None]:
+    """A reader for ``load`` that takes each file from the tree of commit ``sha``, never from a work tree.
+
+    Only the committed blob counts: an uncommitted edit changes nothing, and a symbolic link (whose target
+    the committer chose) is never followed. The reader raises ConfigError for an entry that is a link, a
+    directory or a submodule, or larger than MAX_CONFIG_BYTES, and when git cannot read the commit or
+    tree. Objects are read through ``repo``'s long-running ``git cat-file``: no process is started.
+    """
+    import git  # here, not at the top: the control center imports this module and need not load GitPython
+
+    unreadable = (ValueError, OSError, git.exc.GitError, git.exc.ODBError)
+    try:
+        tree_sha = repo.git.get_object_header(f"{sha}^{{tree}}")[0]  # the commit's tree, as git finds it
+        tree = git.Tree(repo, bytes.fromhex(tree_sha.decode("ascii")), path="")
+    except unreadable:
+        raise ConfigError(f"git cannot read the tree of commit {sha}") from None
+
+    def read(name: str) -> bytes | None:
+        try:
+            entry = tree[name]
+        except KeyError:
+            return None
+        except unreadable as exc:  # git does not have the tree, or GitPython rejects an entry in it
+            raise ConfigError(f"cannot read the tree of commit {sha}: {exc}") from None
+        if entry.mode == git.Blob.link_mode:
+            raise ConfigError(f"{name}: is a symbolic link in commit {sha}; commit the file itself")
+        if entry.type != "blob":
+            raise ConfigError(f"{name}: is a {entry.type} in commit {sha}, not a file")
+        try:
+            if entry.size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{name}: {entry.size} bytes, more than the {MAX_CONFIG_BYTES} a config may have")
+            return entry.data_stream.read()
+        except unreadable as exc:
+            raise ConfigError(f"{name}: cannot read it from commit {sha}: {exc}") from None
+
+    return read

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import git
+import msgspec
 import watchfiles
 
 from . import config as cfg
@@ -27,7 +28,15 @@ from .statedir import find_git_dir
 log = logging.getLogger("tuici.observer")
 
 REPORT_CHUNK = 1000  # commits per message
-SEP = "\x1f"
+# Commit metadata comes from git log -z in this format: NUL-separated fields (git prints no NUL in them), each
+# record closed by its sha again. A commit's own sha cannot occur in its own metadata, so even a field that
+# some git version printed with a NUL in it cannot shift the fields of the commits after it.
+LOG_FORMAT = "--format=%H%x00%ct%x00%an%x00%s%x00%H"
+# At most this many characters of a name or subject: 1000 commits a message stay far below the frame limit.
+MAX_AUTHOR = 200
+MAX_SUBJECT = 500
+UNREADABLE_AUTHOR = "?"
+UNREADABLE_SUBJECT = "(unreadable commit metadata)"
 # watchfiles looks for events every `step` ms, even when there are none, and reports a change one to two
 # steps after it: short for loose refs (commits and pushes, where latency matters), long for the top of the
 # git dir (packed-refs: deleting a packed branch; HEAD).
@@ -56,13 +65,12 @@ class Source:
                 raise ValueError("a remote repository needs a directory for its mirror")
             self.url = repo
             self.git_dir = mirror_dir
-            self.work_tree: Path | None = None
         else:
             top, self.git_dir = find_git_dir(repo)
-            self.work_tree = None if top == self.git_dir else top
             self.url = str(top)
         self._repo: git.Repo | None = None
         self._commits: set[str] = set()  # shas known to be commits (an object's type never changes)
+        self._configs: dict[str, cfg.RepoConfig] = {}  # by commit sha: a commit's files never change either
 
     @property
     def repo(self) -> git.Repo:
@@ -75,21 +83,49 @@ class Source:
     def fetch(self) -> None:
         self.repo.git.fetch("--prune", "--quiet", "origin")
 
-    def config(self) -> cfg.RepoConfig:
-        """Branch patterns and coalescing from the work tree's config (the default branch's, for a mirror)."""
-        def read(name: str) -> bytes | None:
-            if self.work_tree is not None:
-                path = self.work_tree / name
-                return path.read_bytes() if path.is_file() else None
+    def config(self, sha: str | None) -> cfg.RepoConfig:
+        """The config committed in ``sha`` (the defaults for None, or if it is broken: logged once).
+
+        Read from git's objects, never a work tree, and once per commit: the observer wakes on every ref
+        change, and most branches have not moved.
+        """
+        if sha is None:
+            return cfg.RepoConfig()
+        conf = self._configs.get(sha)
+        if conf is None:
             try:
-                return self.repo.git.show(f"HEAD:{name}", stdout_as_string=False)
+                conf = cfg.load(cfg.read_committed(self.repo, sha))
+            except cfg.ConfigError as exc:
+                log.error("config of commit %s: %s; using the defaults", sha[:10], exc)
+                conf = cfg.RepoConfig()
+            if len(self._configs) > 1000:
+                self._configs.clear()  # bounded; it only saves reading a commit again
+            self._configs[sha] = conf
+        return conf
+
+    def default_branch(self, branches: dict[str, str]) -> str | None:
+        """The branch whose committed config says which branches are watched: the one HEAD names (a
+        mirror's HEAD is the remote's default branch), else main or master; None if none of them exists."""
+        head = self._head_branch()
+        return next((name for name in (head, "main", "master") if name in branches), None)
+
+    def _head_branch(self) -> str | None:
+        """The branch HEAD names, None if it is detached."""
+        if (self.git_dir / "reftable").is_dir():  # HEAD is only a stub file: ask git
+            try:
+                ref = self.repo.git.symbolic_ref("-q", "HEAD")
             except git.GitCommandError:
                 return None
-        try:
-            return cfg.load(read)
-        except cfg.ConfigError as exc:
-            log.error("%s; watching every branch", exc)
-            return cfg.RepoConfig()
+        else:
+            try:
+                with open(self.git_dir / "HEAD", "rb") as fh:
+                    content = fh.read(4096).decode("utf-8", "replace")
+            except OSError:
+                return None
+            if not content.startswith("ref:"):
+                return None
+            ref = content[4:].strip()
+        return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
 
     def branches(self) -> dict[str, str]:
         """Each branch that points to a commit, with its tip."""
@@ -170,28 +206,76 @@ class Source:
         """Whether the object is still in the repository (a force-push and gc may have dropped it)."""
         return self._type(sha) is not None
 
+    def restart_cat_file(self) -> None:
+        """Let ``has`` ask a new git cat-file: the running one keeps the packs it opened, so after a gc
+        deleted one it still finds the commits that only that pack held."""
+        self.repo.git.clear_cache()
+
     def _type(self, sha: str) -> bytes | None:
         try:
             return self.repo.odb.info(bytes.fromhex(sha)).type
         except (ValueError, git.BadName, git.BadObject, OSError, git.GitCommandError):
             return None
 
-    def commit_info(self, sha: str) -> p.CommitInfo:
-        return self._log(sha, "-1")[0]
+    def tip_alone(self, sha: str) -> list[p.CommitInfo]:
+        """The commit ``sha`` without its history (empty only if git printed nothing readable)."""
+        return self._log(sha, "-1")
 
     def _log(self, *args: str) -> list[p.CommitInfo]:
-        out = self.repo.git.log(*args, f"--format=%H{SEP}%an{SEP}%ct{SEP}%s", "--")
-        commits = []
-        for line in out.splitlines():
-            sha, author, ctime, subject = line.split(SEP, 3)
-            commits.append(p.CommitInfo(sha=sha, branch="", author=author, subject=subject, time=float(ctime)))
-        return commits
+        out = self.repo.git.log("-z", "--encoding=UTF-8", LOG_FORMAT, *args, "--", stdout_as_string=False)
+        return parse_log(out)
+
+
+def parse_log(out: bytes) -> list[p.CommitInfo]:
+    """Commits from ``git log -z`` output in LOG_FORMAT. Whatever the metadata holds, each commit is returned:
+    one whose fields cannot be told apart gets placeholders (and a logged warning), never an exception."""
+    fields = out.split(b"\0")
+    commits = []
+    start = 0
+    while start + 1 < len(fields):  # the last field is the empty one after the final terminator
+        sha = fields[start].decode("ascii", "replace")
+        try:
+            end = fields.index(fields[start], start + 1)
+        except ValueError:
+            end = -1
+        if end < 0 or not _SHA.fullmatch(sha):  # not with LOG_FORMAT; should it happen, nothing beats garbage
+            log.warning("git log printed %r where a commit was expected; skipping the rest", fields[start][:100])
+            break
+        commits.append(_commit_info(sha, fields[start + 1:end]))
+        start = end + 1
+    return commits
+
+
+def _commit_info(sha: str, fields: list[bytes]) -> p.CommitInfo:
+    if len(fields) != 3:
+        log.warning("commit %s: unreadable metadata (%d fields); reporting it with placeholders", sha, len(fields))
+        return p.CommitInfo(sha=sha, branch="", author=UNREADABLE_AUTHOR, subject=UNREADABLE_SUBJECT)
+    ctime, author, subject = fields
+    try:
+        time = msgspec.convert(int(ctime), p.Timestamp)  # git prints nothing for a missing or broken date
+    except (ValueError, msgspec.ValidationError):
+        log.warning("commit %s: unreadable committer time %r; reporting it as 0", sha, ctime[:30])
+        time = 0.0
+    return p.CommitInfo(sha=sha, branch="", author=_text(author, MAX_AUTHOR), subject=_text(subject, MAX_SUBJECT),
+                        time=time)
+
+
+def _text(raw: bytes, limit: int) -> str:
+    """``raw`` decoded (bad UTF-8 replaced) and cut to ``limit`` characters, ending in "…" where it was cut."""
+    text = raw[:4 * limit].decode("utf-8", "replace")  # enough bytes for ``limit`` characters, whatever they are
+    if len(text) > limit or len(raw) > 4 * limit:
+        text = text[:limit - 1] + "…"
+    return text
 
 
 def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]]:
-    """What to tell the dispatcher, given the tips it knows: reports for changed branches, names of gone ones."""
-    conf = source.config()
+    """What to tell the dispatcher, given the tips it knows: reports for changed branches, names of gone ones.
+
+    Which branches are watched comes from the default branch's committed config; whether to coalesce, from
+    each branch tip's own.
+    """
     branches = source.branches()
+    conf = source.config(branches.get(source.default_branch(branches)))
     heads = {b: sha for b, sha in branches.items() if conf.watches(b)}
     tips = set(branches.values())  # present for sure; only known tips that are no longer anyone's are looked up
     exclude = sorted(sha for sha in set(known.values()) if sha in tips or source.has(sha))
@@ -200,18 +284,31 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]
         tip = heads[branch]
         if known.get(branch) == tip:
             continue
-        if not exclude:
-            # First start (or every known tip is gone): the tip only, not the whole history.
-            commits = [source.commit_info(tip)]
-        else:
-            commits = source.new_commits(tip, exclude)
-            if conf.coalesce:
-                commits = commits[-1:]
+        try:
+            commits = _new_commits(source, tip, exclude)
+        except git.GitCommandError:
+            # A gc may have pruned a known tip since ``has`` found it (or found it in a pack that it still
+            # held open, deleted since): look again, with a new cat-file, and try once more.
+            source.restart_cat_file()
+            exclude = [sha for sha in exclude if sha in tips or source.has(sha)]
+            try:
+                commits = _new_commits(source, tip, exclude)
+            except git.GitCommandError as exc:  # a broken commit object: the other branches are still reported
+                log.error("cannot list the new commits of %s at %s: %s", branch, tip, exc.stderr.strip())
+                continue
         for c in commits:
             c.branch = branch
         reports.append(Report(branch, tip, commits))
     gone = sorted(b for b in known if b not in heads)
     return reports, gone
+
+
+def _new_commits(source: Source, tip: str, exclude: list[str]) -> list[p.CommitInfo]:
+    if not exclude:
+        # First start (or every known tip is gone): the tip only, not the whole history.
+        return source.tip_alone(tip)
+    commits = source.new_commits(tip, exclude)
+    return commits[-1:] if source.config(tip).coalesce else commits
 
 
 class Observer:

@@ -34,8 +34,9 @@ def clean(text: str, colour: bool = True) -> str:
 
 
 def one_line(text: str) -> str:
-    """A commit subject, branch or author name: no controls, no colour, no newlines."""
-    return clean(text, colour=False).replace("\n", " ")
+    """A commit subject, branch or author name: no controls, no colour, no newlines, no tabs (a tab would
+    move the cursor to a tab stop, out of a table's column)."""
+    return clean(text, colour=False).replace("\n", " ").replace("\t", " ")
 
 
 class StreamCleaner:

@@ -31,7 +31,6 @@ psutil = LazyModule("psutil")
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL, for a job that timed out or was cancelled
 DRAIN = 1.0  # seconds the output of what a command left running may still be read after it exited
-MAX_CONFIG_SIZE = 1024 * 1024
 # Inherited settings that would point a job with its own environment at the developer's Python instead.
 SHELL_PYTHON = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONSTARTUP", "PYTHONUSERBASE")
 
@@ -459,8 +458,8 @@ def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
             raise cfg.ConfigError(f"{name}: is a symbolic link; tuici reads its config only from a regular file")
         if kind != "blob":
             raise cfg.ConfigError(f"{name}: is not a file")
-        if int(size) > MAX_CONFIG_SIZE:
-            raise cfg.ConfigError(f"{name}: is {size} bytes; a config may be at most {MAX_CONFIG_SIZE} bytes")
+        if int(size) > cfg.MAX_CONFIG_BYTES:
+            raise cfg.ConfigError(f"{name}: {size} bytes, more than the {cfg.MAX_CONFIG_BYTES} a config may have")
         return workspace.blob(obj)
 
     return cfg.load(read)
