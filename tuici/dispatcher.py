@@ -32,6 +32,7 @@ log = logging.getLogger("tuici.dispatcher")
 
 RING_SIZE = 10_000
 OUTPUT_BUFFER = 4 * 1024 * 1024  # live output bytes held per subscriber; past it, chunks are dropped
+CANCEL_GRACE = 10.0  # seconds a runner has to end a cancelled job before the dispatcher takes the job back
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunnerSession:
     last_seen: float
     idle_since: float = 0.0
     attempt: int = 0
+    taken_back: tuple[int, int] | None = None  # (job, attempt) taken from it after a cancel: late output is dropped
 
 
 @dataclass(eq=False)
@@ -523,6 +525,8 @@ class Dispatcher:
 
     async def _output(self, session: RunnerSession, msg: p.Output) -> None:
         if not self._owns(session, msg.job_id, msg.attempt):
+            if session.taken_back == (msg.job_id, msg.attempt):
+                return  # sent before the runner heard that we took the job back
             raise p.ProtocolError(f"output for job {msg.job_id} attempt {msg.attempt}, which is not this runner's")
         job = self.jobs[msg.job_id]
         have = job.log_size
@@ -585,12 +589,16 @@ class Dispatcher:
         job.error = msg.error or (f"timed out after {msg.duration_s:.0f} s" if msg.timed_out else "")
         self._finish(job, state, outcome, job.error)
         await self.durable()
-        # Idle only now, right before the ack goes out: nothing may be assigned ahead of the ack.
-        session.info.state, session.info.job = "idle", None
         session.info.jobs_done += 1
+        self._idle(session)
+        return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=True)
+
+    def _idle(self, session: RunnerSession) -> None:
+        """Free the runner: only right before the ack that drops its job goes out, so that nothing can be
+        assigned ahead of it."""
+        session.info.state, session.info.job = "idle", None
         session.idle_since = time.monotonic()
         self._publish("runner.idle", runner=session.info)
-        return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=True)
 
     def _finish(self, job: p.JobInfo, state: str, outcome: str, reason: str) -> None:
         job.state = state
@@ -620,7 +628,7 @@ class Dispatcher:
         else:
             log.warning("runner %s lost: %s", info.name, reason)
         self._publish("runner.left" if left else "runner.lost", runner=info, message=reason)
-        if job_id is not None:
+        if job_id is not None and self.jobs[job_id].state == "running":  # not finished while its ack was on disk
             self._requeue(self.jobs[job_id], reason if left else "runner lost")
         self._dispatch()
 
@@ -788,12 +796,36 @@ class Dispatcher:
             await self.durable()
             return p.Reply(ok=True, message=f"job {job_id} cancelled", job=job)
         if job.state == "running":
-            self.cancel_requested.add(job_id)
+            if job_id not in self.cancel_requested:
+                self.cancel_requested.add(job_id)
+                self._spawn(self._take_back(job_id, job.attempts))
             session = self.runners.get(job.runner or "")
             if session is not None and session.conn is not None:
                 await session.conn.send(p.CancelJob(job_id=job_id))
             return p.Reply(ok=True, message=f"job {job_id} is being cancelled on {job.runner}", job=job)
         return p.Reply(ok=False, message=f"job {job_id} has already finished ({job.state})", job=job)
+
+    async def _take_back(self, job_id: int, attempt: int) -> None:
+        """End a cancelled job ourselves if its runner has not within ``CANCEL_GRACE`` (its handling of the job
+        died, or it is stuck), and have the runner drop it: else the job stays running and the runner busy."""
+        await asyncio.sleep(CANCEL_GRACE)
+        job = self.jobs[job_id]
+        if job.state != "running" or job.attempts != attempt:
+            return
+        reason = f"{job.runner} had not ended it {CANCEL_GRACE:g} s after the cancel; the dispatcher took it back"
+        log.warning("job %s: %s", job_id, reason)
+        session = self.runners.get(job.runner or "")
+        self._close_log_later(job_id)
+        self._finish(job, "cancelled", "cancelled", reason)
+        if session is None or session.conn is None or session.info.job != job_id:
+            return  # the runner is away: when it comes back, it is told that the job is no longer its own
+        conn = session.conn
+        session.taken_back = (job_id, attempt)
+        await self.durable()
+        if session.conn is conn and session.info.job == job_id:
+            self._idle(session)
+            conn.send_nowait(p.ResultAck(job_id=job_id, attempt=attempt, accepted=False, reason=reason))
+            self._dispatch()
 
     async def _stream(self, conn: p.Connection, sub_msg: p.Subscribe) -> None:
         """Send every event after the subscriber's cursor, then live ones; no gaps, no duplicates."""

@@ -220,6 +220,9 @@ class JobResult(_Msg, tag="result"):
 
 
 class ResultAck(_Msg, tag="result_ack"):
+    """The answer to a result; also sent unasked (``accepted=False``) when the dispatcher took the job back from
+    a runner that did not end it in time after a cancel: either way the runner drops the job."""
+
     job_id: int
     attempt: int
     accepted: bool
