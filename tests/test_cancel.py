@@ -1,11 +1,15 @@
-"""Cancelling: a runner that does not end a cancelled job is relieved of it."""
+"""Cancelling: a runner that does not end a cancelled job is relieved of it; control requests answer once durable."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sqlite3
 
 from conftest import job_processes, toml_command, wait_for
 from tuici import dispatcher as dispatcher_module
+from tuici import protocol as p
+from tuici.client import Control
 
 
 def test_a_cancelled_job_its_runner_does_not_end_is_taken_back_and_the_runner_takes_the_next(repo, cluster_factory):
@@ -38,3 +42,44 @@ def test_a_cancelled_job_its_runner_does_not_end_is_taken_back_and_the_runner_ta
     assert (done.state, done.runner, done.attempts) == ("passed", "stuck", 1)
     assert cluster.job_for(hung).state == "cancelled"  # nothing the runner sent afterwards changed it
     assert "took it back" in cluster.component_log("dispatcher")
+
+
+def test_rerun_and_cancel_answer_only_once_what_they_changed_is_on_disk(repo, cluster):
+    """While something else holds the database's write lock, they wait; status is answered all along."""
+    first = repo.head()
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(first)
+    cluster.kill("r1", signal.SIGTERM)  # the rerun's job stays queued, for the cancel
+    db = sqlite3.connect(cluster.state.db, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        async def requests():
+            control, asker = Control.for_state(cluster.state), Control.for_state(cluster.state)
+            try:
+                rerun = asyncio.ensure_future(asker.rerun(first[:10]))
+                await asyncio.sleep(2.0)
+                assert not rerun.done()  # it waits for the disk...
+                assert (await control.status()).jobs[-1].state == "queued"  # ... without holding anyone else up
+                db.execute("ROLLBACK")
+                reply = await asyncio.wait_for(rerun, 30)
+                assert reply.ok and reply.job is not None
+                stored = sqlite3.connect(cluster.state.db).execute("SELECT id FROM jobs WHERE id = ?",
+                                                                   (reply.job.id,)).fetchall()
+                assert stored == [(reply.job.id,)]
+
+                db.execute("BEGIN IMMEDIATE")
+                cancel = asyncio.ensure_future(asker.cancel(reply.job.id))
+                await asyncio.sleep(2.0)
+                assert not cancel.done()
+                db.execute("ROLLBACK")
+                assert (await asyncio.wait_for(cancel, 30)).ok
+            finally:
+                await control.close()
+                await asker.close()
+        asyncio.run(requests())
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        db.close()
+    assert cluster.job_for(first).state == "cancelled"

@@ -729,8 +729,9 @@ class Dispatcher:
             elif isinstance(msg, p.StatusRequest):
                 await conn.send(self._status(msg.limit))
             elif isinstance(msg, p.RerunRequest):
-                await conn.send(self._rerun(msg.commit))
+                reply = self._rerun(msg.commit)
                 await self.durable()
+                await conn.send(reply)
                 self._dispatch()
             elif isinstance(msg, p.CancelRequest):
                 await conn.send(await self._cancel(msg.job_id))
