@@ -87,6 +87,11 @@ def _env() -> dict[str, str]:
     return env
 
 
+def tcp_address(state: StateDir) -> str | None:
+    """The TCP address the dispatcher of ``state`` serves on besides its Unix socket, if any."""
+    return next((a for a in state.addresses() if not a.startswith("unix:")), None)
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; fail with ``message`` on timeout."""
     deadline = time.monotonic() + timeout
@@ -120,12 +125,14 @@ class Cluster:
         return proc
 
     def start_dispatcher(self) -> str:
+        """The dispatcher on its Unix socket (which control requests use) and on TCP, which the components
+        started here and raw-socket tests use (a restart keeps the port)."""
         self.state.address_file.unlink(missing_ok=True)
         listen = self.address or "127.0.0.1:0"
         self._spawn("dispatcher", "dispatcher", "--listen", listen, "--state", str(self.state.path),
                     "--repo", str(self.repo.path), "--heartbeat-timeout", str(self.heartbeat_timeout),
                     "--max-attempts", str(self.max_attempts))
-        self.address = wait_for(self.state.address, 15, message="the dispatcher's address")
+        self.address = wait_for(lambda: tcp_address(self.state), 15, message="the dispatcher's address")
         return self.address
 
     def start_observer(self) -> subprocess.Popen:

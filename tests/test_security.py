@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cluster, GitRepo, _env, _wait_or_kill, toml_command, wait_for
+from conftest import Cluster, GitRepo, _env, _wait_or_kill, tcp_address, toml_command, wait_for
 from tuici import dispatcher as dispatcher_module
 from tuici import protocol as p
 from tuici.client import Control, NoDispatcher
@@ -26,8 +26,8 @@ from tuici.statedir import StateDir
 
 
 def _raw(address: str, source: str = "127.0.0.1") -> socket.socket:
-    host, port = p.parse_address(address)
-    return socket.create_connection((host, port), timeout=10, source_address=(source, 0))
+    tcp = p.parse_address(address)
+    return socket.create_connection((tcp.host, tcp.port), timeout=10, source_address=(source, 0))
 
 
 def _exchange(sock: socket.socket, *msgs: p.Message) -> list[p.Message]:
@@ -333,8 +333,7 @@ def certs(tmp_path_factory):
 
 def _status_over_tls(address: str, token: str, ca: Path | None) -> p.StatusReply:
     async def go():
-        host, port = p.parse_address(address)
-        control = Control(p.Endpoint(host, port, token, p.client_tls(str(ca) if ca else None)))
+        control = Control(p.Endpoint(p.parse_address(address), token, p.client_tls(str(ca) if ca else None)))
         try:
             return await control.status()
         finally:
@@ -348,7 +347,8 @@ def test_tls_dispatcher_takes_runners_that_trust_its_ca_and_no_others(repo, tmp_
         cluster._spawn("dispatcher", "dispatcher", "--listen", "127.0.0.1:0", "--state", str(cluster.state.path),
                        "--repo", str(repo.path), "--tls-cert", str(certs / "server.pem"),
                        "--tls-key", str(certs / "server.key"))
-        cluster.address = address = wait_for(cluster.state.address, 15, message="the dispatcher's address")
+        cluster.address = address = wait_for(lambda: tcp_address(cluster.state), 15,
+                                             message="the dispatcher's address")
         token = cluster.state.token()
         common = ["--dispatcher", address, "--state", str(cluster.state.path)]
         cluster._spawn("observer", "observer", str(repo.path), *common, "--tls-ca", str(certs / "ca.pem"))
@@ -373,11 +373,11 @@ def test_tls_dispatcher_takes_runners_that_trust_its_ca_and_no_others(repo, tmp_
             _status_over_tls(address, "not-the-token", certs / "ca.pem")
         assert "wrong token" in cluster.component_log("dispatcher")
         assert {r.name for r in _status_over_tls(address, token, certs / "ca.pem").runners} == {"trusting"}
-        # The command line's control commands find the dispatcher's CA in TUICI_TLS_CA.
+        # The command line's control commands, sent over TCP, find the dispatcher's CA in TUICI_TLS_CA.
         for ca, works in ((certs / "ca.pem", True), (certs / "stranger.pem", False)):
             status_cmd = subprocess.run([sys.executable, "-m", "tuici", "status", "--json"], cwd=repo.path,
-                                        capture_output=True, text=True, env={**_env(), "TUICI_TLS_CA": str(ca)},
-                                        timeout=60)
+                                        capture_output=True, text=True, timeout=60,
+                                        env={**_env(), "TUICI_DISPATCHER": address, "TUICI_TLS_CA": str(ca)})
             assert (status_cmd.returncode == 0) == works, status_cmd.stderr
         assert "CERTIFICATE_VERIFY_FAILED" in status_cmd.stderr and "Traceback" not in status_cmd.stderr
     finally:
@@ -541,8 +541,7 @@ class Hosts:
     def status(self, ns: str, address: str, token: str, ca: Path) -> dict:
         script = ("import asyncio, sys; from tuici import protocol as p; from tuici.client import Control\n"
                   "async def go():\n"
-                  "    host, port = p.parse_address(sys.argv[1])\n"
-                  "    c = Control(p.Endpoint(host, port, sys.argv[2], p.client_tls(sys.argv[3])))\n"
+                  "    c = Control(p.Endpoint(p.parse_address(sys.argv[1]), sys.argv[2], p.client_tls(sys.argv[3])))\n"
                   "    try:\n"
                   "        print(p.to_json(await c.status()))\n"
                   "    finally:\n"
@@ -590,7 +589,7 @@ def test_a_runner_on_another_host_over_tls_with_refusals_logged(repo, tmp_path, 
     hosts.spawn(hosts.dispatcher_ns, tmp_path / "dispatcher.log", "dispatcher", "--listen", f"{NETNS_DISPATCHER}:0",
                 "--state", str(state.path), "--repo", str(repo.path), "--tls-cert", str(certs / "server.pem"),
                 "--tls-key", str(certs / "server.key"))
-    address = wait_for(state.address, 15, message="the dispatcher's address")
+    address = wait_for(lambda: tcp_address(state), 15, message="the dispatcher's address")
     assert address.startswith(NETNS_DISPATCHER)
     token = state.token()
     ca = certs / "ca.pem"

@@ -198,4 +198,7 @@ def test_state_lives_in_the_git_dir_and_the_token_is_private(repo, cluster):
     mode = stat.S_IMODE(cluster.state.token_file.stat().st_mode)
     assert mode == 0o600
     assert repo.git("status", "--porcelain") == ""
-    assert cluster.state.address() == cluster.address
+    # Local clients use the Unix socket there, private to its owner; components elsewhere the TCP address.
+    assert cluster.state.addresses() == [f"unix:{cluster.state.socket}", cluster.address]
+    assert stat.S_ISSOCK(cluster.state.socket.stat().st_mode)
+    assert stat.S_IMODE(cluster.state.socket.stat().st_mode) == 0o600

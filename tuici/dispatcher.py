@@ -152,18 +152,16 @@ class Dispatcher:
     def __init__(
         self,
         state: StateDir,
-        host: str = "127.0.0.1",
-        port: int = 0,
+        tcp: p.TcpAddress | None = None,
         heartbeat_timeout: float = 5.0,
         max_attempts: int = 3,
         repo_url: str = "",
         tls: ssl.SSLContext | None = None,
-        sock: socket.socket | None = None,
+        socks: list[socket.socket] | None = None,
     ):
         self.state = state.ensure()
-        self.host = host
-        self.port = port
-        self.sock = sock  # a listening socket bound for us (by a supervisor), used instead of host and port
+        self.tcp = tcp  # listened on besides the Unix socket in the state dir, for components on other machines
+        self.socks = socks or []  # listening sockets bound for us (by a supervisor), used instead of binding
         self.heartbeat_timeout = heartbeat_timeout
         self.max_attempts = max_attempts
         self.repo_url = repo_url
@@ -194,17 +192,18 @@ class Dispatcher:
         self._flush_waiters: list[asyncio.Future] = []
         self._logs: dict[int, object] = {}
         self._log_executor = None
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._bound_socket_file = False  # whether we made state.socket (and remove it at stop)
         self._tasks: set[asyncio.Task] = set()
         self._handlers: set[asyncio.Task] = set()
         self._lock_fd: int | None = None
         self._restart_grace_until = 0.0
         self._closing = False
-        self.address = ""
+        self.addresses: list[p.Address] = []
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> str:
+    async def start(self) -> None:
         self._lock_fd = os.open(self.state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -221,21 +220,32 @@ class Dispatcher:
         self._load(snap)
         for job_id, size in (await asyncio.to_thread(self._running_log_sizes)).items():
             self.jobs[job_id].log_size = size
-        if self.sock is not None:
-            where = {"sock": self.sock}
-        else:
-            where = {"host": self.host, "port": self.port, "reuse_address": True}
-        self._server = await asyncio.start_server(
-            self._handle, **where, limit=p.READ_LIMIT, ssl=self.tls,
-            ssl_handshake_timeout=5.0 if self.tls else None,
-        )
-        sock = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
-        self.address = p.address_of(sock)
-        self.state.write_address(self.address)
+        for sock in self.socks or self._bind():
+            tls = None if sock.family == socket.AF_UNIX else self.tls
+            self._servers.append(await asyncio.start_server(
+                self._handle, sock=sock, limit=p.READ_LIMIT, backlog=p.BACKLOG, ssl=tls,
+                ssl_handshake_timeout=5.0 if tls else None,
+            ))
+            self.addresses.append(p.UnixAddress(str(self.state.socket)) if sock.family == socket.AF_UNIX
+                                  else p.address_of(sock))
+        self.addresses.sort(key=lambda address: isinstance(address, p.TcpAddress))  # the Unix socket first
+        self.state.write_addresses([str(address) for address in self.addresses])
         self._spawn(self._watch_heartbeats())
-        log.info("dispatcher listening on %s (state %s)", self.address, self.state.path)
-        return self.address
+        log.info("dispatcher listening on %s (state %s)", ", ".join(map(str, self.addresses)), self.state.path)
+
+    def _bind(self) -> list[socket.socket]:
+        """The Unix socket in the state dir (we hold the lock: a socket file there is a stale one), and the TCP
+        address if we have one."""
+        socks = [p.unix_listener(str(self.state.socket))]
+        self._bound_socket_file = True
+        if self.tcp is not None:
+            try:
+                socks.append(p.tcp_listener(self.tcp))
+            except BaseException:
+                p.remove_socket_file(str(self.state.socket))
+                socks[0].close()
+                raise
+        return socks
 
     def _load(self, snap) -> None:
         self.repo_url = self.repo_url or snap.meta.get("repo_url", "")
@@ -270,14 +280,12 @@ class Dispatcher:
                     sizes[job.id] = 0
         return sizes
 
-    async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
-
     async def stop(self) -> None:
         self._closing = True  # runners dropping now keep their jobs: they may reconnect to our successor
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
+        if self._bound_socket_file:
+            p.remove_socket_file(str(self.state.socket))
         for sess in self.runners.values():
             if sess.conn is not None:
                 sess.conn.writer.close()
@@ -366,7 +374,7 @@ class Dispatcher:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = p.Connection(reader, writer)
         peer = conn.peer
-        ip = peer.rpartition(":")[0]
+        ip = conn.source
         if not self.limiter.allow(ip):
             if self.limiter.should_log(ip):
                 log.warning("refused %s: too many connection attempts", peer)
@@ -881,20 +889,18 @@ def _merge(first: Batch, second: Batch) -> Batch:
     return first
 
 
-async def run_dispatcher(state: StateDir, host: str, port: int, **kwargs) -> None:
+async def run_dispatcher(state: StateDir, tcp: p.TcpAddress | None, **kwargs) -> None:
     """Run until cancelled or signalled (SIGINT/SIGTERM)."""
     import signal
 
-    dispatcher = Dispatcher(state, host, port, **kwargs)
+    dispatcher = Dispatcher(state, tcp, **kwargs)
     await dispatcher.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    serve = asyncio.ensure_future(dispatcher.serve_forever())
     try:
         await stop.wait()
     finally:
-        serve.cancel()
         await dispatcher.stop()
         log.info("dispatcher stopped")
