@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import heapq
 import itertools
 import hmac
@@ -17,7 +18,7 @@ import os
 import socket
 import ssl
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,11 @@ log = logging.getLogger("tuici.dispatcher")
 
 RING_SIZE = 10_000
 OUTPUT_BUFFER = 4 * 1024 * 1024  # live output bytes held per subscriber; past it, chunks are dropped
+HELLO_TIMEOUT = 5.0  # seconds a new connection has to say hello (and over TLS, to shake hands first)
+# A peer with the token says hello as soon as it connects: it can do with less time from an address past its
+# budget of failed handshakes, and while over MAX_PENDING connections (of one listening socket) wait for theirs.
+HELLO_TIMEOUT_SHORT = 1.0
+MAX_PENDING = 256
 CANCEL_GRACE = 10.0  # seconds a runner has to end a cancelled job before the dispatcher takes the job back
 
 
@@ -69,56 +75,76 @@ class AlreadyRunning(Exception):
 MAX_TRACKED_ADDRESSES = 10_000
 
 
-def _remember(table: dict, key: str, value, forgettable) -> None:
-    """Put key last in the table (least recently seen first); past the cap, drop entries that are as good as
-    absent, then the least recently seen, down to 90% so the scan is paid once per thousand new addresses.
-    Memory stays bounded, and a flood from many addresses cannot reset the limit of one that keeps trying."""
-    table.pop(key, None)
+def _remember(table: OrderedDict, key: str, value) -> None:
+    """Put key last (the least recently seen first); past the cap, the least recently seen goes. Memory stays
+    bounded, and a flood from many addresses cannot reset the bucket of one that keeps trying."""
     table[key] = value
+    table.move_to_end(key)
     if len(table) > MAX_TRACKED_ADDRESSES:
-        for old in [k for k, v in table.items() if forgettable(v)]:
-            del table[old]
-        excess = len(table) - MAX_TRACKED_ADDRESSES * 9 // 10
-        for old in list(table)[:max(0, excess)]:
-            del table[old]
+        table.popitem(last=False)
 
 
 class RateLimiter:
-    """Connection attempts per source address: a token bucket; a wrong token costs a lot of tokens."""
+    """Failed handshakes per source address, as a token bucket: a connection that ends without a valid hello
+    costs a token, a wrong token ``penalty`` tokens.
 
-    def __init__(self, rate: float = 50.0, burst: float = 200.0, penalty: float = 20.0):
+    It refuses nobody: everything local shares 127.0.0.1, so refusing an address would lock out the peers that
+    share it with a flood, and what a peer does once it has shown the token is not limited either (the token
+    lets it cancel, rerun and take every job anyway, and never reaches the code under test). An address with an
+    empty bucket only gets less time to say hello (``HELLO_TIMEOUT_SHORT``), and a log line per 10 s."""
+
+    def __init__(self, rate: float = 1.0, burst: float = 20.0, penalty: float = 5.0):
         self.rate, self.burst, self.penalty = rate, burst, penalty
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._logged: dict[str, float] = {}
-
-    def _refilled(self, bucket: tuple[float, float]) -> float:
-        level, at = bucket
-        return min(self.burst, level + (time.monotonic() - at) * self.rate)
-
-    def _set(self, ip: str, level: float) -> None:
-        _remember(self._buckets, ip, (level, time.monotonic()),
-                  lambda bucket: self._refilled(bucket) >= self.burst)  # a full bucket is a fresh one
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._logged: OrderedDict[str, float] = OrderedDict()
 
     def _level(self, ip: str) -> float:
         bucket = self._buckets.get(ip)
-        return self.burst if bucket is None else self._refilled(bucket)
+        if bucket is None:
+            return self.burst
+        level, at = bucket
+        return min(self.burst, level + (time.monotonic() - at) * self.rate)
 
-    def allow(self, ip: str) -> bool:
-        level = self._level(ip)
-        allowed = level >= 1.0
-        self._set(ip, level - 1.0 if allowed else level)
-        return allowed
+    def failed(self, ip: str, wrong_token: bool = False) -> None:
+        cost = self.penalty if wrong_token else 1.0
+        # In debt by one bucket at most: after a flood, the address is back within 2 * burst / rate seconds.
+        _remember(self._buckets, ip, (max(-self.burst, self._level(ip) - cost), time.monotonic()))
 
-    def penalise(self, ip: str) -> None:
-        self._set(ip, self._level(ip) - self.penalty)
+    def failing(self, ip: str) -> bool:
+        """Whether the address has used up its budget of failed handshakes."""
+        return self._level(ip) < 1.0
 
     def should_log(self, ip: str) -> bool:
-        """At most one log line per address every 10 s, so a flood cannot fill the disk."""
+        """Every failure within the budget; past it, one line every 10 s, so a flood cannot fill the disk."""
+        if not self.failing(ip):
+            return True
         now = time.monotonic()
         if now - self._logged.get(ip, -10.0) < 10.0:
             return False
-        _remember(self._logged, ip, now, lambda at: time.monotonic() - at >= 10.0)
+        _remember(self._logged, ip, now)
         return True
+
+
+@dataclass(eq=False)
+class Door:
+    """One listening socket, and its connections yet to say hello: when each connected, oldest first."""
+
+    tls: ssl.SSLContext | None
+    pending: dict[p.Connection, float] = field(default_factory=dict)
+
+    def admit(self, conn: p.Connection) -> None:
+        """Count ``conn`` as waiting for its hello. Past ``MAX_PENDING``, drop those that have waited longer than
+        ``HELLO_TIMEOUT_SHORT``: a flood that never says hello then holds what arrives in that time, not in
+        HELLO_TIMEOUT, while a peer that says hello is read long before (and a burst of them is not dropped for
+        being many). Over TLS, asyncio shakes hands before we see the connection: that wait is not counted."""
+        now = time.monotonic()
+        self.pending[conn] = now
+        while len(self.pending) > MAX_PENDING:
+            oldest, since = next(iter(self.pending.items()))
+            if now - since <= HELLO_TIMEOUT_SHORT:
+                return
+            del self.pending[oldest]
+            oldest.writer.transport.abort()  # its recv() in Dispatcher._hello ends
 
 
 class JsonPrefix:
@@ -220,11 +246,12 @@ class Dispatcher:
         self._load(snap)
         for job_id, size in (await asyncio.to_thread(self._running_log_sizes)).items():
             self.jobs[job_id].log_size = size
+        _more_descriptors()
         for sock in self.socks or self._bind():
             tls = None if sock.family == socket.AF_UNIX else self.tls
             self._servers.append(await asyncio.start_server(
-                self._handle, sock=sock, limit=p.READ_LIMIT, backlog=p.BACKLOG, ssl=tls,
-                ssl_handshake_timeout=5.0 if tls else None,
+                functools.partial(self._handle, Door(tls)), sock=sock, limit=p.READ_LIMIT, backlog=p.BACKLOG,
+                ssl=tls, ssl_handshake_timeout=HELLO_TIMEOUT if tls else None,
             ))
             self.addresses.append(p.UnixAddress(str(self.state.socket)) if sock.family == socket.AF_UNIX
                                   else p.address_of(sock))
@@ -371,30 +398,14 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ connections
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, door: Door, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = p.Connection(reader, writer)
         peer = conn.peer
-        ip = conn.source
-        if not self.limiter.allow(ip):
-            if self.limiter.should_log(ip):
-                log.warning("refused %s: too many connection attempts", peer)
-            writer.close()
-            return
         self._handlers.add(asyncio.current_task())
         session: RunnerSession | None = None
         try:
-            hello = await asyncio.wait_for(conn.recv(p.MAX_HELLO), 5.0)
+            hello = await self._hello(door, conn)
             if hello is None:
-                return
-            if not isinstance(hello, p.Hello):
-                raise p.ProtocolError(f"expected hello, got {type(hello).__name__}")
-            if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
-                self.limiter.penalise(ip)
-                log.warning("refused %s: wrong token", peer)
-                await conn.send(p.Refused(reason="wrong token"))
-                return
-            if hello.version != p.PROTOCOL_VERSION:
-                await conn.send(p.Refused(reason=f"protocol version {hello.version} is not {p.PROTOCOL_VERSION}"))
                 return
             if hello.role == "runner":
                 session = await self._register_runner(conn, hello)
@@ -407,8 +418,6 @@ class Dispatcher:
                 await self._serve_control(conn)
         except p.ProtocolError as exc:
             log.warning("closing connection from %s: %s", peer, exc)
-        except asyncio.TimeoutError:
-            log.warning("closing connection from %s: no hello within 5 s", peer)
         except (ConnectionError, OSError) as exc:
             log.info("connection from %s dropped: %s", peer, exc)
         except asyncio.CancelledError:
@@ -420,6 +429,46 @@ class Dispatcher:
             if session is not None and session.conn is conn:
                 self._runner_gone(session, "connection closed")
             await conn.close()
+
+    async def _hello(self, door: Door, conn: p.Connection) -> p.Hello | None:
+        """The peer's hello if it has the token and our protocol version; otherwise None, with the peer told why
+        where that helps it, and a failed handshake charged to its address (see ``RateLimiter``)."""
+        source = conn.source
+        door.admit(conn)
+        timeout = HELLO_TIMEOUT_SHORT if self.limiter.failing(source) else HELLO_TIMEOUT
+        problem = None
+        try:
+            hello = await asyncio.wait_for(conn.recv(p.MAX_HELLO), timeout)
+        except asyncio.TimeoutError:
+            hello, problem = None, f"no hello within {timeout:g} s"
+        except p.ProtocolError as exc:
+            hello, problem = None, str(exc)
+        except (ConnectionError, OSError) as exc:
+            hello, problem = None, f"dropped before its hello: {exc}"
+        finally:
+            dropped = conn not in door.pending
+            door.pending.pop(conn, None)
+        if dropped:
+            hello = None
+            problem = f"no hello within {HELLO_TIMEOUT_SHORT:g} s while over {MAX_PENDING} connections waited"
+        if hello is not None and not isinstance(hello, p.Hello):
+            problem = f"expected hello, got {type(hello).__name__}"
+        if not isinstance(hello, p.Hello):
+            self.limiter.failed(source)
+            # Connecting and closing (a port scan, a health check) is not worth a line.
+            if problem is not None and self.limiter.should_log(source):
+                log.warning("closing connection from %s: %s", conn.peer, problem)
+            return None
+        if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
+            self.limiter.failed(source, wrong_token=True)
+            if self.limiter.should_log(source):
+                log.warning("refused %s: wrong token", conn.peer)
+            await conn.send(p.Refused(reason="wrong token"))
+            return None
+        if hello.version != p.PROTOCOL_VERSION:
+            await conn.send(p.Refused(reason=f"protocol version {hello.version} is not {p.PROTOCOL_VERSION}"))
+            return None
+        return hello
 
     # ------------------------------------------------------------------ observer
 
@@ -869,6 +918,17 @@ class Dispatcher:
             return await self.store.run(self.store.events_after, cursor, limit)
         start = cursor + 1 - self.recent[0].seq
         return [self.recent[i] for i in range(start, min(len(self.recent), start + limit))]
+
+
+def _more_descriptors() -> None:
+    """Raise our limit on open files to what we may (often 1024 of 500,000): connections yet to say hello must
+    not use up the descriptors that peers with the token need (Door.admit bounds them by rate, not number)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def _truncate(path: Path) -> None:
