@@ -8,6 +8,7 @@ session is a child subreaper, so even grandchildren orphaned by a SIGKILL are fo
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -235,6 +236,43 @@ def cluster_factory(tmp_path: Path):
     finally:
         for c in made:
             c.stop()
+
+
+def tuici(*args: str, cwd, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """A `tuici` command, run as a user runs it (with ``env`` added to the environment)."""
+    return subprocess.run([sys.executable, "-m", "tuici", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**_env(), **env}, timeout=60, check=check)
+
+
+@pytest.fixture
+def serve_factory(tmp_path: Path):
+    """`tuici serve --json` on a repository, with more arguments; each stopped with SIGTERM at the end (and
+    whatever it left behind killed)."""
+    started: list[subprocess.Popen] = []
+
+    def start(repo: GitRepo, *args: str) -> subprocess.Popen:
+        out_path = tmp_path / f"serve{len(started)}.out"
+        with open(out_path, "wb") as out, open(out_path.with_suffix(".err"), "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "tuici", "serve", str(repo.path), "--json", *args],
+                                    stdout=out, stderr=err, env=_env(), start_new_session=True)
+        proc.out_path = out_path
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.terminate()
+                _wait_or_kill(proc, 20)
+        kill_descendants()
+
+
+def events(serve: subprocess.Popen) -> list[dict]:
+    """What a `tuici serve --json` has printed so far."""
+    lines = serve.out_path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def tuici_processes() -> list[psutil.Process]:

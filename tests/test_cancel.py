@@ -8,7 +8,6 @@ import sqlite3
 
 from conftest import job_processes, toml_command, wait_for
 from tuici import dispatcher as dispatcher_module
-from tuici import protocol as p
 from tuici.client import Control
 
 
