@@ -248,7 +248,7 @@ def cmd_dispatcher(args) -> None:
     except AlreadyRunning as exc:
         die(str(exc))
     except OSError as exc:
-        die(f"cannot listen on {args.listen or state.socket}: {exc.strerror or exc}")
+        die(f"cannot listen on {exc.filename or args.listen or state.socket}: {exc.strerror or exc}")
 
 
 def cmd_observer(args) -> None:

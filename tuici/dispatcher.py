@@ -263,15 +263,8 @@ class Dispatcher:
     def _bind(self) -> list[socket.socket]:
         """The Unix socket in the state dir (we hold the lock: a socket file there is a stale one), and the TCP
         address if we have one."""
-        socks = [p.unix_listener(str(self.state.socket))]
+        socks = p.listeners(str(self.state.socket), self.tcp)
         self._bound_socket_file = True
-        if self.tcp is not None:
-            try:
-                socks.append(p.tcp_listener(self.tcp))
-            except BaseException:
-                p.remove_socket_file(str(self.state.socket))
-                socks[0].close()
-                raise
         return socks
 
     def _load(self, snap) -> None:

@@ -536,7 +536,7 @@ def socket_path(path: str) -> Iterator[str]:
         os.close(fd)
 
 
-def unix_listener(path: str) -> socket.socket:
+def _unix_listener(path: str) -> socket.socket:
     """A socket listening at ``path`` that only its owner may connect to. A socket file left there by a dispatcher
     that is gone is replaced; one that still answers is not (``OSError`` EADDRINUSE)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -558,6 +558,7 @@ def unix_listener(path: str) -> socket.socket:
 
 
 def _answers(path: str) -> bool:
+    """Whether something listens at the Unix socket ``path``."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
             probe.connect(path)
@@ -575,10 +576,29 @@ def remove_socket_file(path: str) -> None:
             pass
 
 
-def tcp_listener(address: TcpAddress) -> socket.socket:
+def _tcp_listener(address: TcpAddress) -> socket.socket:
     """A socket listening at ``address`` (IPv4 or IPv6, as the host resolves)."""
     family = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)[0][0]
     return socket.create_server((address.host, address.port), family=family, backlog=BACKLOG)
+
+
+def listeners(path: str, tcp: TcpAddress | None) -> list[socket.socket]:
+    """The dispatcher's listening sockets: its Unix socket at ``path``, and a TCP one at ``tcp`` if given. If one
+    cannot be bound, none stays bound, and the ``OSError`` names its address (as ``filename``)."""
+    socks: list[socket.socket] = []
+    try:
+        for address in [UnixAddress(path), *([tcp] if tcp else [])]:
+            try:
+                socks.append(_unix_listener(path) if isinstance(address, UnixAddress) else _tcp_listener(address))
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror or str(exc), str(address)) from None
+    except BaseException:
+        if socks:
+            remove_socket_file(path)
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def connect(address: Address, timeout: float) -> socket.socket:

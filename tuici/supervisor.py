@@ -191,17 +191,9 @@ class Supervisor:
             if not isinstance(tcp, p.TcpAddress):
                 raise SupervisorError(f"the dispatcher listens on {self.state.socket} anyway; --listen takes HOST:PORT")
         try:
-            socks = [p.unix_listener(str(self.state.socket))]
+            return p.listeners(str(self.state.socket), tcp)
         except OSError as exc:
-            raise SupervisorError(f"cannot listen on {self.state.socket}: {exc.strerror or exc}") from None
-        if tcp is not None:
-            try:
-                socks.append(p.tcp_listener(tcp))
-            except OSError as exc:
-                p.remove_socket_file(str(self.state.socket))
-                socks[0].close()
-                raise SupervisorError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
-        return socks
+            raise SupervisorError(f"cannot listen on {exc.filename}: {exc.strerror}") from None
 
     def _dispatcher_argv(self) -> list[str]:
         argv = [sys.executable, "-m", "tuici", "dispatcher", "--state", str(self.state.path), "--repo", str(self.repo)]
