@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     keys = ", ".join(f"{k}={v}" for k, v in asdict(Sizes()).items())
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark tuici end to end (real processes, real git, 127.0.0.1) against the physical "
+        description="Benchmark tuici end to end (real processes, real git, real sockets) against the physical "
                     "limits measured in the same run; print the table and write bench/RESULTS.md.",
         epilog=f"rows: {', '.join(ROWS)}. sizes (defaults): {keys}",
     )

@@ -354,18 +354,17 @@ class Cluster:
         return self.procs.procs[f"{self.tag}-{name}"].pid
 
     def start_dispatcher(self) -> str:
-        state = self.repo.state_path
-        (state / "address").unlink(missing_ok=True)
+        """The dispatcher as `tuici serve` runs it: the components connect to its Unix socket."""
+        from tuici.statedir import StateDir
+
+        state = StateDir(self.repo.state_path)
+        state.address_file.unlink(missing_ok=True)
         extra = ["--heartbeat-timeout", str(self.heartbeat_timeout)] if self.heartbeat_timeout else []
-        self._spawn("dispatcher", "dispatcher", "--listen", "127.0.0.1:0", "--state", str(state),
-                    "--repo", str(self.repo.path), *extra)
+        self._spawn("dispatcher", "dispatcher", "--state", str(state.path), "--repo", str(self.repo.path), *extra)
 
         def address():
             self.procs.check_alive(f"{self.tag}-dispatcher")
-            try:
-                return (state / "address").read_text().strip()
-            except FileNotFoundError:
-                return ""
+            return state.address()
 
         self.address = wait_for(address, 30, 0.01, "the dispatcher's address")
         return self.address

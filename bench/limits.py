@@ -13,13 +13,21 @@ from pathlib import Path
 from .harness import PY, BenchError, Procs, git, summarize, timed_run
 
 
-def socket_rtt(procs: Procs, rounds: int = 2000, size: int = 64) -> dict[str, float]:
-    """Round trip of ``size`` bytes over 127.0.0.1 TCP to another process, in milliseconds."""
-    proc = procs.spawn("limit-echo", [PY, "-m", "bench._peer", "echo"], stdout=subprocess.PIPE)
+def _peer(procs: Procs, name: str, mode: str, path: Path, *args: str) -> socket.socket:
+    """A socket connected to ``python -m bench._peer MODE`` listening at ``path`` (a Unix socket, as tuici's)."""
+    proc = procs.spawn(name, [PY, "-m", "bench._peer", mode, str(path), *args], stdout=subprocess.PIPE)
+    if proc.stdout.readline().strip() != b"ready":
+        raise BenchError(f"{name} did not start")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(str(path))
+    return sock
+
+
+def socket_rtt(procs: Procs, path: Path, rounds: int = 2000, size: int = 64) -> dict[str, float]:
+    """Round trip of ``size`` bytes over a Unix socket (at ``path``) to another process, in milliseconds."""
     try:
-        port = int(proc.stdout.readline())
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = _peer(procs, "limit-echo", "echo", path)
         msg = b"x" * size
         samples = []
         for i in range(rounds + 50):
@@ -37,15 +45,15 @@ def socket_rtt(procs: Procs, rounds: int = 2000, size: int = 64) -> dict[str, fl
         return summarize(samples)
     finally:
         procs.stop(["limit-echo"])
+        path.unlink(missing_ok=True)
 
 
 def socket_throughput(procs: Procs, total: int, path: Path) -> float:
-    """MB/s of ``total`` bytes sent over 127.0.0.1 TCP to another process that writes them to ``path``."""
-    proc = procs.spawn("limit-sink", [PY, "-m", "bench._peer", "sink", str(path)], stdout=subprocess.PIPE)
+    """MB/s of ``total`` bytes sent over a Unix socket to another process that writes them to ``path``."""
+    listening = path.with_suffix(".sock")
     try:
-        port = int(proc.stdout.readline())
+        sock = _peer(procs, "limit-sink", "sink", listening, str(path))
         chunk = (b"tuici log throughput line: the quick brown fox jumps over the lazy dog 0123456789\n" * 800)[:65536]
-        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         t0 = time.perf_counter()
         sent = 0
         while sent < total:
@@ -61,6 +69,7 @@ def socket_throughput(procs: Procs, total: int, path: Path) -> float:
     finally:
         procs.stop(["limit-sink"])
         path.unlink(missing_ok=True)
+        listening.unlink(missing_ok=True)
 
 
 def spawn_ms(command: str, repeats: int = 20, cwd: Path | None = None) -> dict[str, float]:

@@ -48,7 +48,7 @@ def _plain(obj: Any) -> Any:
 def markdown(machine: dict[str, str], meta: dict[str, Any], figures: list[Figure]) -> str:
     out = ["# tuici benchmark results", ""]
     out.append(f"Written by `{meta['command']}` on {machine['date']}. Every figure is end to end with real "
-               "processes, real git repositories in temp dirs and sockets on 127.0.0.1; its physical limit is "
+               "processes, real git repositories in temp dirs and real sockets; its physical limit is "
                "measured in the same run. Medians unless the figure says otherwise. Timings are never test "
                "assertions.")
     out += ["", "## Machine", "", "| | |", "|---|---|"]
@@ -87,7 +87,7 @@ METHOD = """\
   finished, then `gap` s plus jitter). Stages come from the dispatcher's own job timestamps
   (`queued_at`, `started_at`). Limit: git alone doing the observer's work (`for-each-ref`, `log -1`) and the
   runner's (`checkout --force --detach` + `clean -ffdx` in a kept shared clone), `sh -c 'date ...'` run
-  directly, and a raw 127.0.0.1 TCP round trip between two processes.
+  directly, and a raw round trip between two processes over a Unix socket (as the components talk locally).
 - **per-job overhead**: command `true`; job wall time is the dispatcher's `finished_at - started_at`
   (assignment to result recorded); the command's own time is `sh -c true` run directly (its median).
 - **real suite**: a generated pytest suite (~`suite_seconds` s) run directly in a checkout (warm .pyc),
@@ -97,12 +97,12 @@ METHOD = """\
   Limit: git checkout/clean + `true` run directly, per job, times min(runners, cores).
 - **log throughput**: one job runs `yes LINE | head -c N`; bytes stored / (result recorded - assigned);
   dispatcher RSS sampled every 20 ms with psutil. Limits: the command directly into a file; the same bytes
-  over a raw loopback socket into a file.
+  over a raw Unix socket into a file.
 - **idle cost**: `tuici serve --runners N`, settled, then user+system CPU time of the dispatcher, observer and
   runners (psutil `cpu_times`) over `idle_seconds`, as % of one core.
 - **start-up**: from spawning `tuici serve --runners N --json` to the dispatcher's timestamp on the N-th
   `runner.joined` event; the first start of each run is a discarded warm-up.
-- **scale**: `scale_runners` runner processes on 127.0.0.1 until all registered, then as many commits at once
+- **scale**: `scale_runners` runner processes until all registered, then as many commits at once
   with a command lasting `scale_sleep` s: every runner must get one. History: `scale_history` real commits
   (`git fast-import`), their finished jobs, attempts and events written through tuici's own `Store` (what a
   dispatcher records), loaded by the dispatcher as after a restart; then `tuici status --json` run as a

@@ -84,7 +84,7 @@ class Context:
 
     def rtt(self) -> dict[str, float]:
         if "rtt" not in self.cache:
-            self.cache["rtt"] = limits.socket_rtt(self.procs)
+            self.cache["rtt"] = limits.socket_rtt(self.procs, self.tmp / "rtt.sock")
         return self.cache["rtt"]
 
     def true_ms(self) -> dict[str, float]:

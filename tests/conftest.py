@@ -8,6 +8,7 @@ session is a child subreaper, so even grandchildren orphaned by a SIGKILL are fo
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -109,6 +110,11 @@ def _env() -> dict[str, str]:
     return env
 
 
+def tcp_address(state: StateDir) -> str | None:
+    """The TCP address the dispatcher of ``state`` serves on besides its Unix socket, if any."""
+    return next((a for a in state.addresses() if not a.startswith("unix:")), None)
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; fail with ``message`` on timeout."""
     deadline = time.monotonic() + timeout
@@ -142,12 +148,14 @@ class Cluster:
         return proc
 
     def start_dispatcher(self) -> str:
+        """The dispatcher on its Unix socket (which control requests use) and on TCP, which the components
+        started here and raw-socket tests use (a restart keeps the port)."""
         self.state.address_file.unlink(missing_ok=True)
         listen = self.address or "127.0.0.1:0"
         self._spawn("dispatcher", "dispatcher", "--listen", listen, "--state", str(self.state.path),
                     "--repo", str(self.repo.path), "--heartbeat-timeout", str(self.heartbeat_timeout),
                     "--max-attempts", str(self.max_attempts))
-        self.address = wait_for(self.state.address, 15, message="the dispatcher's address")
+        self.address = wait_for(lambda: tcp_address(self.state), 15, message="the dispatcher's address")
         return self.address
 
     def start_observer(self) -> subprocess.Popen:
@@ -258,6 +266,43 @@ def cmdline(proc: psutil.Process) -> list[str]:
         return proc.cmdline()
     except psutil.Error:
         return []
+
+
+def tuici(*args: str, cwd, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """A `tuici` command, run as a user runs it (with ``env`` added to the environment)."""
+    return subprocess.run([sys.executable, "-m", "tuici", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**_env(), **env}, timeout=60, check=check)
+
+
+@pytest.fixture
+def serve_factory(tmp_path: Path):
+    """`tuici serve --json` on a repository, with more arguments; each stopped with SIGTERM at the end (and
+    whatever it left behind killed)."""
+    started: list[subprocess.Popen] = []
+
+    def start(repo: GitRepo, *args: str) -> subprocess.Popen:
+        out_path = tmp_path / f"serve{len(started)}.out"
+        with open(out_path, "wb") as out, open(out_path.with_suffix(".err"), "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "tuici", "serve", str(repo.path), "--json", *args],
+                                    stdout=out, stderr=err, env=_env(), start_new_session=True)
+        proc.out_path = out_path
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.terminate()
+                _wait_or_kill(proc, 20)
+        kill_descendants()
+
+
+def events(serve: subprocess.Popen) -> list[dict]:
+    """What a `tuici serve --json` has printed so far."""
+    lines = serve.out_path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def tuici_processes() -> list[psutil.Process]:

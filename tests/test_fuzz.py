@@ -265,7 +265,8 @@ class Peers:
     """Raw sockets from a rotating set of loopback source addresses (127.0.x.y, x >= 10)."""
 
     def __init__(self, address: str):
-        self.host, self.port = p.parse_address(address)
+        tcp = p.parse_address(address)
+        self.host, self.port = tcp.host, tcp.port
         self.sources = itertools.cycle(f"127.0.{x}.{y}" for x in range(10, 14) for y in range(1, 255))
 
     def exchange(self, payload: bytes, timeout: float = 10.0) -> bytes:
@@ -424,12 +425,13 @@ def test_unauthenticated_peers_cannot_make_the_dispatcher_buffer_big_frames(repo
 
     dispatcher = psutil.Process(cluster.procs["dispatcher"].pid)
     before = dispatcher.memory_info().rss
-    host, port = p.parse_address(cluster.address)
+    tcp = p.parse_address(cluster.address)
     payload = struct.pack(">I", p.MAX_FRAME - 1) + b"\0" * (8 << 20)
     socks = []
     try:
         for i in range(30):
-            sock = socket.create_connection((host, port), timeout=10, source_address=(f"127.0.20.{i + 1}", 0))
+            sock = socket.create_connection((tcp.host, tcp.port), timeout=10,
+                                            source_address=(f"127.0.20.{i + 1}", 0))
             socks.append(sock)
             try:
                 sock.sendall(payload)

@@ -199,11 +199,11 @@ def test_a_gigabyte_on_one_line_is_stored_whole_and_memory_stays_bounded(repo, c
 
 def _paused_subscriber(address: str, token: str) -> socket.socket:
     """A control client that asks for every event and all live output, then stops reading."""
-    host, port = p.parse_address(address)
+    tcp = p.parse_address(address)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(30)
-    sock.connect((host, port))
+    sock.connect((tcp.host, tcp.port))
     sock.sendall(p.encode(p.Hello(role="control", token=token)) + p.encode(p.Subscribe(after_seq=0, output=True)))
     return sock
 

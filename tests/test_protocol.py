@@ -54,16 +54,18 @@ def test_truncated_frame_is_an_error_but_clean_eof_is_not():
     asyncio.run(go())
 
 
-def test_parse_address():
-    assert p.parse_address("127.0.0.1:80") == ("127.0.0.1", 80)
-    assert p.parse_address("[::1]:9") == ("::1", 9)
-    with pytest.raises(ValueError, match="HOST:PORT"):
-        p.parse_address("nonsense")
+def test_addresses_read_back_as_written():
+    for text, address in (("127.0.0.1:80", p.TcpAddress("127.0.0.1", 80)), ("[::1]:9", p.TcpAddress("::1", 9)),
+                          ("unix:/run/x y/d.sock", p.UnixAddress("/run/x y/d.sock"))):
+        assert p.parse_address(text) == address and str(address) == text
+    for bad in ("nonsense", "unix:relative/d.sock", "host:port"):
+        with pytest.raises(ValueError, match="unix:/ABSOLUTE/PATH"):
+            p.parse_address(bad)
 
 
 def _raw(address: str) -> socket.socket:
-    host, port = p.parse_address(address)
-    return socket.create_connection((host, port), timeout=5)
+    tcp = p.parse_address(address)
+    return socket.create_connection((tcp.host, tcp.port), timeout=5)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:

@@ -6,45 +6,17 @@ import asyncio
 import contextlib
 import json
 import signal
-import subprocess
-import sys
 
 import psutil
 import pytest
 
-from conftest import _env, _wait_or_kill, cmdline, job_processes, toml_command, tuici_processes, wait_for
+from conftest import cmdline, events, job_processes, toml_command, tuici, tuici_processes, wait_for
 from tuici.client import Control
 
 
-def tuici(*args: str, cwd, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuici", *args], cwd=cwd, capture_output=True, text=True,
-                          env=_env(), timeout=60, check=check)
-
-
 @pytest.fixture
-def serve(repo, tmp_path):
-    """`tuici serve --json` on the repo, stopped with SIGTERM (and checked for leftovers) at the end."""
-    out = open(tmp_path / "serve.out", "wb")
-    err = open(tmp_path / "serve.err", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tuici", "serve", str(repo.path), "--runners", "2", "--json",
-                             "--heartbeat-timeout", "2"], stdout=out, stderr=err, env=_env(), start_new_session=True)
-    proc.out_path = tmp_path / "serve.out"
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            _wait_or_kill(proc, 20)
-        out.close()
-        err.close()
-        from tuici.supervisor import kill_descendants
-
-        kill_descendants()
-
-
-def events(proc) -> list[dict]:
-    lines = proc.out_path.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+def serve(repo, serve_factory):
+    return serve_factory(repo, "--runners", "2", "--heartbeat-timeout", "2")
 
 
 def test_serve_runs_everything_prints_json_events_and_leaves_nothing_behind_on_sigterm(repo, serve, tmp_path):
@@ -198,4 +170,7 @@ def test_state_lives_in_the_git_dir_and_the_token_is_private(repo, cluster):
     mode = stat.S_IMODE(cluster.state.token_file.stat().st_mode)
     assert mode == 0o600
     assert repo.git("status", "--porcelain") == ""
-    assert cluster.state.address() == cluster.address
+    # Local clients use the Unix socket there, private to its owner; components elsewhere the TCP address.
+    assert cluster.state.addresses() == [f"unix:{cluster.state.socket}", cluster.address]
+    assert stat.S_ISSOCK(cluster.state.socket.stat().st_mode)
+    assert stat.S_IMODE(cluster.state.socket.stat().st_mode) == 0o600

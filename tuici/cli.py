@@ -47,12 +47,13 @@ def _dispatcher_opts(parser: argparse.ArgumentParser) -> None:
 
 
 def _client_opts(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dispatcher", required=True, metavar="HOST:PORT", help="the dispatcher's address")
+    parser.add_argument("--dispatcher", required=True, metavar="ADDRESS",
+                        help="the dispatcher's address: unix:PATH (its socket, on its machine) or HOST:PORT")
     parser.add_argument("--token", help="the dispatcher's token (default: $TUICI_TOKEN or the token in --state); "
                                         "prefer TUICI_TOKEN: a command line is visible to every process")
     parser.add_argument("--state", type=Path, metavar="DIR", help="a local state dir to read the token from")
     parser.add_argument("--tls-ca", metavar="FILE",
-                        help="connect with TLS, trusting the dispatcher certificate signed by the CA in FILE")
+                        help="connect over TCP with TLS, trusting the dispatcher certificate signed by the CA in FILE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,17 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     _sandbox_arg(s)
     s.add_argument("--json", action="store_true", help="print events as JSON lines")
     s.add_argument("--output", action="store_true", help="also print the jobs' output as it arrives")
-    s.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
-                   help="the dispatcher's address (default: 127.0.0.1 and a free port)")
+    s.add_argument("--listen", metavar="HOST:PORT",
+                   help="have the dispatcher also listen on this TCP address, for runners on other machines "
+                        "(local processes use its Unix socket in the state dir)")
     _dispatcher_opts(s)
 
     d = sub.add_parser("dispatcher", help="run the dispatcher (the job queue server)",
                        description="Serve the job queue for one repository's state dir.")
-    d.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
-                   help="address to listen on (default: 127.0.0.1 and a free port, written to the state dir)")
-    d.add_argument("--listen-fd", type=int, metavar="FD",
-                   help="serve on this inherited socket, already bound to --listen and listening (how serve starts "
-                        "the dispatcher, so that the others can connect while it starts)")
+    d.add_argument("--listen", metavar="HOST:PORT",
+                   help="also listen on this TCP address, for components on other machines (PORT 0: a free one); "
+                        "local ones use the Unix socket STATE/dispatcher.sock. The addresses are written to "
+                        "STATE/address")
+    d.add_argument("--listen-fd", type=int, action="append", metavar="FD",
+                   help="serve on this inherited socket, already bound and listening, instead of binding (how serve "
+                        "starts the dispatcher, so that the others can connect while it starts); given once for the "
+                        "Unix socket and once more for a TCP one bound to --listen")
     d.add_argument("--state", type=Path, metavar="DIR",
                    help="state directory (default: .git/tuici of the repository in the current directory)")
     d.add_argument("--repo", metavar="REPO", help="the repository URL or path runners clone from")
@@ -227,13 +232,14 @@ def cmd_dispatcher(args) -> None:
 
     setup_logging()
     state = StateDir(args.state) if args.state else state_for(".")
-    host, port = _address(args.listen)
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback and not args.tls_cert and not args.insecure:
-        die(f"listening on {host} beyond loopback needs --tls-cert/--tls-key (or --insecure)")
+    tcp = _tcp_address(args.listen) if args.listen else None
+    if tcp is not None:
+        try:
+            loopback = ipaddress.ip_address(tcp.host).is_loopback
+        except ValueError:
+            loopback = tcp.host == "localhost"
+        if not loopback and not args.tls_cert and not args.insecure:
+            die(f"listening on {tcp.host} beyond loopback needs --tls-cert/--tls-key (or --insecure)")
     try:
         tls = p.server_tls(args.tls_cert, args.tls_key)
     except (OSError, ValueError) as exc:
@@ -242,13 +248,13 @@ def cmd_dispatcher(args) -> None:
     if repo and os.path.isdir(repo):
         repo = str(find_git_dir(repo)[0])
     try:
-        sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
-        asyncio.run(run_dispatcher(state, host, port, heartbeat_timeout=args.heartbeat_timeout,
-                                   max_attempts=args.max_attempts, repo_url=repo, tls=tls, sock=sock))
+        socks = [socket.socket(fileno=fd) for fd in args.listen_fd or []]
+        asyncio.run(run_dispatcher(state, tcp, heartbeat_timeout=args.heartbeat_timeout,
+                                   max_attempts=args.max_attempts, repo_url=repo, tls=tls, socks=socks))
     except AlreadyRunning as exc:
         die(str(exc))
     except OSError as exc:
-        die(f"cannot listen on {args.listen}: {exc.strerror or exc}")
+        die(f"cannot listen on {exc.filename or args.listen or state.socket}: {exc.strerror or exc}")
 
 
 def cmd_observer(args) -> None:
@@ -295,20 +301,26 @@ def cmd_runner(args) -> None:
 
 
 def _endpoint(args) -> tuple[p.Endpoint, StateDir | None]:
-    host, port = _address(args.dispatcher)
+    try:
+        address = p.parse_address(args.dispatcher)
+    except ValueError as exc:
+        die(str(exc))
     state = StateDir(args.state) if args.state else None
     try:
         tls = p.client_tls(args.tls_ca)
     except (OSError, ValueError) as exc:
         die(f"cannot load the CA file {args.tls_ca}: {exc}")
-    return p.Endpoint(host, port, resolve_token(args.token, state), tls), state
+    return p.Endpoint(address, resolve_token(args.token, state), tls), state
 
 
-def _address(text: str) -> tuple[str, int]:
+def _tcp_address(text: str) -> p.TcpAddress:
     try:
-        return p.parse_address(text)
+        address = p.parse_address(text)
     except ValueError as exc:
         die(str(exc))
+    if not isinstance(address, p.TcpAddress):
+        die(f"--listen takes HOST:PORT, not {text!r}: the Unix socket is always STATE/dispatcher.sock")
+    return address
 
 
 # ---------------------------------------------------------------------- serve

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import heapq
 import itertools
 import hmac
@@ -17,7 +18,7 @@ import os
 import socket
 import ssl
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,12 @@ log = logging.getLogger("tuici.dispatcher")
 
 RING_SIZE = 10_000
 OUTPUT_BUFFER = 4 * 1024 * 1024  # live output bytes held per subscriber; past it, chunks are dropped
+HELLO_TIMEOUT = 5.0  # seconds a new connection has to say hello (and over TLS, to shake hands first)
+# A peer with the token says hello as soon as it connects: it can do with less time from an address past its
+# budget of failed handshakes, and while over MAX_PENDING connections (of one listening socket) wait for theirs.
+HELLO_TIMEOUT_SHORT = 1.0
+MAX_PENDING = 256
+CANCEL_GRACE = 10.0  # seconds a runner has to end a cancelled job before the dispatcher takes the job back
 
 
 @dataclass
@@ -41,6 +48,7 @@ class RunnerSession:
     last_seen: float
     idle_since: float = 0.0
     attempt: int = 0
+    taken_back: tuple[int, int] | None = None  # (job, attempt) taken from it after a cancel: late output is dropped
 
 
 @dataclass(eq=False)
@@ -67,56 +75,76 @@ class AlreadyRunning(Exception):
 MAX_TRACKED_ADDRESSES = 10_000
 
 
-def _remember(table: dict, key: str, value, forgettable) -> None:
-    """Put key last in the table (least recently seen first); past the cap, drop entries that are as good as
-    absent, then the least recently seen, down to 90% so the scan is paid once per thousand new addresses.
-    Memory stays bounded, and a flood from many addresses cannot reset the limit of one that keeps trying."""
-    table.pop(key, None)
+def _remember(table: OrderedDict, key: str, value) -> None:
+    """Put key last (the least recently seen first); past the cap, the least recently seen goes. Memory stays
+    bounded, and a flood from many addresses cannot reset the bucket of one that keeps trying."""
     table[key] = value
+    table.move_to_end(key)
     if len(table) > MAX_TRACKED_ADDRESSES:
-        for old in [k for k, v in table.items() if forgettable(v)]:
-            del table[old]
-        excess = len(table) - MAX_TRACKED_ADDRESSES * 9 // 10
-        for old in list(table)[:max(0, excess)]:
-            del table[old]
+        table.popitem(last=False)
 
 
 class RateLimiter:
-    """Connection attempts per source address: a token bucket; a wrong token costs a lot of tokens."""
+    """Failed handshakes per source address, as a token bucket: a connection that ends without a valid hello
+    costs a token, a wrong token ``penalty`` tokens.
 
-    def __init__(self, rate: float = 50.0, burst: float = 200.0, penalty: float = 20.0):
+    It refuses nobody: everything local shares 127.0.0.1, so refusing an address would lock out the peers that
+    share it with a flood, and what a peer does once it has shown the token is not limited either (the token
+    lets it cancel, rerun and take every job anyway, and never reaches the code under test). An address with an
+    empty bucket only gets less time to say hello (``HELLO_TIMEOUT_SHORT``), and a log line per 10 s."""
+
+    def __init__(self, rate: float = 1.0, burst: float = 20.0, penalty: float = 5.0):
         self.rate, self.burst, self.penalty = rate, burst, penalty
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._logged: dict[str, float] = {}
-
-    def _refilled(self, bucket: tuple[float, float]) -> float:
-        level, at = bucket
-        return min(self.burst, level + (time.monotonic() - at) * self.rate)
-
-    def _set(self, ip: str, level: float) -> None:
-        _remember(self._buckets, ip, (level, time.monotonic()),
-                  lambda bucket: self._refilled(bucket) >= self.burst)  # a full bucket is a fresh one
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._logged: OrderedDict[str, float] = OrderedDict()
 
     def _level(self, ip: str) -> float:
         bucket = self._buckets.get(ip)
-        return self.burst if bucket is None else self._refilled(bucket)
+        if bucket is None:
+            return self.burst
+        level, at = bucket
+        return min(self.burst, level + (time.monotonic() - at) * self.rate)
 
-    def allow(self, ip: str) -> bool:
-        level = self._level(ip)
-        allowed = level >= 1.0
-        self._set(ip, level - 1.0 if allowed else level)
-        return allowed
+    def failed(self, ip: str, wrong_token: bool = False) -> None:
+        cost = self.penalty if wrong_token else 1.0
+        # In debt by one bucket at most: after a flood, the address is back within 2 * burst / rate seconds.
+        _remember(self._buckets, ip, (max(-self.burst, self._level(ip) - cost), time.monotonic()))
 
-    def penalise(self, ip: str) -> None:
-        self._set(ip, self._level(ip) - self.penalty)
+    def failing(self, ip: str) -> bool:
+        """Whether the address has used up its budget of failed handshakes."""
+        return self._level(ip) < 1.0
 
     def should_log(self, ip: str) -> bool:
-        """At most one log line per address every 10 s, so a flood cannot fill the disk."""
+        """Every failure within the budget; past it, one line every 10 s, so a flood cannot fill the disk."""
+        if not self.failing(ip):
+            return True
         now = time.monotonic()
         if now - self._logged.get(ip, -10.0) < 10.0:
             return False
-        _remember(self._logged, ip, now, lambda at: time.monotonic() - at >= 10.0)
+        _remember(self._logged, ip, now)
         return True
+
+
+@dataclass(eq=False)
+class Door:
+    """One listening socket, and its connections yet to say hello: when each connected, oldest first."""
+
+    tls: ssl.SSLContext | None
+    pending: dict[p.Connection, float] = field(default_factory=dict)
+
+    def admit(self, conn: p.Connection) -> None:
+        """Count ``conn`` as waiting for its hello. Past ``MAX_PENDING``, drop those that have waited longer than
+        ``HELLO_TIMEOUT_SHORT``: a flood that never says hello then holds what arrives in that time, not in
+        HELLO_TIMEOUT, while a peer that says hello is read long before (and a burst of them is not dropped for
+        being many). Over TLS, asyncio shakes hands before we see the connection: that wait is not counted."""
+        now = time.monotonic()
+        self.pending[conn] = now
+        while len(self.pending) > MAX_PENDING:
+            oldest, since = next(iter(self.pending.items()))
+            if now - since <= HELLO_TIMEOUT_SHORT:
+                return
+            del self.pending[oldest]
+            oldest.writer.transport.abort()  # its recv() in Dispatcher._hello ends
 
 
 class JsonPrefix:
@@ -150,18 +178,16 @@ class Dispatcher:
     def __init__(
         self,
         state: StateDir,
-        host: str = "127.0.0.1",
-        port: int = 0,
+        tcp: p.TcpAddress | None = None,
         heartbeat_timeout: float = 5.0,
         max_attempts: int = 3,
         repo_url: str = "",
         tls: ssl.SSLContext | None = None,
-        sock: socket.socket | None = None,
+        socks: list[socket.socket] | None = None,
     ):
         self.state = state.ensure()
-        self.host = host
-        self.port = port
-        self.sock = sock  # a listening socket bound for us (by a supervisor), used instead of host and port
+        self.tcp = tcp  # listened on besides the Unix socket in the state dir, for components on other machines
+        self.socks = socks or []  # listening sockets bound for us (by a supervisor), used instead of binding
         self.heartbeat_timeout = heartbeat_timeout
         self.max_attempts = max_attempts
         self.repo_url = repo_url
@@ -192,17 +218,18 @@ class Dispatcher:
         self._flush_waiters: list[asyncio.Future] = []
         self._logs: dict[int, object] = {}
         self._log_executor = None
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._bound_socket_file = False  # whether we made state.socket (and remove it at stop)
         self._tasks: set[asyncio.Task] = set()
         self._handlers: set[asyncio.Task] = set()
         self._lock_fd: int | None = None
         self._restart_grace_until = 0.0
         self._closing = False
-        self.address = ""
+        self.addresses: list[p.Address] = []
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> str:
+    async def start(self) -> None:
         self._lock_fd = os.open(self.state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -219,21 +246,26 @@ class Dispatcher:
         self._load(snap)
         for job_id, size in (await asyncio.to_thread(self._running_log_sizes)).items():
             self.jobs[job_id].log_size = size
-        if self.sock is not None:
-            where = {"sock": self.sock}
-        else:
-            where = {"host": self.host, "port": self.port, "reuse_address": True}
-        self._server = await asyncio.start_server(
-            self._handle, **where, limit=p.READ_LIMIT, ssl=self.tls,
-            ssl_handshake_timeout=5.0 if self.tls else None,
-        )
-        sock = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
-        self.address = p.address_of(sock)
-        self.state.write_address(self.address)
+        _more_descriptors()
+        for sock in self.socks or self._bind():
+            tls = None if sock.family == socket.AF_UNIX else self.tls
+            self._servers.append(await asyncio.start_server(
+                functools.partial(self._handle, Door(tls)), sock=sock, limit=p.READ_LIMIT, backlog=p.BACKLOG,
+                ssl=tls, ssl_handshake_timeout=HELLO_TIMEOUT if tls else None,
+            ))
+            self.addresses.append(p.UnixAddress(str(self.state.socket)) if sock.family == socket.AF_UNIX
+                                  else p.address_of(sock))
+        self.addresses.sort(key=lambda address: isinstance(address, p.TcpAddress))  # the Unix socket first
+        self.state.write_addresses([str(address) for address in self.addresses])
         self._spawn(self._watch_heartbeats())
-        log.info("dispatcher listening on %s (state %s)", self.address, self.state.path)
-        return self.address
+        log.info("dispatcher listening on %s (state %s)", ", ".join(map(str, self.addresses)), self.state.path)
+
+    def _bind(self) -> list[socket.socket]:
+        """The Unix socket in the state dir (we hold the lock: a socket file there is a stale one), and the TCP
+        address if we have one."""
+        socks = p.listeners(str(self.state.socket), self.tcp)
+        self._bound_socket_file = True
+        return socks
 
     def _load(self, snap) -> None:
         self.repo_url = self.repo_url or snap.meta.get("repo_url", "")
@@ -268,14 +300,12 @@ class Dispatcher:
                     sizes[job.id] = 0
         return sizes
 
-    async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
-
     async def stop(self) -> None:
         self._closing = True  # runners dropping now keep their jobs: they may reconnect to our successor
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
+        if self._bound_socket_file:
+            p.remove_socket_file(str(self.state.socket))
         for sess in self.runners.values():
             if sess.conn is not None:
                 sess.conn.writer.close()
@@ -361,30 +391,14 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ connections
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, door: Door, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = p.Connection(reader, writer)
         peer = conn.peer
-        ip = peer.rpartition(":")[0]
-        if not self.limiter.allow(ip):
-            if self.limiter.should_log(ip):
-                log.warning("refused %s: too many connection attempts", peer)
-            writer.close()
-            return
         self._handlers.add(asyncio.current_task())
         session: RunnerSession | None = None
         try:
-            hello = await asyncio.wait_for(conn.recv(p.MAX_HELLO), 5.0)
+            hello = await self._hello(door, conn)
             if hello is None:
-                return
-            if not isinstance(hello, p.Hello):
-                raise p.ProtocolError(f"expected hello, got {type(hello).__name__}")
-            if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
-                self.limiter.penalise(ip)
-                log.warning("refused %s: wrong token", peer)
-                await conn.send(p.Refused(reason="wrong token"))
-                return
-            if hello.version != p.PROTOCOL_VERSION:
-                await conn.send(p.Refused(reason=f"protocol version {hello.version} is not {p.PROTOCOL_VERSION}"))
                 return
             if hello.role == "runner":
                 session = await self._register_runner(conn, hello)
@@ -397,8 +411,6 @@ class Dispatcher:
                 await self._serve_control(conn)
         except p.ProtocolError as exc:
             log.warning("closing connection from %s: %s", peer, exc)
-        except asyncio.TimeoutError:
-            log.warning("closing connection from %s: no hello within 5 s", peer)
         except (ConnectionError, OSError) as exc:
             log.info("connection from %s dropped: %s", peer, exc)
         except asyncio.CancelledError:
@@ -410,6 +422,46 @@ class Dispatcher:
             if session is not None and session.conn is conn:
                 self._runner_gone(session, "connection closed")
             await conn.close()
+
+    async def _hello(self, door: Door, conn: p.Connection) -> p.Hello | None:
+        """The peer's hello if it has the token and our protocol version; otherwise None, with the peer told why
+        where that helps it, and a failed handshake charged to its address (see ``RateLimiter``)."""
+        source = conn.source
+        door.admit(conn)
+        timeout = HELLO_TIMEOUT_SHORT if self.limiter.failing(source) else HELLO_TIMEOUT
+        problem = None
+        try:
+            hello = await asyncio.wait_for(conn.recv(p.MAX_HELLO), timeout)
+        except asyncio.TimeoutError:
+            hello, problem = None, f"no hello within {timeout:g} s"
+        except p.ProtocolError as exc:
+            hello, problem = None, str(exc)
+        except (ConnectionError, OSError) as exc:
+            hello, problem = None, f"dropped before its hello: {exc}"
+        finally:
+            dropped = conn not in door.pending
+            door.pending.pop(conn, None)
+        if dropped:
+            hello = None
+            problem = f"no hello within {HELLO_TIMEOUT_SHORT:g} s while over {MAX_PENDING} connections waited"
+        if hello is not None and not isinstance(hello, p.Hello):
+            problem = f"expected hello, got {type(hello).__name__}"
+        if not isinstance(hello, p.Hello):
+            self.limiter.failed(source)
+            # Connecting and closing (a port scan, a health check) is not worth a line.
+            if problem is not None and self.limiter.should_log(source):
+                log.warning("closing connection from %s: %s", conn.peer, problem)
+            return None
+        if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
+            self.limiter.failed(source, wrong_token=True)
+            if self.limiter.should_log(source):
+                log.warning("refused %s: wrong token", conn.peer)
+            await conn.send(p.Refused(reason="wrong token"))
+            return None
+        if hello.version != p.PROTOCOL_VERSION:
+            await conn.send(p.Refused(reason=f"protocol version {hello.version} is not {p.PROTOCOL_VERSION}"))
+            return None
+        return hello
 
     # ------------------------------------------------------------------ observer
 
@@ -523,6 +575,8 @@ class Dispatcher:
 
     async def _output(self, session: RunnerSession, msg: p.Output) -> None:
         if not self._owns(session, msg.job_id, msg.attempt):
+            if session.taken_back == (msg.job_id, msg.attempt):
+                return  # sent before the runner heard that we took the job back
             raise p.ProtocolError(f"output for job {msg.job_id} attempt {msg.attempt}, which is not this runner's")
         job = self.jobs[msg.job_id]
         have = job.log_size
@@ -586,12 +640,16 @@ class Dispatcher:
         job.error = msg.error or (f"timed out after {msg.duration_s:.0f} s" if msg.timed_out else "")
         self._finish(job, state, outcome, job.error)
         await self.durable()
-        # Idle only now, right before the ack goes out: nothing may be assigned ahead of the ack.
-        session.info.state, session.info.job = "idle", None
         session.info.jobs_done += 1
+        self._idle(session)
+        return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=True)
+
+    def _idle(self, session: RunnerSession) -> None:
+        """Free the runner: only right before the ack that drops its job goes out, so that nothing can be
+        assigned ahead of it."""
+        session.info.state, session.info.job = "idle", None
         session.idle_since = time.monotonic()
         self._publish("runner.idle", runner=session.info)
-        return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=True)
 
     def _finish(self, job: p.JobInfo, state: str, outcome: str, reason: str) -> None:
         job.state = state
@@ -621,7 +679,7 @@ class Dispatcher:
         else:
             log.warning("runner %s lost: %s", info.name, reason)
         self._publish("runner.left" if left else "runner.lost", runner=info, message=reason)
-        if job_id is not None:
+        if job_id is not None and self.jobs[job_id].state == "running":  # not finished while its ack was on disk
             self._requeue(self.jobs[job_id], reason if left else "runner lost")
         self._dispatch()
 
@@ -722,8 +780,9 @@ class Dispatcher:
             elif isinstance(msg, p.StatusRequest):
                 await conn.send(self._status(msg.limit))
             elif isinstance(msg, p.RerunRequest):
-                await conn.send(self._rerun(msg.commit))
+                reply = self._rerun(msg.commit)
                 await self.durable()
+                await conn.send(reply)
                 self._dispatch()
             elif isinstance(msg, p.CancelRequest):
                 await conn.send(await self._cancel(msg.job_id))
@@ -789,12 +848,36 @@ class Dispatcher:
             await self.durable()
             return p.Reply(ok=True, message=f"job {job_id} cancelled", job=job)
         if job.state == "running":
-            self.cancel_requested.add(job_id)
+            if job_id not in self.cancel_requested:
+                self.cancel_requested.add(job_id)
+                self._spawn(self._take_back(job_id, job.attempts))
             session = self.runners.get(job.runner or "")
             if session is not None and session.conn is not None:
                 await session.conn.send(p.CancelJob(job_id=job_id))
             return p.Reply(ok=True, message=f"job {job_id} is being cancelled on {job.runner}", job=job)
         return p.Reply(ok=False, message=f"job {job_id} has already finished ({job.state})", job=job)
+
+    async def _take_back(self, job_id: int, attempt: int) -> None:
+        """End a cancelled job ourselves if its runner has not within ``CANCEL_GRACE`` (its handling of the job
+        died, or it is stuck), and have the runner drop it: else the job stays running and the runner busy."""
+        await asyncio.sleep(CANCEL_GRACE)
+        job = self.jobs[job_id]
+        if job.state != "running" or job.attempts != attempt:
+            return
+        reason = f"{job.runner} had not ended it {CANCEL_GRACE:g} s after the cancel; the dispatcher took it back"
+        log.warning("job %s: %s", job_id, reason)
+        session = self.runners.get(job.runner or "")
+        self._close_log_later(job_id)
+        self._finish(job, "cancelled", "cancelled", reason)
+        if session is None or session.conn is None or session.info.job != job_id:
+            return  # the runner is away: when it comes back, it is told that the job is no longer its own
+        conn = session.conn
+        session.taken_back = (job_id, attempt)
+        await self.durable()
+        if session.conn is conn and session.info.job == job_id:
+            self._idle(session)
+            conn.send_nowait(p.ResultAck(job_id=job_id, attempt=attempt, accepted=False, reason=reason))
+            self._dispatch()
 
     async def _stream(self, conn: p.Connection, sub_msg: p.Subscribe) -> None:
         """Send every event after the subscriber's cursor, then live ones; no gaps, no duplicates."""
@@ -831,6 +914,17 @@ class Dispatcher:
         return [self.recent[i] for i in range(start, min(len(self.recent), start + limit))]
 
 
+def _more_descriptors() -> None:
+    """Raise our limit on open files to what we may (often 1024 of 500,000): connections yet to say hello must
+    not use up the descriptors that peers with the token need (Door.admit bounds them by rate, not number)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def _truncate(path: Path) -> None:
     try:
         with open(path, "r+b") as fh:
@@ -849,20 +943,18 @@ def _merge(first: Batch, second: Batch) -> Batch:
     return first
 
 
-async def run_dispatcher(state: StateDir, host: str, port: int, **kwargs) -> None:
+async def run_dispatcher(state: StateDir, tcp: p.TcpAddress | None, **kwargs) -> None:
     """Run until cancelled or signalled (SIGINT/SIGTERM)."""
     import signal
 
-    dispatcher = Dispatcher(state, host, port, **kwargs)
+    dispatcher = Dispatcher(state, tcp, **kwargs)
     await dispatcher.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    serve = asyncio.ensure_future(dispatcher.serve_forever())
     try:
         await stop.wait()
     finally:
-        serve.cancel()
         await dispatcher.stop()
         log.info("dispatcher stopped")

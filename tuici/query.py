@@ -7,7 +7,6 @@ is the asyncio counterpart, for ``serve`` and the control center.
 from __future__ import annotations
 
 import os
-import socket
 from typing import BinaryIO
 
 from . import protocol as p
@@ -19,27 +18,34 @@ class NoDispatcher(Exception):
 
 
 def endpoint_for(state: StateDir, token: str | None = None) -> p.Endpoint:
-    """This repository's dispatcher (or $TUICI_DISPATCHER), joined with its token and the CA in $TUICI_TLS_CA."""
-    address = os.environ.get("TUICI_DISPATCHER") or state.address()
-    if not address:
+    """This repository's dispatcher (or $TUICI_DISPATCHER), joined with its token, and over TCP with the CA in
+    $TUICI_TLS_CA."""
+    text = os.environ.get("TUICI_DISPATCHER") or state.address()
+    if not text:
         raise NoDispatcher(f"no dispatcher has run for this repository ({state.path} has no address)")
-    host, port = p.parse_address(address)
-    # A dispatcher serving TLS (for runners on other hosts) is trusted through the CA in TUICI_TLS_CA.
     try:
-        tls = p.client_tls(os.environ.get("TUICI_TLS_CA"))
-    except OSError as exc:  # ssl.SSLError included
-        raise NoDispatcher(f"cannot load the CA file in TUICI_TLS_CA: {exc}") from None
-    return p.Endpoint(host, port, resolve_token(token, state), tls)
+        address = p.parse_address(text)
+    except ValueError as exc:
+        raise NoDispatcher(str(exc)) from None
+    tls = None
+    if isinstance(address, p.TcpAddress):
+        # A dispatcher serving TLS (for runners on other hosts) is trusted through the CA in TUICI_TLS_CA.
+        try:
+            tls = p.client_tls(os.environ.get("TUICI_TLS_CA"))
+        except OSError as exc:  # ssl.SSLError included
+            raise NoDispatcher(f"cannot load the CA file in TUICI_TLS_CA: {exc}") from None
+    return p.Endpoint(address, resolve_token(token, state), tls)
 
 
 class Query:
     """One control connection; ``request`` sends a message and returns the dispatcher's reply."""
 
     def __init__(self, endpoint: p.Endpoint, timeout: float = 5.0):
+        address = endpoint.address
         try:
-            sock = socket.create_connection((endpoint.host, endpoint.port), timeout)
-            if endpoint.tls is not None:
-                sock = endpoint.tls.wrap_socket(sock, server_hostname=endpoint.host)
+            sock = p.connect(address, timeout)
+            if endpoint.tls is not None and isinstance(address, p.TcpAddress):
+                sock = endpoint.tls.wrap_socket(sock, server_hostname=address.host)
         except OSError as exc:
             raise NoDispatcher(f"no dispatcher answers at {endpoint} ({exc})") from None
         self._sock = sock

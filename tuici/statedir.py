@@ -1,4 +1,4 @@
-"""Where a repository's tuici state lives: database, logs, token and the dispatcher's address.
+"""Where a repository's tuici state lives: database, logs, token, the dispatcher's socket and its addresses.
 
 By default that is ``<repo>/.git/tuici/`` so that it never dirties the work tree.
 """
@@ -73,6 +73,11 @@ class StateDir:
         return self.path / "address"
 
     @property
+    def socket(self) -> Path:
+        """The dispatcher's Unix socket, which local components use (see ``protocol.UnixAddress``)."""
+        return self.path / "dispatcher.sock"
+
+    @property
     def lock_file(self) -> Path:
         return self.path / "dispatcher.lock"
 
@@ -92,15 +97,21 @@ class StateDir:
             fh.write(token + "\n")
         return token
 
-    def address(self) -> str | None:
+    def addresses(self) -> list[str]:
+        """Every address the dispatcher serves on, one a line: the one for local components first (its Unix
+        socket), then any TCP address it was told to listen on for other machines."""
         try:
-            return self.address_file.read_text().strip() or None
+            return [line for line in self.address_file.read_text().splitlines() if line]
         except FileNotFoundError:
-            return None
+            return []
 
-    def write_address(self, address: str) -> None:
+    def address(self) -> str | None:
+        """The address local components use, once the dispatcher serves."""
+        return next(iter(self.addresses()), None)
+
+    def write_addresses(self, addresses: list[str]) -> None:
         tmp = self.address_file.with_suffix(".tmp")
-        tmp.write_text(address + "\n")
+        tmp.write_text("".join(f"{address}\n" for address in addresses))
         tmp.replace(self.address_file)
 
 

@@ -78,7 +78,7 @@ class Supervisor:
         runners: int = 1,
         on_event: Callable[[str, str, str], None] | None = None,
         dispatcher_args: list[str] | None = None,
-        listen: str = "127.0.0.1:0",
+        listen: str | None = None,
         runner_args: list[str] | None = None,
     ):
         self.repo = repo
@@ -87,14 +87,14 @@ class Supervisor:
         self.on_event = on_event or (lambda kind, name, message: None)
         self.dispatcher_args = dispatcher_args or []
         self.runner_args = runner_args or []
-        self.listen = listen
+        self.listen = listen  # a TCP address for components on other machines; local ones use the Unix socket
         self.runners_dir = repo_cache(self.state.path.parent) / "runners"
         if self.runners_dir.is_relative_to(repo.resolve()):
             raise SupervisorError(f"tuici's cache {self.runners_dir} is inside the repository {repo}: a job's "
                                   "checkout must not be; set TUICI_CACHE_DIR to a directory elsewhere")
         self.children: dict[str, Child] = {}
-        self.address = ""
-        self._listener: socket.socket | None = None  # the dispatcher's, held for its restarts
+        self.address = str(p.UnixAddress(str(self.state.socket)))  # what the components we start connect to
+        self._listeners: list[socket.socket] = []  # the dispatcher's, held for its restarts
         self._next_runner = 1
         self._stopping = False
         self._sweeper: asyncio.Task | None = None
@@ -105,9 +105,9 @@ class Supervisor:
     async def start(self) -> str:
         """Start every process at once and return the dispatcher's address once it serves.
 
-        We bind the dispatcher's socket and hand it down, so the others need not wait for the dispatcher to
+        We bind the dispatcher's sockets and hand them down, so the others need not wait for the dispatcher to
         be up: they connect while it starts (into the socket's backlog) and are taken in as soon as it is.
-        A restarted dispatcher gets the same socket: clients wait for it instead of being refused.
+        A restarted dispatcher gets the same sockets: clients wait for it instead of being refused.
         """
         await self.spawn_dispatcher()
         await self.spawn_workers()
@@ -120,8 +120,7 @@ class Supervisor:
             raise SupervisorError(f"a dispatcher is already running for {self.repo} at {self.state.address()}")
         self.state.address_file.unlink(missing_ok=True)  # the dispatcher writes it when it serves
         self.state.token(create=True)
-        self._listener = self._bind()
-        self.address = p.address_of(self._listener)
+        self._listeners = self._bind()
         await self._spawn(self._child("dispatcher", "dispatcher", self._dispatcher_argv()))
 
     async def spawn_workers(self) -> None:
@@ -167,8 +166,10 @@ class Supervisor:
         await asyncio.gather(*(self._terminate(c) for c in others))
         if "dispatcher" in self.children:
             await self._terminate(self.children["dispatcher"])
-        if self._listener is not None:
-            self._listener.close()
+        if self._listeners:
+            p.remove_socket_file(str(self.state.socket))
+        for sock in self._listeners:
+            sock.close()
         kill_descendants()
 
     def signal_child(self, name: str, sig: int) -> None:
@@ -183,21 +184,28 @@ class Supervisor:
         self.children[name] = child
         return child
 
-    def _bind(self) -> socket.socket:
+    def _bind(self) -> list[socket.socket]:
+        """The dispatcher's Unix socket in the state dir, and a TCP socket if we were given an address."""
+        tcp = None
+        if self.listen is not None:
+            try:
+                tcp = p.parse_address(self.listen)
+            except ValueError as exc:
+                raise SupervisorError(str(exc)) from None
+            if not isinstance(tcp, p.TcpAddress):
+                raise SupervisorError(f"the dispatcher listens on {self.state.socket} anyway; --listen takes HOST:PORT")
         try:
-            host, port = p.parse_address(self.listen)
-        except ValueError as exc:
-            raise SupervisorError(str(exc)) from None
-        try:
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            return socket.create_server((host, port), family=family)
+            return p.listeners(str(self.state.socket), tcp)
         except OSError as exc:
-            raise SupervisorError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
+            raise SupervisorError(f"cannot listen on {exc.filename}: {exc.strerror}") from None
 
     def _dispatcher_argv(self) -> list[str]:
-        return [sys.executable, "-m", "tuici", "dispatcher", "--listen", self.address,
-                "--listen-fd", str(self._listener.fileno()), "--state", str(self.state.path),
-                "--repo", str(self.repo), *self.dispatcher_args]
+        argv = [sys.executable, "-m", "tuici", "dispatcher", "--state", str(self.state.path), "--repo", str(self.repo)]
+        for sock in self._listeners:
+            argv += ["--listen-fd", str(sock.fileno())]
+            if sock.family != socket.AF_UNIX:
+                argv += ["--listen", str(p.address_of(sock))]
+        return argv + self.dispatcher_args
 
     def _component_argv(self, kind: str, *args: str) -> list[str]:
         return [sys.executable, "-m", "tuici", kind, *args, "--dispatcher", self.address,
@@ -212,7 +220,8 @@ class Supervisor:
             # spawn with vfork, about a fifth of the time of a fork, while the others start.
             child.proc = await asyncio.create_subprocess_exec(
                 *child.argv, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
-                start_new_session=True, pass_fds=(self._listener.fileno(),) if child.kind == "dispatcher" else (),
+                start_new_session=True,
+                pass_fds=[sock.fileno() for sock in self._listeners] if child.kind == "dispatcher" else (),
             )
         finally:
             logfile.close()
