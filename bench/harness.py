@@ -373,9 +373,9 @@ class Cluster:
         self._spawn("observer", "observer", str(self.repo.path), "--dispatcher", self.address,
                     "--state", str(self.repo.state_path))
 
-    def start_runner(self, name: str) -> None:
+    def start_runner(self, name: str, *args: str) -> None:
         self._spawn(name, "runner", "--dispatcher", self.address, "--state", str(self.repo.state_path),
-                    "--name", name, "--workdir", str(self.workdir / "runners" / name))
+                    "--name", name, "--workdir", str(self.workdir / "runners" / name), *args)
 
     @property
     def ctl(self) -> Ctl:

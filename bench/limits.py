@@ -78,6 +78,16 @@ def spawn_ms(command: str, repeats: int = 20, cwd: Path | None = None) -> dict[s
     return summarize(samples)
 
 
+def argv_ms(argv: list[str], repeats: int) -> dict[str, float]:
+    """Spawn-to-exit time of a command, run ``repeats`` times."""
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return summarize(samples)
+
+
 def stamp_delay_ms(stampdir: Path, repeats: int = 20) -> dict[str, float]:
     """How long after spawning `/bin/sh -c 'date +%s%N > file'` its timestamp says it started."""
     samples = []

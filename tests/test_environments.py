@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cluster, GitRepo, wait_for
+from conftest import Cluster, wait_for
 
 
 def make_wheel(folder: Path, name: str, version: str, code: str) -> Path:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import _env, _wait_or_kill, events, tcp_address, tuici, wait_for
-from tuici.sandbox import Sandbox
+from tuici.runner.sandbox import find_bwrap, probe
 
 # What the job runs: it tries the dispatcher's Unix socket, then connects to its TCP port and closes, over and over.
 JOB_FLOOD = """\
@@ -123,7 +123,7 @@ def test_floods_of_connections_from_a_job_and_from_another_process_delay_no_stat
     finished = next(e["job"] for e in events(serve) if e.get("kind") == "job.finished" and e["job"]["id"] == job_id)
     assert finished["state"] == "cancelled"
     output = log.read_text()
-    assert "unix socket: reached" not in output or Sandbox().probe() is not None, output[:300]
+    assert "unix socket: reached" not in output or probe(find_bwrap()) is not None, output[:300]
     # Thousands of failed handshakes, and a log that did not grow by a line for each.
     lines = state.component_log("dispatcher").read_text().count("closing connection from 127.0.0.1")
     assert lines < 200

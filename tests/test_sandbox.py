@@ -4,6 +4,7 @@ caches, background processes, hostile configs, signals to tuici's processes, and
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -259,3 +260,42 @@ def test_network_false_leaves_the_job_only_its_own_loopback(repo, cluster):
         server.close()
         for conn in accepted:
             conn.close()
+
+
+def test_what_a_job_leaves_in_its_junit_dir_and_checkout_never_reaches_the_next_job(repo, cluster):
+    """A FIFO named like a file the next job writes (git clean passes FIFOs over), a directory where the next
+    job's JUnit XML goes, an unreadable JUnit dir: the next job, on another branch, is untouched by all of it."""
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    litter = ("mkfifo output.txt conftest.py; "
+              "for i in $(seq $TUICI_JOB_ID $((TUICI_JOB_ID + 20))); do mkdir -p $(dirname $TUICI_JUNIT_XML)/$i.xml; done; "
+              "chmod 000 $(dirname $TUICI_JUNIT_XML); echo littered")
+    sha = repo.commit("litter", config=toml_command(litter))
+    assert "littered" in cluster.log_of(cluster.wait_job(sha).id)
+    repo.git("checkout", "-q", "-b", "clean")
+    tests = {"test_write.py": "def test_write():\n    open('output.txt', 'w').write('x')\n"}
+    sha = repo.commit("writes output.txt", files=tests, config=toml_command("python -m pytest -q", timeout=30))
+    job = cluster.wait_job(sha)
+    assert (job.state, job.passed, job.failed) == ("passed", 1, 0), cluster.log_of(job.id)
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_a_setup_cannot_make_the_runner_write_through_a_link(repo, cluster, outside, mode):
+    """setup may write anything into its environment: a link planted where the runner keeps its own record of
+    the environment would make the runner write through it, outside the sandbox."""
+    if mode == "on" and SANDBOX_PROBLEM is not None:
+        pytest.skip(f"this machine cannot build the sandbox: {SANDBOX_PROBLEM}")
+    canary = outside / "canary.txt"
+    canary.write_text("original")
+    canary.chmod(0o666)
+    plant = "; ".join(f'ln -sf {canary} "$VIRTUAL_ENV/{name}"' for name in
+                      (".tuici-ready", "pyvenv.cfg.tmp", "bin/activate.tmp")) + "; echo planted"
+    cluster.start_observer()
+    cluster.start_runner("r1", "--sandbox", mode)
+    sha = repo.commit("plant a link", config=f'setup = {json.dumps(plant)}\ncommand = "true"\ntimeout = 60\n')
+    job = cluster.wait_job(sha, timeout=60)
+    assert job.state == "passed" and "planted" in cluster.log_of(job.id), cluster.log_of(job.id)
+    again = cluster.wait_job(repo.commit("reuse it"), timeout=60)
+    assert again.state == "passed" and again.env_reused
+    assert canary.read_text() == "original"

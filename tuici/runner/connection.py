@@ -78,7 +78,7 @@ class Runner:
 
     async def run(self) -> None:
         become_subreaper()
-        (self.workdir / "junit").mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.workdir / "runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_LIMIT = 10 * 1024**3  # bytes of environments and package caches kept, over every repository
-READY = ".tuici-ready"  # written into an environment once its setup succeeded: its size in bytes
+# ``envs/<key>.ready``, written once an environment's setup succeeded: its size in bytes. Beside the environment,
+# never in it: setup can write there (a link planted in its place would make us write through it).
 
 
 def find_uv() -> str | None:
@@ -116,8 +117,11 @@ class EnvCache:
         lease.exclusive()
         return lease
 
+    def _marker(self, spec: EnvSpec) -> Path:
+        return self.envs / f"{spec.key}.ready"
+
     def ready(self, spec: EnvSpec) -> bool:
-        marker = self.env_dir(spec) / READY
+        marker = self._marker(spec)
         if not marker.is_file():
             return False
         os.utime(marker)  # recently used
@@ -125,14 +129,14 @@ class EnvCache:
 
     def start(self, spec: EnvSpec) -> Path:
         """An empty directory for the environment (a half-made one from a failed setup is removed)."""
+        self._marker(spec).unlink(missing_ok=True)
         path = self.env_dir(spec)
         _remove_tree(path)
         path.mkdir(parents=True)
         return path
 
     def finish(self, spec: EnvSpec) -> None:
-        path = self.env_dir(spec)
-        (path / READY).write_text(str(_size(path)))
+        self._marker(spec).write_text(str(_size(self.env_dir(spec))))
 
     def discard(self, spec: EnvSpec) -> None:
         _remove_tree(self.env_dir(spec))
@@ -143,7 +147,7 @@ class EnvCache:
         if self.envs.is_dir():
             for lock in self.envs.glob("*.lock"):
                 path = lock.with_suffix("")
-                marker = path / READY
+                marker = lock.with_suffix(".ready")
                 try:
                     entries.append((marker.stat().st_mtime, int(marker.read_text() or 0), path, lock))
                 except (OSError, ValueError):
@@ -167,6 +171,7 @@ class EnvCache:
                     os.close(fd)
                     continue  # in use
                 try:
+                    marker.unlink(missing_ok=True)
                     _remove_tree(path)
                 finally:
                     os.close(fd)
@@ -178,6 +183,7 @@ class EnvCache:
 
 
 def _size(path: Path) -> int:
+    """Bytes on disk below ``path`` (links are counted, never followed)."""
     total = 0
     for folder, _, files in os.walk(path):
         for name in files:

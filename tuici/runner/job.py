@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 from .. import config as cfg
 from .. import protocol as p
@@ -34,7 +34,8 @@ DRAIN = 1.0  # seconds the output of what a command left running may still be re
 # Inherited settings that would point a job with its own environment at the developer's Python instead.
 SHELL_PYTHON = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONSTARTUP", "PYTHONUSERBASE")
 
-Step = Literal["environment", "setup", "tests"]
+# Sockets of the user's session that would let the code under test act as the user outside the sandbox.
+AGENT_SOCKETS = ("SSH_AUTH_SOCK", "DBUS_SESSION_BUS_ADDRESS", "GPG_AGENT_INFO", "DOCKER_HOST", "XDG_RUNTIME_DIR")
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,6 @@ class RunnerPlaces:
     bwrap: str | None  # None: no sandbox
     unsandboxed_because: str | None
     uv: str | None
-
-    @property
-    def junit_dir(self) -> Path:
-        return self.workdir / "junit"
 
     @property
     def shims(self) -> Path:
@@ -142,7 +139,6 @@ class Job:
             if not config.network:
                 self.say("network = false needs the sandbox: this job has the network")
         junit = f"{view.junit}/{a.job_id}.xml"
-        (self.places.junit_dir / f"{a.job_id}.xml").unlink(missing_ok=True)
         if config.setup is not None:
             tracked = await asyncio.to_thread(self.workspace.tracked, a.commit)
             self.spec = EnvSpec(repo=a.repo_url, branch=a.branch, python=config.python or _default_python(),
@@ -175,7 +171,7 @@ class Job:
             self.write(f"\ntuici: timed out after {config.timeout:g} s; killed\n".encode())
         elif sections and not self.control.cancelled:
             self._section(f"tests ended in {took:.1f} s, exit code {out.exit_code}")
-        out.counts = await asyncio.to_thread(junit_counts, [self.places.junit_dir / f"{a.job_id}.xml"])
+        out.counts = await asyncio.to_thread(junit_counts, [self.workspace.junit / f"{a.job_id}.xml"])
 
     # ------------------------------------------------------------------ environment
 
@@ -250,7 +246,7 @@ class Job:
         if places.bwrap is not None:
             return View(source=f"{ROOT}/{_source_name(self.a.repo_url)}", env=f"{ROOT}/env", junit=f"{ROOT}/junit",
                         uv=f"{ROOT}/bin/uv" if places.uv else None, shims=f"{ROOT}/shims", packages=f"{ROOT}/packages")
-        return View(source=str(self.workspace.checkout), env="", junit=str(places.junit_dir), uv=places.uv,
+        return View(source=str(self.workspace.checkout), env="", junit=str(self.workspace.junit), uv=places.uv,
                     shims=str(places.shims), packages="")
 
     def _sandbox(self, config: cfg.RepoConfig, view: View, exposed: list[Path], setup: bool,
@@ -263,7 +259,7 @@ class Job:
             binds.append(Binding(objects, f"{ROOT}/.repo-objects"))
         if self.keeps_pytest_cache:
             binds.append(Binding(self._pytest_cache(), f"{view.source}/.pytest_cache", writable=True))
-        binds.append(Binding(places.junit_dir, view.junit, writable=True))
+        binds.append(Binding(ws.junit, view.junit, writable=True))
         if self.spec is not None:
             binds.append(Binding(places.envs.env_dir(self.spec), view.env, writable=setup))
         if setup:
@@ -273,7 +269,7 @@ class Job:
                 binds.append(Binding(Path(places.uv), view.uv))
                 binds.append(Binding(places.shims, view.shims))
         binds += [Binding(path, str(path)) for path in exposed]
-        return Sandbox(hide=places.hide + self._repo_dirs(), binds=tuple(binds),
+        return Sandbox(hide=places.hide + self._repo_dirs() + _session_dirs(), binds=tuple(binds),
                        network=setup or config.network, fresh_tmp=ws.tmp, fresh_cache=(ws.cache, _user_cache()))
 
     def _repo_dirs(self) -> tuple[Path, ...]:
@@ -325,6 +321,8 @@ class Job:
         env.setdefault("PATH", os.defpath)
         if self.places.bwrap is not None:
             env.update(TMPDIR="/tmp", PWD=view.source)
+            for name in AGENT_SOCKETS:  # hidden in the sandbox: pointing at them would only mislead
+                env.pop(name, None)
         env.update(config.env)
         addopts = env.get("PYTEST_ADDOPTS", "")
         env.update(CI="true", TUICI_COMMIT=a.commit, TUICI_BRANCH=a.branch, TUICI_JOB_ID=str(a.job_id),
@@ -347,9 +345,16 @@ class Job:
         control = self.control
         if control.cancelled:
             return None, False
+        pass_fds: tuple[int, ...] = ()
         if sandbox is not None:
             assert self.places.bwrap is not None
-            argv = sandbox.argv(argv, inner_cwd, self.places.bwrap)
+            # bwrap's arguments through a descriptor: its command line, visible inside as PID 1's, names the
+            # hidden paths.
+            args = sandbox.argv(argv, inner_cwd, self.places.bwrap)
+            options = args.index("--")
+            fd = _args_fd(args[1:options])
+            pass_fds = (fd,)
+            argv = [args[0], "--args", str(fd), *args[options:]]
             cwd = self.places.workdir
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
@@ -359,9 +364,12 @@ class Job:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+                pass_fds=pass_fds,
             )
         finally:
             control.spawning = False
+            for fd in pass_fds:
+                os.close(fd)
         control.pgid = proc.pid  # a cancel during the spawn has set control.stop: the wait ends at once
         reader = asyncio.ensure_future(self._pump(proc.stdout))
         exited = asyncio.ensure_future(_exit_of(proc))
@@ -468,6 +476,13 @@ def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
 # ---------------------------------------------------------------------- helpers
 
 
+def _session_dirs() -> tuple[Path, ...]:
+    """The user's session runtime dirs, with their sockets (D-Bus, agents, a rootless container engine): a
+    read-only bind would not stop a connect()."""
+    dirs = {Path("/run/user"), Path(os.environ["XDG_RUNTIME_DIR"]) if os.environ.get("XDG_RUNTIME_DIR") else None}
+    return tuple(sorted(d for d in dirs if d is not None))
+
+
 def _default_python() -> str:
     return getattr(sys, "_base_executable", None) or sys.executable
 
@@ -487,6 +502,20 @@ def _branch_dir(branch: str) -> str:
 
 def _user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+
+
+def _args_fd(args: list[str]) -> int:
+    """A descriptor to read options from, NUL-separated (bwrap's ``--args``; the command stays on the line)."""
+    data = b"".join(os.fsencode(arg) + b"\0" for arg in args)
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("bwrap-args")
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+    read, write = os.pipe()
+    os.write(write, data)  # bwrap's arguments are far below a pipe's buffer
+    os.close(write)
+    return read
 
 
 def _link(link: Path, target: Path) -> None:

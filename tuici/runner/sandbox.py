@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = "/tuici"  # where a job's own files appear inside its sandbox
+# Machine-wide sockets through which a job could act outside its sandbox (a container engine runs anything as
+# anyone): covered with /dev/null. Suites that need them run with --sandbox off.
+SYSTEM_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "/run/podman/podman.sock", "/run/containerd/containerd.sock")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class Sandbox:
                   and not any(path != other and path.is_relative_to(other) for other in self.hide)]
         for path in hidden:
             args += ["--tmpfs", path]
+        for socket in SYSTEM_SOCKETS:
+            if os.path.exists(socket) and not os.path.islink(socket):
+                args += ["--ro-bind", "/dev/null", socket]
         for bind in self.binds:
             args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), bind.target]
         for path in hidden:

@@ -45,6 +45,7 @@ class Workspace:
         self.objects_link = root / ".repo-objects"
         self.tmp = root / "tmp"
         self.cache = root / "cache"  # the job's fresh cache dir (~/.cache)
+        self.junit = root / "junit"  # where the job writes its JUnit XML, also emptied between jobs
         self._url: str | None = None
         self._config = b""  # the clone's config as we wrote it
         self._dirty = True
@@ -90,7 +91,7 @@ class Workspace:
             except subprocess.CalledProcessError as exc:
                 raise JobError(f"cannot check out {sha} cleanly: {_text(exc.stderr)}") from None
             self._dirty = True
-            for path in (self.tmp, self.cache):
+            for path in (self.tmp, self.cache, self.junit):
                 _empty_dir(path)
             return self.checkout
 
@@ -134,7 +135,8 @@ class Workspace:
                 _remove(self.checkout)
                 self.checkout.mkdir()
                 self.git("reset", "--quiet", check=False)
-            for path in (self.tmp, self.cache):
+            _remove_special_files(self.checkout)
+            for path in (self.tmp, self.cache, self.junit):
                 _empty_dir(path)
 
     def tracked(self, sha: str) -> list[tuple[str, str, str]]:
@@ -216,6 +218,28 @@ def _remove(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path, onerror=make_writable)
+
+
+def _remove_special_files(top: Path) -> None:
+    """Remove the FIFOs, sockets and device nodes a job left in its checkout: ``git clean`` passes them over,
+    and the next job, of any branch, would open them (a FIFO named like a file it writes blocks it)."""
+    pending = [str(top)]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name == ".git" and folder == str(top):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif not entry.is_file(follow_symlinks=False) and not entry.is_symlink():
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def _empty_dir(path: Path) -> None:
