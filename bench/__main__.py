@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.rows:
             # One row's teardown (50 runners stopping, say) must not weigh on the next row's figures.
-            quiet = wait_quiet()
+            quiet = wait_quiet(timeout=2.0 if args.quick else 30.0)
             say(f"{name}: start (load {load_text()}; machine quiet after {quiet:.1f} s)")
             t0 = time.monotonic()
             meter = LoadMeter()

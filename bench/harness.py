@@ -11,8 +11,10 @@ re-parented to it and swept at the end.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ctypes
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -465,6 +468,27 @@ def cpu_seconds(pids: Iterable[int]) -> float:
         except psutil.Error:
             pass
     return total
+
+
+def make_wheel(folder: Path, name: str, version: str, code: str) -> Path:
+    """A pure-Python wheel of one module, written by hand: what an index would serve."""
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    files = {
+        f"{name}.py": code.encode(),
+        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                             b"Tag: py3-none-any\n",
+    }
+    record = []
+    for arcname, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{arcname},sha256={digest},{len(data)}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    files[f"{name}-{version}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for arcname, data in files.items():
+            zf.writestr(arcname, data)
+    return path
 
 
 def wait_quiet(busy_pct: float = 10.0, window: float = 0.5, timeout: float = 30.0) -> float:

@@ -10,7 +10,9 @@ import queue
 import random
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -23,7 +25,7 @@ from . import _bare_app as bare_app
 from . import limits
 from ._tty import Frame, Terminal
 from .harness import (PY, BenchError, Cluster, Figure, Procs, Profiler, Repo, RssSampler, cpu_seconds, git,
-                      summarize, wait_for, wait_quiet)
+                      make_wheel, summarize, wait_for, wait_quiet)
 
 
 # ---------------------------------------------------------------------- sizes and context
@@ -296,15 +298,26 @@ def environments(ctx: Context) -> list[Figure]:
     with_ns = limits.argv_ms(base, repeats)
     without_ns = limits.argv_ms(without_pid, repeats)
     pid_ns = with_ns["p50"] - without_ns["p50"]
-    # A cold environment: a new branch's first job, with an empty package cache, five dependencies.
-    repo = Repo(ctx.tmp / "env-cold-repo", f'setup = "pip install {COLD_DEPENDENCIES}"\n' + toml("true", 300),
-                files=10)
-    cluster = _cluster(ctx, "env-cold", repo, 1, runner_args=("--sandbox", "on"))
+    # A cold environment: a new branch's first job, with an empty package cache, five dependencies (from the
+    # package index; --quick: wheels made here, so that the smoke test needs no network).
+    names = COLD_DEPENDENCIES.split()
+    # Outside /tmp, which the job's sandbox replaces with its own.
+    wheels = Path(tempfile.mkdtemp(prefix="tuici-bench-wheels-", dir="/var/tmp"))
     try:
-        job = cluster.wait_jobs([repo.head()], timeout=300)[repo.head()]
-        log = (repo.state_path / "logs" / "jobs" / f"{job.id}.log").read_text(errors="replace")
+        if ctx.quick:
+            requirements = " ".join(str(make_wheel(wheels, f"bench_{name}", "1.0", "VALUE = 1\n")) for name in names)
+        else:
+            requirements = COLD_DEPENDENCIES
+        repo = Repo(ctx.tmp / "env-cold-repo", f'setup = "pip install {requirements}"\n' + toml("true", 300),
+                    files=10)
+        cluster = _cluster(ctx, "env-cold", repo, 1, runner_args=("--sandbox", "on"))
+        try:
+            job = cluster.wait_jobs([repo.head()], timeout=300)[repo.head()]
+            log = (repo.state_path / "logs" / "jobs" / f"{job.id}.log").read_text(errors="replace")
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
+        shutil.rmtree(wheels, ignore_errors=True)
     setup_s = re.search(r"── setup passed in ([0-9.]+) s ──", log)
     cold_note = "" if setup_s else f"job {job.state}: {job.error or log[-300:]}"
     sandbox_cost = on["p50"] - off["p50"]
@@ -321,9 +334,10 @@ def environments(ctx: Context) -> list[Figure]:
         Figure("environments", "environment reuse per job", "ms", reuse_cost, "<= 30 ms", reuse_cost <= 30,
                spread=f"reused p50 {reused['p50']:.1f}, no setup p50 {on['p50']:.1f}, n={reused['n']}",
                limit="0", stats=reused),
-        Figure("environments", f"cold uv environment, {len(COLD_DEPENDENCIES.split())} dependencies", "s",
+        Figure("environments", f"cold uv environment, {len(names)} dependencies", "s",
                float(setup_s.group(1)) if setup_s else None, "-", None, note=cold_note,
-               spread="one job; packages from the index, empty cache", limit="-"),
+               spread="one job, empty cache; " + ("local wheels (--quick)" if ctx.quick else "from the index"),
+               limit="-", error="" if setup_s else cold_note),
     ]
 
 

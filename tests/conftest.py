@@ -139,10 +139,10 @@ class Cluster:
         self.max_attempts = max_attempts
         self.address = ""
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "tuici", *args], stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL, env=_env(), start_new_session=True)
+                                stdin=subprocess.DEVNULL, env={**_env(), **(env or {})}, start_new_session=True)
         log.close()
         self.procs[name] = proc
         return proc
@@ -162,9 +162,9 @@ class Cluster:
         return self._spawn("observer", "observer", str(self.repo.path), "--dispatcher", self.address,
                            "--state", str(self.state.path))
 
-    def start_runner(self, name: str, *args: str) -> subprocess.Popen:
+    def start_runner(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         return self._spawn(name, "runner", "--dispatcher", self.address, "--state", str(self.state.path),
-                           "--name", name, "--workdir", str(self.tmp / "work" / name), *args)
+                           "--name", name, "--workdir", str(self.tmp / "work" / name), *args, env=env)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]

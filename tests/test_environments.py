@@ -4,35 +4,10 @@ real uv and a real package (a wheel the test builds, so that nothing is fetched 
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import zipfile
-from pathlib import Path
-
 import pytest
 
+from bench.harness import make_wheel
 from conftest import Cluster, wait_for
-
-
-def make_wheel(folder: Path, name: str, version: str, code: str) -> Path:
-    """A pure-Python wheel of one module, written by hand: what an index would serve."""
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    files = {
-        f"{name}.py": code.encode(),
-        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                             b"Tag: py3-none-any\n",
-    }
-    record = []
-    for arcname, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{arcname},sha256={digest},{len(data)}")
-    record.append(f"{name}-{version}.dist-info/RECORD,,")
-    files[f"{name}-{version}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
-    with zipfile.ZipFile(path, "w") as zf:
-        for arcname, data in files.items():
-            zf.writestr(arcname, data)
-    return path
 
 
 @pytest.fixture
@@ -127,6 +102,34 @@ def test_runners_at_once_make_one_environment_and_share_it(repo, tmp_path, wheel
         cluster.stop()
 
 
+def test_jobs_sharing_a_ready_environment_run_at_the_same_time(repo, tmp_path, wheels):
+    """Using an environment takes a shared lock: two runners' jobs in one environment overlap, not queue."""
+    shout = make_wheel(wheels, "shout", "1.0", "def shout(text):\n    return text + '!'\n")
+    cluster = Cluster(repo, tmp_path)
+    try:
+        cluster.start_dispatcher()
+        cluster.start_runner("r1")
+        cluster.start_runner("r2")
+        cluster.start_observer()
+        stamp = 'python -c \\"import time; print(\'at\', time.time())\\"'
+        config = _config("pip install -r requirements.txt").replace(
+            'command = "python check.py"', f'command = "{stamp}; sleep 3; {stamp}"')
+        first = repo.commit("ready", files={**SRC_LAYOUT, "requirements.txt": f"{shout}\n"}, config=config)
+        assert cluster.wait_job(first, timeout=120).state == "passed"
+        wait_for(lambda: len(cluster.status().runners) == 2, message="two runners")
+        one = repo.commit("one", files={"a.txt": "1\n"})
+        two = repo.commit("two", files={"b.txt": "2\n"})
+        jobs = [cluster.wait_job(sha, timeout=120) for sha in (one, two)]
+        assert all(job.state == "passed" and job.env_reused for job in jobs)
+        spans = []
+        for job in jobs:
+            times = [float(line.split()[1]) for line in cluster.log_of(job.id).splitlines() if line.startswith("at ")]
+            spans.append((times[0], times[-1]))
+        assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # both were running at once
+    finally:
+        cluster.stop()
+
+
 def test_environments_are_not_shared_across_branches(repo, cluster, wheels):
     """setup runs a commit's own code: what one branch's setup made is never what another branch's jobs use."""
     shout = make_wheel(wheels, "shout", "1.0", "def shout(text):\n    return text + '!'\n")
@@ -152,7 +155,8 @@ def test_cached_environments_are_bounded_least_recently_used_first(tmp_path):
                        place="/tuici/env", source="/tuici/src")
 
     for n in range(4):
-        lease = cache.lease(spec(n))
+        lease, ready = cache.lease(spec(n))
+        assert not ready
         path = cache.start(spec(n))
         (path / "blob").write_bytes(b"x" * 1024 * 1024)
         cache.finish(spec(n))

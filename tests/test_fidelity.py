@@ -47,14 +47,16 @@ def outside_repo(outside):
 
 
 def test_an_uncommitted_fix_and_config_in_the_work_tree_change_nothing(outside_repo, tmp_path):
-    """The commit is broken; the work tree holds a fix, a pytest.ini that would deselect everything and a
-    tuici.toml that would make the command `true`: the job reports the commit as broken, as a clean run does.
+    """The commit is broken; the work tree holds a fix, a pytest.ini and a pyproject.toml that would deselect
+    everything, and configs that would make the command `true`: the job reports the commit as broken, as a clean run does.
     (Checkouts used to live inside the repository, where pytest found the work tree's configuration.)"""
     repo = outside_repo
     sha = repo.commit("broken add", files=CALC_TESTS)
     (repo.path / "src" / "calc.py").write_text("def add(a, b):\n    return a + b\n")
     (repo.path / "pytest.ini").write_text("[pytest]\naddopts = -k nothing_matches\n")
     (repo.path / "tuici.toml").write_text('command = "true"\n')
+    (repo.path / "pyproject.toml").write_text('[tool.pytest.ini_options]\naddopts = "-k nothing"\n'
+                                             '[tool.tuici]\ncommand = "true"\n')
     cluster = Cluster(repo, tmp_path)
     try:
         cluster.start_dispatcher()

@@ -299,3 +299,23 @@ def test_a_setup_cannot_make_the_runner_write_through_a_link(repo, cluster, outs
     again = cluster.wait_job(repo.commit("reuse it"), timeout=60)
     assert again.state == "passed" and again.env_reused
     assert canary.read_text() == "original"
+
+
+@needs_sandbox
+def test_the_python_on_path_is_the_one_the_job_runs_even_where_the_sandbox_replaces_the_directory(repo, cluster,
+                                                                                                  tmp_path):
+    """A developer's virtualenv in /tmp (or in the repository, or the cache dir) is bound back in, read-only,
+    rather than another python on PATH silently taking its place."""
+    import subprocess
+    import sys
+
+    venv = tmp_path / "devvenv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    cluster.start_observer()
+    cluster.start_runner("r1", env={"PATH": f"{venv / 'bin'}:{os.environ['PATH']}"})
+    sha = repo.commit("which python", files={"which.py": "import sys\nprint('prefix', sys.prefix)\n"},
+                      config=toml_command("python which.py"))
+    job = cluster.wait_job(sha)
+    out = cluster.log_of(job.id)
+    assert job.state == "passed" and f"prefix {venv}" in out, out
+    assert f"visible read-only, as an interpreter on PATH lives where the sandbox hides: {venv}" in out

@@ -110,12 +110,22 @@ class EnvCache:
         os.utime(path)
         return path
 
-    def lease(self, spec: EnvSpec) -> Lease:
-        """Take the environment's lock, exclusively (blocking): then ``ready`` says whether to make it."""
+    def lease(self, spec: EnvSpec) -> tuple[Lease, bool]:
+        """Take the environment's lock (blocking); (the lease, whether the environment is ready to use).
+
+        Shared if it is ready, so that any number of jobs use it at once; exclusive if it is not, for the
+        caller to make it (and another runner that wanted the same one then finds it ready).
+        """
         self.envs.mkdir(parents=True, exist_ok=True)
         lease = Lease(self.envs / f"{spec.key}.lock")
-        lease.exclusive()
-        return lease
+        lease.share()
+        if self.ready(spec):
+            return lease, True
+        lease.exclusive()  # flock lets go of the shared lock first: look again once we hold this one
+        if self.ready(spec):
+            lease.share()
+            return lease, True
+        return lease, False
 
     def _marker(self, spec: EnvSpec) -> Path:
         return self.envs / f"{spec.key}.ready"
@@ -171,7 +181,7 @@ class EnvCache:
                     os.close(fd)
                     continue  # in use
                 try:
-                    marker.unlink(missing_ok=True)
+                    lock.with_suffix(".ready").unlink(missing_ok=True)
                     _remove_tree(path)
                 finally:
                     os.close(fd)

@@ -153,7 +153,7 @@ class Job:
         env = self._environ(config, view, junit)
         exposed = self._exposed(env)
         if exposed:
-            self.say("visible read-only, as the interpreter lives in the repository: "
+            self.say("visible read-only, as an interpreter on PATH lives where the sandbox hides: "
                      + ", ".join(str(path) for path in exposed))
         if config.setup is not None:
             if not await self._environment(config, view, env, exposed, out):
@@ -182,9 +182,9 @@ class Job:
         assert spec is not None
         envs = self.places.envs
         out.env = spec.key[:12]
-        lease = await asyncio.to_thread(envs.lease, spec)
+        lease, ready = await asyncio.to_thread(envs.lease, spec)
         try:
-            if await asyncio.to_thread(envs.ready, spec):
+            if ready:
                 out.env_reused = True
                 self._section(f"setup skipped: environment {out.env} reused")
             else:
@@ -204,8 +204,7 @@ class Job:
                     raise JobError(f"setup {what}; the tests did not run")
                 await asyncio.to_thread(envs.finish, spec)
                 self._section(f"setup passed in {took:.1f} s")
-            # Shared from here on: another runner may use it too, none may remove or remake it.
-            await asyncio.to_thread(lease.share)
+                await asyncio.to_thread(lease.share)  # others may use it now, none may remove or remake it
             self.lease, lease = lease, None
         finally:
             if lease is not None:
@@ -283,10 +282,11 @@ class Job:
         return tuple(dirs)
 
     def _exposed(self, env: dict[str, str]) -> list[Path]:
-        """Interpreter environments on the job's PATH that the sandbox would hide: they are bound back in."""
+        """Interpreter environments on the job's PATH that the sandbox would hide or replace (in the repository,
+        in /tmp, in the cache dir): bound back in, read-only, rather than silently another python found."""
         if self.places.bwrap is None:
             return []
-        hidden = self.places.hide + self._repo_dirs()
+        hidden = self.places.hide + self._repo_dirs() + _session_dirs() + (Path("/tmp"), _user_cache())
         found: list[Path] = []
         for entry in env.get("PATH", "").split(os.pathsep):
             if not entry or not os.path.isabs(entry):

@@ -19,14 +19,15 @@ from .backend import LiveBackend
 
 
 def config_problem(top: Path) -> str | None:
-    """What is wrong with the repository's tuici config, if anything (jobs would end in error)."""
+    """What is wrong with the work tree's tuici config, if anything: a heads-up before it is committed (jobs
+    read the config committed with their commit, and a commit with this one would end in error)."""
     def read(name: str) -> bytes | None:
         path = top / name
         return path.read_bytes() if path.is_file() else None
     try:
         cfg.load(read)
     except cfg.ConfigError as exc:
-        return f"{exc}. Jobs end in error until it is fixed."
+        return f"{exc}. Jobs of commits with this config end in error."
     except OSError as exc:
         return f"Cannot read the config: {exc}"
     return None
