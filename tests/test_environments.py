@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench.harness import make_wheel
-from conftest import Cluster, wait_for
+from conftest import wait_for
 
 
 @pytest.fixture
@@ -77,57 +77,47 @@ def test_a_failing_setup_ends_the_job_in_error_with_its_exit_code(repo, cluster)
     assert job.state == "failed" and not job.env_reused  # check.py cannot import shout: a test failure now
 
 
-def test_runners_at_once_make_one_environment_and_share_it(repo, tmp_path, wheels):
+def test_runners_at_once_make_one_environment_and_share_it(repo, cluster, wheels):
     """Two runners get two commits of one branch with the same inputs at once: one makes the environment
     while the other waits for it, then reuses it."""
     shout = make_wheel(wheels, "shout", "1.0", "def shout(text):\n    return text + '!'\n")
-    cluster = Cluster(repo, tmp_path)
-    try:
-        cluster.start_dispatcher()
-        cluster.start_runner("r1")
-        cluster.start_runner("r2")
-        cluster.start_observer()
-        cluster.wait_job(repo.head())
-        wait_for(lambda: len(cluster.status().runners) == 2, message="two runners")
-        # Two commits in a moment: the second job starts while the first one's setup sleeps.
-        one = repo.commit("one", files={**SRC_LAYOUT, "requirements.txt": f"{shout}\n"},
-                          config=_config("sleep 2; pip install -r requirements.txt"))
-        two = repo.commit("two", files={"README": "x\n"})
-        jobs = [cluster.wait_job(sha, timeout=120) for sha in (one, two)]
-        assert all(job.state == "passed" for job in jobs), [cluster.log_of(job.id) for job in jobs]
-        assert {job.runner for job in jobs} == {"r1", "r2"}
-        assert len({job.env for job in jobs}) == 1
-        assert sorted(job.env_reused for job in jobs) == [False, True]
-    finally:
-        cluster.stop()
+    cluster.start_runner("r1")
+    cluster.start_runner("r2")
+    cluster.start_observer()
+    cluster.wait_job(repo.head())
+    wait_for(lambda: len(cluster.status().runners) == 2, message="two runners")
+    # Two commits in a moment: the second job starts while the first one's setup sleeps.
+    one = repo.commit("one", files={**SRC_LAYOUT, "requirements.txt": f"{shout}\n"},
+                      config=_config("sleep 2; pip install -r requirements.txt"))
+    two = repo.commit("two", files={"README": "x\n"})
+    jobs = [cluster.wait_job(sha, timeout=120) for sha in (one, two)]
+    assert all(job.state == "passed" for job in jobs), [cluster.log_of(job.id) for job in jobs]
+    assert {job.runner for job in jobs} == {"r1", "r2"}
+    assert len({job.env for job in jobs}) == 1
+    assert sorted(job.env_reused for job in jobs) == [False, True]
 
 
-def test_jobs_sharing_a_ready_environment_run_at_the_same_time(repo, tmp_path, wheels):
+def test_jobs_sharing_a_ready_environment_run_at_the_same_time(repo, cluster, wheels):
     """Using an environment takes a shared lock: two runners' jobs in one environment overlap, not queue."""
     shout = make_wheel(wheels, "shout", "1.0", "def shout(text):\n    return text + '!'\n")
-    cluster = Cluster(repo, tmp_path)
-    try:
-        cluster.start_dispatcher()
-        cluster.start_runner("r1")
-        cluster.start_runner("r2")
-        cluster.start_observer()
-        stamp = 'python -c \\"import time; print(\'at\', time.time())\\"'
-        config = _config("pip install -r requirements.txt").replace(
-            'command = "python check.py"', f'command = "{stamp}; sleep 3; {stamp}"')
-        first = repo.commit("ready", files={**SRC_LAYOUT, "requirements.txt": f"{shout}\n"}, config=config)
-        assert cluster.wait_job(first, timeout=120).state == "passed"
-        wait_for(lambda: len(cluster.status().runners) == 2, message="two runners")
-        one = repo.commit("one", files={"a.txt": "1\n"})
-        two = repo.commit("two", files={"b.txt": "2\n"})
-        jobs = [cluster.wait_job(sha, timeout=120) for sha in (one, two)]
-        assert all(job.state == "passed" and job.env_reused for job in jobs)
-        spans = []
-        for job in jobs:
-            times = [float(line.split()[1]) for line in cluster.log_of(job.id).splitlines() if line.startswith("at ")]
-            spans.append((times[0], times[-1]))
-        assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # both were running at once
-    finally:
-        cluster.stop()
+    cluster.start_runner("r1")
+    cluster.start_runner("r2")
+    cluster.start_observer()
+    stamp = 'python -c \\"import time; print(\'at\', time.time())\\"'
+    config = _config("pip install -r requirements.txt").replace(
+        'command = "python check.py"', f'command = "{stamp}; sleep 3; {stamp}"')
+    first = repo.commit("ready", files={**SRC_LAYOUT, "requirements.txt": f"{shout}\n"}, config=config)
+    assert cluster.wait_job(first, timeout=120).state == "passed"
+    wait_for(lambda: len(cluster.status().runners) == 2, message="two runners")
+    one = repo.commit("one", files={"a.txt": "1\n"})
+    two = repo.commit("two", files={"b.txt": "2\n"})
+    jobs = [cluster.wait_job(sha, timeout=120) for sha in (one, two)]
+    assert all(job.state == "passed" and job.env_reused for job in jobs)
+    spans = []
+    for job in jobs:
+        times = [float(line.split()[1]) for line in cluster.log_of(job.id).splitlines() if line.startswith("at ")]
+        spans.append((times[0], times[-1]))
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # both were running at once
 
 
 def test_environments_are_not_shared_across_branches(repo, cluster, wheels):

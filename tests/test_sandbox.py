@@ -12,7 +12,7 @@ import threading
 import psutil
 import pytest
 
-from conftest import Cluster, GitRepo, toml_command, tuici_processes, wait_for
+from conftest import GitRepo, toml_command, tuici_processes, wait_for
 from tuici.runner.sandbox import find_bwrap, probe
 
 SANDBOX_PROBLEM = probe(find_bwrap())
@@ -28,13 +28,8 @@ def outside_repo(outside):
 
 
 @pytest.fixture
-def outside_cluster(outside_repo, tmp_path):
-    cluster = Cluster(outside_repo, tmp_path)
-    try:
-        cluster.start_dispatcher()
-        yield cluster
-    finally:
-        cluster.stop()
+def outside_cluster(outside_repo, cluster_factory):
+    return cluster_factory(outside_repo)
 
 
 PLANT = """\
