@@ -123,6 +123,17 @@ def load(read: Callable[[str], bytes | None]) -> RepoConfig:
     return RepoConfig()
 
 
+def check_entry(name: str, mode: int, kind: str, size: int, sha: str) -> None:
+    """ConfigError unless commit ``sha``'s entry ``name`` is a regular file of a sane size: a symbolic link's
+    target is the committer's choice (``/dev/zero``, the token), and a huge file would be read into memory."""
+    if mode == 0o120000:
+        raise ConfigError(f"{name}: is a symbolic link in commit {sha}; commit the file itself")
+    if kind != "blob":
+        raise ConfigError(f"{name}: is a {kind} in commit {sha}, not a file")
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{name}: {size} bytes, more than the {MAX_CONFIG_BYTES} a config may have")
+
+
 def read_committed(repo: git.Repo, sha: str) -> Callable[[str], bytes | None]:
     """A reader for ``load`` that takes each file from the tree of commit ``sha``, never from a work tree.
 
@@ -147,13 +158,8 @@ def read_committed(repo: git.Repo, sha: str) -> Callable[[str], bytes | None]:
             return None
         except unreadable as exc:  # git does not have the tree, or GitPython rejects an entry in it
             raise ConfigError(f"cannot read the tree of commit {sha}: {exc}") from None
-        if entry.mode == git.Blob.link_mode:
-            raise ConfigError(f"{name}: is a symbolic link in commit {sha}; commit the file itself")
-        if entry.type != "blob":
-            raise ConfigError(f"{name}: is a {entry.type} in commit {sha}, not a file")
         try:
-            if entry.size > MAX_CONFIG_BYTES:
-                raise ConfigError(f"{name}: {entry.size} bytes, more than the {MAX_CONFIG_BYTES} a config may have")
+            check_entry(name, entry.mode, entry.type, entry.size, sha)
             return entry.data_stream.read()
         except unreadable as exc:
             raise ConfigError(f"{name}: cannot read it from commit {sha}: {exc}") from None

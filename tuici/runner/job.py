@@ -449,7 +449,8 @@ def _signal_tree(pid: int, sig: int) -> None:
 
 
 def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
-    """The config committed at ``sha``, read from git's blobs: a symlink or an oversized file is a config error."""
+    """The config committed at ``sha``, read from git's blobs (``cfg.read_committed`` for the observer, which
+    has GitPython's cat-file running; one ``ls-tree --long`` here, which gives mode and size at once)."""
     out = workspace.git("ls-tree", "-z", "--long", sha, "--", "tuici.toml", "pyproject.toml")
     entries = {}
     for record in out.split(b"\0"):
@@ -462,12 +463,7 @@ def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
         if name not in entries:
             return None
         mode, kind, obj, size = entries[name]
-        if mode == "120000":
-            raise cfg.ConfigError(f"{name}: is a symbolic link; tuici reads its config only from a regular file")
-        if kind != "blob":
-            raise cfg.ConfigError(f"{name}: is not a file")
-        if int(size) > cfg.MAX_CONFIG_BYTES:
-            raise cfg.ConfigError(f"{name}: {size} bytes, more than the {cfg.MAX_CONFIG_BYTES} a config may have")
+        cfg.check_entry(name, int(mode, 8), kind, int(size) if size.isdigit() else 0, sha)
         return workspace.blob(obj)
 
     return cfg.load(read)
