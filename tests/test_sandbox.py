@@ -314,3 +314,29 @@ def test_the_python_on_path_is_the_one_the_job_runs_even_where_the_sandbox_repla
     out = cluster.log_of(job.id)
     assert job.state == "passed" and f"prefix {venv}" in out, out
     assert f"visible read-only, as an interpreter on PATH lives where the sandbox hides: {venv}" in out
+
+
+@needs_sandbox
+@pytest.mark.skipif(not __import__("tuici.runner.landlock", fromlist=["available"]).available(),
+                    reason="this kernel's Landlock cannot scope abstract Unix sockets (Linux 6.12+)")
+def test_abstract_unix_sockets_outside_the_job_are_out_of_reach_even_with_the_network(repo, cluster):
+    """No path hides an abstract socket (an X server's, a session bus's): Landlock scopes them to the job."""
+    name = f"tuici-test-{os.getpid()}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind("\0" + name)
+    server.listen()
+    probe = ("import socket\n"
+             "own = socket.socket(socket.AF_UNIX); own.bind('\\0mine'); own.listen()\n"
+             "c = socket.socket(socket.AF_UNIX); c.connect('\\0mine'); print('own abstract socket: works')\n"
+             "try:\n"
+             f"    socket.socket(socket.AF_UNIX).connect('\\0{name}'); print('outside: reached')\n"
+             "except OSError as exc:\n"
+             "    print('outside: refused', exc)\n")
+    try:
+        cluster.start_observer()
+        cluster.start_runner("r1")
+        sha = repo.commit("abstract", files={"probe.py": probe}, config='command = "python3 probe.py"\n')
+        out = cluster.log_of(cluster.wait_job(sha).id)
+        assert "own abstract socket: works" in out and "outside: refused" in out, out
+    finally:
+        server.close()

@@ -23,6 +23,7 @@ from ..procs import become_subreaper
 from ..statedir import cache_root
 from .environments import EnvCache, find_uv
 from .job import Control, Job, Outcome, RunnerPlaces
+from . import landlock
 from .sandbox import find_bwrap, probe
 from .workspace import Workspace
 
@@ -112,19 +113,20 @@ class Runner:
 
     def _places(self) -> RunnerPlaces:
         """Probe the sandbox once: with ``auto``, a machine that cannot build one runs jobs without it."""
-        bwrap, because = None, None
+        bwrap, because, scoped = None, None, False
         if self.sandbox == "off":
             because = "the runner was started with --sandbox off"
         else:
             bwrap = find_bwrap()
-            problem = probe(bwrap)
+            scoped = landlock.available()
+            problem = probe(bwrap, landlock.scope_self if scoped else None)
             if problem is not None:
                 if self.sandbox == "on":
                     raise SystemExit(f"tuici runner: --sandbox on, but this machine cannot build one: {problem}")
                 bwrap, because = None, f"this machine cannot build one: {problem}"
                 log.warning("test commands run without a sandbox: %s", because)
         return RunnerPlaces(name=self.name, workdir=self.workdir, hide=self.hide, envs=self.envs, bwrap=bwrap,
-                            unsandboxed_because=because, uv=find_uv())
+                            unsandboxed_because=because, uv=find_uv(), landlock=scoped and bwrap is not None)
 
     async def _sleep(self, seconds: float) -> None:
         try:

@@ -23,6 +23,7 @@ from ..errors import JobError
 from ..lazy import LazyModule
 from ..procs import die_with_parent, kill_all_descendants, kill_group
 from .environments import EnvCache, EnvSpec, Lease, matching_files
+from . import landlock
 from .junit import junit_counts
 from .sandbox import ROOT, Binding, Sandbox
 from .workspace import Workspace
@@ -49,6 +50,7 @@ class RunnerPlaces:
     bwrap: str | None  # None: no sandbox
     unsandboxed_because: str | None
     uv: str | None
+    landlock: bool = False  # the sandbox also scopes abstract Unix sockets and signals to the job
 
     @property
     def shims(self) -> Path:
@@ -359,11 +361,18 @@ class Job:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             return None, True
+        scoped = sandbox is not None and self.places.landlock
+
+        def child_setup() -> None:
+            die_with_parent()
+            if scoped:
+                landlock.scope_self()
+
         control.spawning = True
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=child_setup,
                 pass_fds=pass_fds,
             )
         finally:

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 ROOT = "/tuici"  # where a job's own files appear inside its sandbox
 # Machine-wide sockets through which a job could act outside its sandbox (a container engine runs anything as
@@ -88,14 +89,16 @@ def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
-def probe(bwrap: str | None) -> str | None:
-    """None if this machine can build the sandbox; else why not, in words a user can act on."""
+def probe(bwrap: str | None, preexec: Callable[[], None] | None = None) -> str | None:
+    """None if this machine can build the sandbox (with ``preexec`` run in the child, as for jobs); else why
+    not, in words a user can act on."""
     if bwrap is None:
         return "bubblewrap is not installed (the bwrap command; e.g. apt install bubblewrap)"
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     argv = Sandbox(network=False).argv(["true"], "/", bwrap)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=tmp if tmp.is_dir() else "/")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=tmp if tmp.is_dir() else "/",
+                              preexec_fn=preexec)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bwrap cannot run: {exc}"
     if done.returncode != 0:
