@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Cluster, GitRepo, _env, _wait_or_kill, tcp_address, toml_command, wait_for
-from tuici import dispatcher as dispatcher_module
+from tuici.dispatcher import server as dispatcher_module
 from tuici import protocol as p
 from tuici.client import Control, NoDispatcher
 from tuici.runner.sandbox import find_bwrap, probe

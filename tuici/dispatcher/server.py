@@ -11,7 +11,6 @@ import asyncio
 import fcntl
 import functools
 import heapq
-import itertools
 import hmac
 import logging
 import os
@@ -21,13 +20,13 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import msgspec
 
-from . import protocol as p
-from .statedir import StateDir
-from .store import Batch, Store
+from .. import protocol as p
+from ..statedir import StateDir
+from ..store import Batch, Store
+from .status import JsonPrefix
 
 log = logging.getLogger("tuici.dispatcher")
 
@@ -47,7 +46,6 @@ class RunnerSession:
     conn: p.Connection | None
     last_seen: float
     idle_since: float = 0.0
-    attempt: int = 0
     taken_back: tuple[int, int] | None = None  # (job, attempt) taken from it after a cancel: late output is dropped
 
 
@@ -145,33 +143,6 @@ class Door:
                 return
             del self.pending[oldest]
             oldest.writer.transport.abort()  # its recv() in Dispatcher._hello ends
-
-
-class JsonPrefix:
-    """The JSON of the leading records of an insertion-ordered dict that are done changing (a commit always,
-    a job once finished, an attempt once ended), kept between `status --json` requests: over 10,000 jobs the
-    next request copies bytes instead of encoding them. Every change to a record goes through the dispatcher's
-    ``_save_*`` (what the store is not told of, it would lose), which reports it here: a change to a record
-    inside the prefix drops the prefix."""
-
-    def __init__(self, done: Callable[[msgspec.Struct], bool]):
-        self.done = done
-        self.keys: set = set()
-        self.parts: list[bytes] = []  # the prefix's records as JSON array items, without the brackets
-
-    def changed(self, key) -> None:
-        if key in self.keys:
-            self.keys.clear()
-            self.parts.clear()
-
-    def array(self, records: dict) -> msgspec.Raw:
-        rest = itertools.islice(records.items(), len(self.keys), None)
-        grown = list(itertools.takewhile(lambda item: self.done(item[1]), rest))
-        if grown:
-            self.parts.append(p.to_json_bytes([record for _, record in grown])[1:-1])
-            self.keys.update(key for key, _ in grown)
-        tail = p.to_json_bytes(list(itertools.islice(records.values(), len(self.keys), None)))[1:-1]
-        return msgspec.Raw(b"[" + b",".join(part for part in (*self.parts, tail) if part) + b"]")
 
 
 class Dispatcher:
@@ -535,7 +506,7 @@ class Dispatcher:
             job = self.jobs.get(held.job_id)
             if job is not None and job.state == "running" and job.runner == name and job.attempts == held.attempt:
                 offsets[job.id] = job.log_size
-                info.state, info.job, session.attempt = "busy", job.id, held.attempt
+                info.state, info.job = "busy", job.id
             else:
                 log.info("runner %s holds job %s attempt %s that is no longer its own", name, held.job_id, held.attempt)
         self.runners[name] = session
@@ -612,11 +583,6 @@ class Dispatcher:
     async def _in_log_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._log_executor, fn, *args)
 
-    async def _close_log(self, job_id: int) -> None:
-        fh = self._logs.pop(job_id, None)
-        if fh is not None:
-            await self._in_log_thread(fh.close)
-
     async def _result(self, session: RunnerSession, msg: p.JobResult) -> p.ResultAck:
         if not self._owns(session, msg.job_id, msg.attempt):
             log.warning("rejected result from %s for job %s attempt %s: not its job (any more)",
@@ -624,7 +590,7 @@ class Dispatcher:
             return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=False,
                                reason="this attempt is no longer assigned to this runner")
         job = self.jobs[msg.job_id]
-        await self._close_log(job.id)
+        self._close_log(job.id)
         if msg.cancelled or job.id in self.cancel_requested:
             state, outcome = "cancelled", "cancelled"
         elif msg.error:
@@ -688,7 +654,7 @@ class Dispatcher:
         if a is not None and a.ended_at is None:
             a.ended_at, a.outcome, a.reason = time.time(), "lost", reason
             self._save_attempt(a)
-        self._close_log_later(job.id)
+        self._close_log(job.id)
         if job.id in self.cancel_requested:
             self._finish(job, "cancelled", "cancelled", reason)
         elif job.attempts >= self.max_attempts:
@@ -703,7 +669,9 @@ class Dispatcher:
             self._save_job(job)
             self._publish("job.requeued", job=job, message=reason)
 
-    def _close_log_later(self, job_id: int) -> None:
+    def _close_log(self, job_id: int) -> None:
+        """Close the job's log on the log thread, behind the writes already queued there (writes are unbuffered,
+        so nothing waits for this)."""
         fh = self._logs.pop(job_id, None)
         if fh is not None:
             self._log_executor.submit(fh.close)
@@ -754,7 +722,7 @@ class Dispatcher:
         job.started_at, job.finished_at = time.time(), None
         job.exit_code = job.duration_s = job.passed = job.failed = job.skipped = None
         job.error, job.env, job.env_reused = "", "", False
-        session.info.state, session.info.job, session.attempt = "busy", job.id, job.attempts
+        session.info.state, session.info.job = "busy", job.id
         a = p.AttemptInfo(job_id=job.id, attempt=job.attempts, runner=session.info.name, started_at=job.started_at)
         self.attempts[(job.id, job.attempts)] = a
         self._save_attempt(a)
@@ -867,7 +835,7 @@ class Dispatcher:
         reason = f"{job.runner} had not ended it {CANCEL_GRACE:g} s after the cancel; the dispatcher took it back"
         log.warning("job %s: %s", job_id, reason)
         session = self.runners.get(job.runner or "")
-        self._close_log_later(job_id)
+        self._close_log(job_id)
         self._finish(job, "cancelled", "cancelled", reason)
         if session is None or session.conn is None or session.info.job != job_id:
             return  # the runner is away: when it comes back, it is told that the job is no longer its own
