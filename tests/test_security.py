@@ -410,7 +410,7 @@ def test_a_missing_or_wrong_token_is_refused_with_a_logged_reason(repo, cluster)
 
 
 class FakeTime:
-    """Stands in for the ``time`` module inside tuici.dispatcher: a clock the test moves."""
+    """Stands in for the ``time`` module inside tuici.dispatcher.server: a clock the test moves."""
 
     def __init__(self):
         self.now = 1000.0

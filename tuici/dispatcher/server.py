@@ -1,8 +1,7 @@
-"""The dispatcher: a socket server that owns the job queue.
+"""The dispatcher's asyncio layer: listening sockets, handshakes, roles and streams.
 
-State lives in memory for speed and is written through to the store in batches;
-events are published to subscribers only once the batch that holds them is durable,
-so a subscriber never sees something a crash could take back.
+It feeds what peers send to the ``Scheduler`` and carries out what that asks for (``_carry_out``): records go to
+the ``Journal``, output to ``JobLogs``, messages to runners' connections.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
-import heapq
 import hmac
 import logging
 import os
@@ -19,34 +17,23 @@ import ssl
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import msgspec
 
 from .. import protocol as p
 from ..statedir import StateDir
-from ..store import Batch, Store
-from .status import JsonPrefix
+from ..store import Store
+from . import scheduler as s
+from .joblogs import JobLogs
+from .journal import Journal
+from .status import Status
 
 log = logging.getLogger("tuici.dispatcher")
 
-RING_SIZE = 10_000
 OUTPUT_BUFFER = 4 * 1024 * 1024  # live output bytes held per subscriber; past it, chunks are dropped
 HELLO_TIMEOUT = 5.0  # seconds a new connection has to say hello (and over TLS, to shake hands first)
 # A peer with the token says hello as soon as it connects: it can do with less time from an address past its
 # budget of failed handshakes, and while over MAX_PENDING connections (of one listening socket) wait for theirs.
 HELLO_TIMEOUT_SHORT = 1.0
 MAX_PENDING = 256
-CANCEL_GRACE = 10.0  # seconds a runner has to end a cancelled job before the dispatcher takes the job back
-
-
-@dataclass
-class RunnerSession:
-    info: p.RunnerInfo
-    conn: p.Connection | None
-    last_seen: float
-    idle_since: float = 0.0
-    taken_back: tuple[int, int] | None = None  # (job, attempt) taken from it after a cancel: late output is dropped
 
 
 @dataclass(eq=False)
@@ -159,42 +146,20 @@ class Dispatcher:
         self.state = state.ensure()
         self.tcp = tcp  # listened on besides the Unix socket in the state dir, for components on other machines
         self.socks = socks or []  # listening sockets bound for us (by a supervisor), used instead of binding
-        self.heartbeat_timeout = heartbeat_timeout
-        self.max_attempts = max_attempts
-        self.repo_url = repo_url
         self.tls = tls
         self.limiter = RateLimiter()
         self.token = state.token(create=True)
-        self.store = Store(state.db)
-
-        self.commits: dict[str, p.CommitInfo] = {}
-        self.tips: dict[str, str] = {}
-        self.jobs: dict[int, p.JobInfo] = {}
-        self.attempts: dict[tuple[int, int], p.AttemptInfo] = {}
-        self.active_job: dict[str, int] = {}  # commit -> its queued or running job
-        self.queue: list[tuple[int, int]] = []  # heap of (-job.priority, job id); stale entries are skipped
-        self.runners: dict[str, RunnerSession] = {}
-        self.cancel_requested: set[int] = set()
+        self.sched = s.Scheduler(heartbeat_timeout=heartbeat_timeout, max_attempts=max_attempts, repo_url=repo_url)
+        self.journal = Journal(Store(state.db), on_durable=self._wake_subscribers)
+        self.logs = JobLogs(self.state)
+        self.status = Status(self.sched)
+        self.conns: dict[str, p.Connection] = {}  # connected runners' connections, by name
         self.subscribers: set[Subscriber] = set()
-        self.recent: deque[p.Event] = deque(maxlen=RING_SIZE)
-        self._commits_json = JsonPrefix(lambda c: True)  # see _status_json
-        self._jobs_json = JsonPrefix(lambda j: j.state in p.FINAL_STATES)
-        self._attempts_json = JsonPrefix(lambda a: a.ended_at is not None)
-        self.seq = 0
-        self.durable_seq = 0
-        self.next_job_id = 1
-
-        self._pending = Batch()
-        self._flush_task: asyncio.Task | None = None
-        self._flush_waiters: list[asyncio.Future] = []
-        self._logs: dict[int, object] = {}
-        self._log_executor = None
         self._servers: list[asyncio.base_events.Server] = []
         self._bound_socket_file = False  # whether we made state.socket (and remove it at stop)
         self._tasks: set[asyncio.Task] = set()
         self._handlers: set[asyncio.Task] = set()
         self._lock_fd: int | None = None
-        self._restart_grace_until = 0.0
         self._closing = False
         self.addresses: list[p.Address] = []
 
@@ -210,13 +175,14 @@ class Dispatcher:
             raise AlreadyRunning(
                 f"a dispatcher is already running for {self.state.path} at {self.state.address()}"
             ) from None
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._log_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuici-logs")
-        snap = await self.store.run(self.store.open)
-        self._load(snap)
-        for job_id, size in (await asyncio.to_thread(self._running_log_sizes)).items():
-            self.jobs[job_id].log_size = size
+        snap = await self.journal.open()
+        self.sched.repo_url = self.sched.repo_url or snap.meta.get("repo_url", "")
+        if self.sched.repo_url:
+            self.journal.save_meta("repo_url", self.sched.repo_url)
+        self.sched.load(snap)
+        running = [job.id for job in self.sched.jobs.values() if job.state == "running"]
+        for job_id, size in (await self.logs.sizes(running)).items():
+            self.sched.jobs[job_id].log_size = size
         _more_descriptors()
         for sock in self.socks or self._bind():
             tls = None if sock.family == socket.AF_UNIX else self.tls
@@ -238,60 +204,21 @@ class Dispatcher:
         self._bound_socket_file = True
         return socks
 
-    def _load(self, snap) -> None:
-        self.repo_url = self.repo_url or snap.meta.get("repo_url", "")
-        if self.repo_url:
-            self._pending.meta["repo_url"] = self.repo_url
-        for c in snap.commits:
-            self.commits[c.sha] = c
-        self.tips = dict(snap.tips)
-        for job, prio in snap.jobs:
-            self.jobs[job.id] = job
-            job.priority = prio  # the column is authoritative: bodies stored before the field lack it
-            self.next_job_id = max(self.next_job_id, job.id + 1)
-            if job.state in ("queued", "running"):
-                self.active_job[job.commit] = job.id
-            if job.state == "queued":
-                heapq.heappush(self.queue, (-prio, job.id))
-        for a in snap.attempts:
-            self.attempts[(a.job_id, a.attempt)] = a
-        self.seq = self.durable_seq = snap.last_seq
-        if any(j.state == "running" for j in self.jobs.values()):
-            # Runners that were busy when we went down get this long to reconnect and keep their job.
-            self._restart_grace_until = time.monotonic() + self.heartbeat_timeout
-
-    def _running_log_sizes(self) -> dict[int, int]:
-        """On disk, how much output each running job has: a returning runner resumes from there."""
-        sizes = {}
-        for job in self.jobs.values():
-            if job.state == "running":
-                try:
-                    sizes[job.id] = self.state.job_log(job.id).stat().st_size
-                except FileNotFoundError:
-                    sizes[job.id] = 0
-        return sizes
-
     async def stop(self) -> None:
         self._closing = True  # runners dropping now keep their jobs: they may reconnect to our successor
         for server in self._servers:
             server.close()
         if self._bound_socket_file:
             p.remove_socket_file(str(self.state.socket))
-        for sess in self.runners.values():
-            if sess.conn is not None:
-                sess.conn.writer.close()
+        for conn in self.conns.values():
+            conn.writer.close()
         for sub in list(self.subscribers):
             sub.conn.writer.close()
         for task in list(self._tasks) + list(self._handlers):
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._flush()
-        for fh in self._logs.values():
-            await self._in_log_thread(fh.close)
-        self._logs.clear()
-        self.store.shutdown()
-        if self._log_executor is not None:
-            self._log_executor.shutdown(wait=True)
+        await self.journal.close()
+        await self.logs.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -302,63 +229,63 @@ class Dispatcher:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    # ------------------------------------------------------------------ durability
+    # ------------------------------------------------------------------ the scheduler's effects
 
-    def _save_job(self, job: p.JobInfo) -> None:
-        self._pending.jobs[job.id] = (job, job.priority)
-        self._jobs_json.changed(job.id)
-        self._schedule_flush()
+    def _carry_out(self) -> None:
+        """Do what the scheduler asked for, in the order it asked."""
+        for effect in self.sched.effects():
+            match effect:
+                case s.Publish(kind, fields):
+                    self.journal.publish(kind, fields)
+                case s.SaveJob(job):
+                    self.journal.save_job(job)
+                    self.status.jobs.changed(job.id)
+                case s.SaveAttempt(a):
+                    self.journal.save_attempt(a)
+                    self.status.attempts.changed((a.job_id, a.attempt))
+                case s.SaveCommit(commit, seen_at):
+                    self.journal.save_commit(commit, seen_at)
+                case s.SaveTip(branch, sha):
+                    self.journal.save_tip(branch, sha)
+                case s.Send(runner, message):
+                    self.conns[runner].send_nowait(message)
+                case s.Disconnect(runner):
+                    self.conns.pop(runner).writer.close()
+                case s.CloseLog(job_id):
+                    self.logs.close(job_id)
+                case s.TruncateLog(job_id):
+                    self.logs.truncate(job_id)
+                case s.TakeBackAt(job_id, attempt, at):
+                    self._spawn(self._take_back(job_id, attempt, at))
 
-    def _save_attempt(self, a: p.AttemptInfo) -> None:
-        self._pending.attempts[(a.job_id, a.attempt)] = a
-        self._attempts_json.changed((a.job_id, a.attempt))
-        self._schedule_flush()
+    def _dispatch(self) -> None:
+        self.sched.dispatch()
+        self._carry_out()
 
-    def _publish(self, kind: str, **fields) -> None:
-        """Record an event with copies of its records as they are now (they go on changing)."""
-        self.seq += 1
-        fields = {k: msgspec.structs.replace(v) if isinstance(v, msgspec.Struct) else v for k, v in fields.items()}
-        event = p.Event(seq=self.seq, ts=time.time(), kind=kind, **fields)
-        self._pending.events.append(event)
-        self._schedule_flush()
+    def _runner_gone(self, runner: s.Runner, reason: str, left: bool = False) -> None:
+        if not self._closing:
+            self.sched.runner_gone(runner, reason, left)
+            self._carry_out()
 
-    def _schedule_flush(self) -> None:
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = self._spawn(self._flush())
+    async def _watch_heartbeats(self) -> None:
+        """Mark quiet runners lost, at most a quarter of the timeout late (and wake no more often than that)."""
+        while True:
+            await asyncio.sleep(self.sched.heartbeat_timeout / 4)
+            self.sched.expire()
+            self._carry_out()
 
-    async def _flush(self) -> None:
-        """Write pending changes, then hand their events to subscribers. Loops until none are left."""
-        while self._pending:
-            batch, self._pending = self._pending, Batch()
-            waiters, self._flush_waiters = self._flush_waiters, []
-            # Job records are copied so later in-memory changes cannot race the writer thread.
-            batch.jobs = {k: (msgspec.structs.replace(j), pr) for k, (j, pr) in batch.jobs.items()}
-            batch.attempts = {k: msgspec.structs.replace(a) for k, a in batch.attempts.items()}
-            try:
-                await self.store.run(self.store.write, batch)
-            except Exception as exc:  # disk full, I/O error: keep the changes and retry
-                log.error("could not write state to %s (%s); retrying every second", self.store.path, exc)
-                self._pending = _merge(batch, self._pending)
-                self._flush_waiters = waiters + self._flush_waiters
-                await asyncio.sleep(1.0)
-                continue
-            self.recent.extend(batch.events)
-            if batch.events:
-                self.durable_seq = batch.events[-1].seq
-            for sub in self.subscribers:
-                sub.wake.set()
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+    async def _take_back(self, job_id: int, attempt: int, at: float) -> None:
+        await asyncio.sleep(at - self.sched.clock.monotonic())
+        runner = self.sched.take_back(job_id, attempt)
+        self._carry_out()
+        if runner is not None:
+            await self.journal.durable()
+            self.sched.drop_taken_back(runner)
+            self._carry_out()
 
-    async def durable(self) -> None:
-        """Return once every change made so far is on disk."""
-        if not self._pending and (self._flush_task is None or self._flush_task.done()):
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._flush_waiters.append(fut)
-        self._schedule_flush()
-        await fut
+    def _wake_subscribers(self) -> None:
+        for sub in self.subscribers:
+            sub.wake.set()
 
     # ------------------------------------------------------------------ connections
 
@@ -366,19 +293,19 @@ class Dispatcher:
         conn = p.Connection(reader, writer)
         peer = conn.peer
         self._handlers.add(asyncio.current_task())
-        session: RunnerSession | None = None
+        runner: s.Runner | None = None
         try:
             hello = await self._hello(door, conn)
             if hello is None:
                 return
             if hello.role == "runner":
-                session = await self._register_runner(conn, hello)
-                if session is not None:
-                    await self._serve_runner(conn, session)
+                runner = await self._register_runner(conn, hello)
+                if runner is not None:
+                    await self._serve_runner(conn, runner)
             elif hello.role == "observer":
                 await self._serve_observer(conn, hello)
             else:
-                await conn.send(p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.repo_url))
+                await conn.send(p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.sched.repo_url))
                 await self._serve_control(conn)
         except p.ProtocolError as exc:
             log.warning("closing connection from %s: %s", peer, exc)
@@ -390,8 +317,8 @@ class Dispatcher:
             log.exception("closing connection from %s after an internal error", peer)
         finally:
             self._handlers.discard(asyncio.current_task())
-            if session is not None and session.conn is conn:
-                self._runner_gone(session, "connection closed")
+            if runner is not None and self.conns.get(runner.info.name) is conn:
+                self._runner_gone(runner, "connection closed")
             await conn.close()
 
     async def _hello(self, door: Door, conn: p.Connection) -> p.Hello | None:
@@ -437,300 +364,86 @@ class Dispatcher:
     # ------------------------------------------------------------------ observer
 
     async def _serve_observer(self, conn: p.Connection, hello: p.Hello) -> None:
-        if hello.repo_url and hello.repo_url != self.repo_url:
-            self.repo_url = hello.repo_url
-            self._pending.meta["repo_url"] = hello.repo_url
-            self._schedule_flush()
-        await conn.send(p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.repo_url, tips=dict(self.tips)))
+        if hello.repo_url and hello.repo_url != self.sched.repo_url:
+            self.sched.repo_url = hello.repo_url
+            self.journal.save_meta("repo_url", hello.repo_url)
+        await conn.send(p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.sched.repo_url, tips=dict(self.sched.tips)))
         log.info("observer connected from %s", conn.peer)
         while (msg := await conn.recv()) is not None:
             if isinstance(msg, p.CommitsSeen):
-                queued = self._commits_seen(msg)
+                queued = self.sched.commits_seen(msg)
+                self._carry_out()
                 # Dispatch at once; only the ack waits for the disk (unacked tips are reported again).
                 self._dispatch()
-                await self.durable()
+                await self.journal.durable()
                 await conn.send(p.TipsAck(branch=msg.branch, tip=msg.tip, queued=queued))
             elif isinstance(msg, p.BranchGone):
-                self.tips.pop(msg.branch, None)
-                self._pending.tips[msg.branch] = None
-                self._publish("branch.deleted", message=msg.branch)
-                await self.durable()
+                self.sched.branch_gone(msg.branch)
+                self._carry_out()
+                await self.journal.durable()
                 await conn.send(p.TipsAck(branch=msg.branch, tip="", queued=0))
             elif isinstance(msg, p.Heartbeat):
                 continue
             else:
                 raise p.ProtocolError(f"an observer may not send {type(msg).__name__}")
 
-    def _commits_seen(self, msg: p.CommitsSeen) -> int:
-        now = time.time()
-        queued = 0
-        for commit in msg.commits:
-            if commit.sha in self.commits:
-                continue
-            self.commits[commit.sha] = commit
-            self._pending.commits.append((commit, now))
-            self._publish("commit.seen", commit=commit)
-            self._new_job(commit.sha, commit.branch, priority=0)
-            queued += 1
-        self.tips[msg.branch] = msg.tip
-        self._pending.tips[msg.branch] = msg.tip
-        self._schedule_flush()
-        return queued
-
-    def _new_job(self, sha: str, branch: str, priority: int) -> p.JobInfo:
-        job = p.JobInfo(id=self.next_job_id, commit=sha, branch=branch, state="queued", queued_at=time.time(),
-                        priority=priority)
-        self.next_job_id += 1
-        self.jobs[job.id] = job
-        self.active_job[sha] = job.id
-        heapq.heappush(self.queue, (-priority, job.id))
-        self._save_job(job)
-        self._publish("job.queued", job=job)
-        return job
-
     # ------------------------------------------------------------------ runners
 
-    async def _register_runner(self, conn: p.Connection, hello: p.Hello) -> RunnerSession | None:
-        name = hello.name or f"{hello.host or 'runner'}-{hello.pid}"
-        old = self.runners.get(name)
-        if old is not None and old.info.state != "lost":
+    async def _register_runner(self, conn: p.Connection, hello: p.Hello) -> s.Runner | None:
+        runner = self.sched.register(hello)
+        if runner is None:
+            name = s.runner_name(hello)
             log.warning("refused runner %r from %s: name taken", name, conn.peer)
             await conn.send(p.Refused(reason=f"a runner named {name!r} is already registered"))
             return None
-        now = time.monotonic()
-        info = p.RunnerInfo(name=name, host=hello.host, pid=hello.pid, state="idle", last_heartbeat=time.time(),
-                            jobs_done=old.info.jobs_done if old else 0)
-        session = RunnerSession(info=info, conn=conn, last_seen=now, idle_since=now)
-        offsets: dict[int, int] = {}
-        for held in hello.held:
-            job = self.jobs.get(held.job_id)
-            if job is not None and job.state == "running" and job.runner == name and job.attempts == held.attempt:
-                offsets[job.id] = job.log_size
-                info.state, info.job = "busy", job.id
-            else:
-                log.info("runner %s holds job %s attempt %s that is no longer its own", name, held.job_id, held.attempt)
-        self.runners[name] = session
-        await conn.send(p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.repo_url, log_offsets=offsets, name=name))
-        log.info("runner %s joined from %s (pid %s)%s", name, conn.peer, hello.pid,
+        info = runner.info
+        self.conns[info.name] = conn
+        self._carry_out()  # the welcome first
+        await conn.writer.drain()
+        log.info("runner %s joined from %s (pid %s)%s", info.name, conn.peer, hello.pid,
                  f", keeps job {info.job}" if info.job else "")
-        self._publish("runner.joined", runner=info)
-        if info.job is not None and info.job in self.cancel_requested:
-            await conn.send(p.CancelJob(job_id=info.job))
         self._dispatch()
-        return session
+        return runner
 
-    async def _serve_runner(self, conn: p.Connection, session: RunnerSession) -> None:
+    async def _serve_runner(self, conn: p.Connection, runner: s.Runner) -> None:
         while (msg := await conn.recv()) is not None:
-            session.last_seen = time.monotonic()
+            self.sched.heard_from(runner)
             if isinstance(msg, p.Heartbeat):
-                session.info.last_heartbeat = time.time()
+                self.sched.heartbeat(runner)
             elif isinstance(msg, p.Output):
-                await self._output(session, msg)
+                await self._output(runner, msg)
             elif isinstance(msg, p.JobResult):
-                await conn.send(await self._result(session, msg))
+                await conn.send(await self._result(runner, msg))
                 self._dispatch()
             elif isinstance(msg, p.Bye):
-                self._runner_gone(session, "runner left", left=True)
+                self._runner_gone(runner, "runner left", left=True)
                 return
             else:
                 raise p.ProtocolError(f"a runner may not send {type(msg).__name__}")
-            if session.conn is not conn:  # marked lost while we waited
+            if self.conns.get(runner.info.name) is not conn:  # marked lost while we waited
                 return
 
-    def _owns(self, session: RunnerSession, job_id: int, attempt: int) -> bool:
-        job = self.jobs.get(job_id)
-        return (
-            job is not None and job.state == "running" and job.runner == session.info.name
-            and job.attempts == attempt and session.info.job == job_id
-        )
-
-    async def _output(self, session: RunnerSession, msg: p.Output) -> None:
-        if not self._owns(session, msg.job_id, msg.attempt):
-            if session.taken_back == (msg.job_id, msg.attempt):
-                return  # sent before the runner heard that we took the job back
-            raise p.ProtocolError(f"output for job {msg.job_id} attempt {msg.attempt}, which is not this runner's")
-        job = self.jobs[msg.job_id]
-        have = job.log_size
-        if msg.offset > have:
-            raise p.ProtocolError(f"output for job {job.id} at offset {msg.offset} leaves a gap after {have}")
-        data = msg.data[have - msg.offset:]
+    async def _output(self, runner: s.Runner, msg: p.Output) -> None:
+        data = self.sched.output(runner, msg)
         if not data:
             return
-        await self._write_log(session, job.id, data)
-        if not self._owns(session, msg.job_id, msg.attempt):
-            return  # lost while writing; the attempt's log is being discarded
-        job.log_size = have + len(data)
+        await self.logs.write(msg.job_id, data, stalled=lambda: self.sched.heard_from(runner))
+        offset = self.sched.output_written(runner, msg, data)
+        if offset is None:
+            return
         for sub in self.subscribers:
             if sub.output:
-                sub.offer(p.JobOutput(job_id=job.id, offset=have, data=data))
+                sub.offer(p.JobOutput(job_id=msg.job_id, offset=offset, data=data))
 
-    async def _write_log(self, session: RunnerSession, job_id: int, data: bytes) -> None:
-        """Append to the job's log; on a disk error, wait and retry (the runner waits on us meanwhile)."""
-        while True:
-            try:
-                fh = self._logs.get(job_id)
-                if fh is None:
-                    fh = self._logs[job_id] = await self._in_log_thread(open, self.state.job_log(job_id), "ab", 0)
-                written = await self._in_log_thread(fh.write, data)
-                if written == len(data):
-                    return
-                data = data[written:]
-            except OSError as exc:
-                log.error("cannot write the log of job %s (%s); retrying", job_id, exc)
-                await asyncio.sleep(1.0)
-            session.last_seen = time.monotonic()  # it is us who are stuck, not the runner
-
-    async def _in_log_thread(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._log_executor, fn, *args)
-
-    async def _result(self, session: RunnerSession, msg: p.JobResult) -> p.ResultAck:
-        if not self._owns(session, msg.job_id, msg.attempt):
-            log.warning("rejected result from %s for job %s attempt %s: not its job (any more)",
-                        session.info.name, msg.job_id, msg.attempt)
-            return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=False,
-                               reason="this attempt is no longer assigned to this runner")
-        job = self.jobs[msg.job_id]
-        self._close_log(job.id)
-        if msg.cancelled or job.id in self.cancel_requested:
-            state, outcome = "cancelled", "cancelled"
-        elif msg.error:
-            state, outcome = "error", "error"
-        elif msg.timed_out:
-            state, outcome = "failed", "timeout"
-        else:
-            state = outcome = "passed" if msg.exit_code == 0 else "failed"
-        job.exit_code = msg.exit_code
-        job.duration_s = msg.duration_s
-        job.passed, job.failed, job.skipped = msg.passed, msg.failed, msg.skipped
-        job.env, job.env_reused = msg.env, msg.env_reused
-        job.error = msg.error or (f"timed out after {msg.duration_s:.0f} s" if msg.timed_out else "")
-        self._finish(job, state, outcome, job.error)
-        await self.durable()
-        session.info.jobs_done += 1
-        self._idle(session)
+    async def _result(self, runner: s.Runner, msg: p.JobResult) -> p.ResultAck:
+        rejected = self.sched.result(runner, msg)
+        if rejected is not None:
+            return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=False, reason=rejected)
+        self._carry_out()
+        await self.journal.durable()
+        self.sched.result_durable(runner)
+        self._carry_out()
         return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=True)
-
-    def _idle(self, session: RunnerSession) -> None:
-        """Free the runner: only right before the ack that drops its job goes out, so that nothing can be
-        assigned ahead of it."""
-        session.info.state, session.info.job = "idle", None
-        session.idle_since = time.monotonic()
-        self._publish("runner.idle", runner=session.info)
-
-    def _finish(self, job: p.JobInfo, state: str, outcome: str, reason: str) -> None:
-        job.state = state
-        job.finished_at = time.time()
-        self.active_job.pop(job.commit, None)
-        self.cancel_requested.discard(job.id)
-        a = self.attempts.get((job.id, job.attempts))
-        if a is not None and a.ended_at is None:
-            a.ended_at, a.outcome, a.reason = job.finished_at, outcome, reason
-            self._save_attempt(a)
-        self._save_job(job)
-        self._publish("job.finished", job=job, message=reason)
-
-    def _runner_gone(self, session: RunnerSession, reason: str, left: bool = False) -> None:
-        """The runner is gone (lost, or left on purpose); its job goes back to the queue."""
-        if self._closing:
-            return
-        info = session.info
-        if session.conn is not None:
-            session.conn.writer.close()
-        session.conn = None
-        info.state = "lost"
-        job_id, info.job = info.job, None
-        if left:
-            log.info("runner %s left", info.name)
-            self.runners.pop(info.name, None)
-        else:
-            log.warning("runner %s lost: %s", info.name, reason)
-        self._publish("runner.left" if left else "runner.lost", runner=info, message=reason)
-        if job_id is not None and self.jobs[job_id].state == "running":  # not finished while its ack was on disk
-            self._requeue(self.jobs[job_id], reason if left else "runner lost")
-        self._dispatch()
-
-    def _requeue(self, job: p.JobInfo, reason: str) -> None:
-        a = self.attempts.get((job.id, job.attempts))
-        if a is not None and a.ended_at is None:
-            a.ended_at, a.outcome, a.reason = time.time(), "lost", reason
-            self._save_attempt(a)
-        self._close_log(job.id)
-        if job.id in self.cancel_requested:
-            self._finish(job, "cancelled", "cancelled", reason)
-        elif job.attempts >= self.max_attempts:
-            job.error = f"gave up after {job.attempts} attempts: {reason}"
-            self._finish(job, "error", "error", job.error)
-        else:
-            job.state, job.runner = "queued", None
-            # Everything it printed belongs to the lost attempt; the next attempt starts a fresh log.
-            job.log_size = 0
-            self._truncate_log_later(job.id)
-            heapq.heappush(self.queue, (-job.priority, job.id))
-            self._save_job(job)
-            self._publish("job.requeued", job=job, message=reason)
-
-    def _close_log(self, job_id: int) -> None:
-        """Close the job's log on the log thread, behind the writes already queued there (writes are unbuffered,
-        so nothing waits for this)."""
-        fh = self._logs.pop(job_id, None)
-        if fh is not None:
-            self._log_executor.submit(fh.close)
-
-    def _truncate_log_later(self, job_id: int) -> None:
-        path = self.state.job_log(job_id)
-        self._log_executor.submit(_truncate, path)
-
-    async def _watch_heartbeats(self) -> None:
-        """Mark quiet runners lost, at most a quarter of the timeout late (and wake no more often than that)."""
-        while True:
-            await asyncio.sleep(self.heartbeat_timeout / 4)
-            now = time.monotonic()
-            for sess in list(self.runners.values()):
-                if sess.conn is not None and now - sess.last_seen > self.heartbeat_timeout:
-                    self._runner_gone(sess, f"no heartbeat for {now - sess.last_seen:.1f} s")
-            if self._restart_grace_until and now > self._restart_grace_until:
-                self._restart_grace_until = 0.0
-                held = {s.info.job for s in self.runners.values() if s.conn is not None}
-                for job in list(self.jobs.values()):
-                    if job.state == "running" and job.id not in held:
-                        self._requeue(job, "runner lost")
-                self._dispatch()
-
-    def _dispatch(self) -> None:
-        """Give queued jobs to idle runners: oldest job first, longest-idle runner first."""
-        idle = sorted(
-            (s for s in self.runners.values() if s.conn is not None and s.info.state == "idle"),
-            key=lambda s: s.idle_since,
-        )
-        for session in idle:
-            job = self._pop_queue()
-            if job is None:
-                return
-            self._assign(session, job)
-
-    def _pop_queue(self) -> p.JobInfo | None:
-        while self.queue:
-            neg_prio, job_id = heapq.heappop(self.queue)
-            job = self.jobs.get(job_id)
-            if job is not None and job.state == "queued" and -neg_prio == job.priority:
-                return job
-        return None
-
-    def _assign(self, session: RunnerSession, job: p.JobInfo) -> None:
-        job.attempts += 1
-        job.state, job.runner = "running", session.info.name
-        job.started_at, job.finished_at = time.time(), None
-        job.exit_code = job.duration_s = job.passed = job.failed = job.skipped = None
-        job.error, job.env, job.env_reused = "", "", False
-        session.info.state, session.info.job = "busy", job.id
-        a = p.AttemptInfo(job_id=job.id, attempt=job.attempts, runner=session.info.name, started_at=job.started_at)
-        self.attempts[(job.id, job.attempts)] = a
-        self._save_attempt(a)
-        self._save_job(job)
-        self._publish("job.started", job=job, runner=session.info)
-        assert session.conn is not None
-        session.conn.send_nowait(p.Assign(job_id=job.id, attempt=job.attempts, commit=job.commit,
-                                          branch=job.branch, repo_url=self.repo_url))
 
     # ------------------------------------------------------------------ control clients
 
@@ -740,112 +453,32 @@ class Dispatcher:
                 await self._stream(conn, msg)
                 return
             if isinstance(msg, p.StatusRequest) and msg.as_json:
-                document = self._status_json(msg.limit)
+                document = self.status.json(self.journal.seq, msg.limit)
                 for start in range(0, len(document), p.OUTPUT_CHUNK):
                     end = start + p.OUTPUT_CHUNK
                     conn.send_nowait(p.StatusJson(data=document[start:end], more=end < len(document)))
                 await conn.writer.drain()
             elif isinstance(msg, p.StatusRequest):
-                await conn.send(self._status(msg.limit))
+                await conn.send(self.status.reply(self.journal.seq, msg.limit))
             elif isinstance(msg, p.RerunRequest):
-                reply = self._rerun(msg.commit)
-                await self.durable()
+                reply = self.sched.rerun(msg.commit)
+                self._carry_out()
+                await self.journal.durable()
                 await conn.send(reply)
                 self._dispatch()
             elif isinstance(msg, p.CancelRequest):
-                await conn.send(await self._cancel(msg.job_id))
+                reply = self.sched.cancel(msg.job_id)
+                self._carry_out()
+                if reply.ok and reply.job is not None and reply.job.state == "cancelled":  # no longer queued
+                    await self.journal.durable()
+                await conn.send(reply)
             elif isinstance(msg, p.Notice):
                 if not msg.kind.startswith("process."):
                     raise p.ProtocolError(f"notice of unknown kind {msg.kind!r}")
-                self._publish(msg.kind, message=f"{msg.name}: {msg.message}")
+                self.journal.publish(msg.kind, {"message": f"{msg.name}: {msg.message}"})
                 await conn.send(p.Reply(ok=True))
             else:
                 raise p.ProtocolError(f"a control client may not send {type(msg).__name__}")
-
-    def _status(self, limit: int) -> p.StatusReply:
-        jobs = list(self.jobs.values())
-        if limit:
-            jobs = jobs[-limit:]
-        shas = {j.commit for j in jobs}
-        commits = [c for c in self.commits.values() if not limit or c.sha in shas]
-        ids = {j.id for j in jobs}
-        return p.StatusReply(
-            repo_url=self.repo_url, last_seq=self.seq, commits=commits, jobs=jobs,
-            runners=[s.info for s in self.runners.values()],
-            attempts=[a for a in self.attempts.values() if a.job_id in ids],
-        )
-
-    def _status_json(self, limit: int) -> bytes:
-        """``_status`` as the JSON document `status --json` prints; the long lists mostly from ``JsonPrefix``."""
-        if limit:
-            return p.to_json_bytes(self._status(limit))
-        # Each list goes in as one msgspec.Raw (a JSON array), which the encoder copies in as it is.
-        return p.to_json_bytes(p.StatusReply(
-            repo_url=self.repo_url, last_seq=self.seq, commits=self._commits_json.array(self.commits),
-            jobs=self._jobs_json.array(self.jobs), runners=[s.info for s in self.runners.values()],
-            attempts=self._attempts_json.array(self.attempts),
-        ))
-
-    def _rerun(self, prefix: str) -> p.Reply:
-        prefix = prefix.strip().lower()
-        matches = [sha for sha in self.commits if sha.startswith(prefix)] if len(prefix) >= 4 else []
-        if len(matches) != 1:
-            return p.Reply(ok=False, message=f"{'no' if not matches else 'more than one'} commit matches {prefix!r}")
-        sha = matches[0]
-        top = max((j.priority for j in self.jobs.values()), default=0) + 1
-        active = self.active_job.get(sha)
-        if active is not None and self.jobs[active].state == "queued":
-            job = self.jobs[active]
-            job.priority = top
-            heapq.heappush(self.queue, (-top, job.id))
-            self._save_job(job)
-            self._publish("job.queued", job=job, message="moved to the front")
-            return p.Reply(ok=True, message=f"job {job.id} moved to the front of the queue", job=job)
-        if active is not None:
-            return p.Reply(ok=False, message=f"job {active} for {sha[:10]} is running already")
-        commit = self.commits[sha]
-        job = self._new_job(sha, commit.branch, priority=top)
-        return p.Reply(ok=True, message=f"job {job.id} queued at the front", job=job)
-
-    async def _cancel(self, job_id: int) -> p.Reply:
-        job = self.jobs.get(job_id)
-        if job is None:
-            return p.Reply(ok=False, message=f"no job {job_id}")
-        if job.state == "queued":
-            self._finish(job, "cancelled", "cancelled", "cancelled while queued")
-            await self.durable()
-            return p.Reply(ok=True, message=f"job {job_id} cancelled", job=job)
-        if job.state == "running":
-            if job_id not in self.cancel_requested:
-                self.cancel_requested.add(job_id)
-                self._spawn(self._take_back(job_id, job.attempts))
-            session = self.runners.get(job.runner or "")
-            if session is not None and session.conn is not None:
-                await session.conn.send(p.CancelJob(job_id=job_id))
-            return p.Reply(ok=True, message=f"job {job_id} is being cancelled on {job.runner}", job=job)
-        return p.Reply(ok=False, message=f"job {job_id} has already finished ({job.state})", job=job)
-
-    async def _take_back(self, job_id: int, attempt: int) -> None:
-        """End a cancelled job ourselves if its runner has not within ``CANCEL_GRACE`` (its handling of the job
-        died, or it is stuck), and have the runner drop it: else the job stays running and the runner busy."""
-        await asyncio.sleep(CANCEL_GRACE)
-        job = self.jobs[job_id]
-        if job.state != "running" or job.attempts != attempt:
-            return
-        reason = f"{job.runner} had not ended it {CANCEL_GRACE:g} s after the cancel; the dispatcher took it back"
-        log.warning("job %s: %s", job_id, reason)
-        session = self.runners.get(job.runner or "")
-        self._close_log(job_id)
-        self._finish(job, "cancelled", "cancelled", reason)
-        if session is None or session.conn is None or session.info.job != job_id:
-            return  # the runner is away: when it comes back, it is told that the job is no longer its own
-        conn = session.conn
-        session.taken_back = (job_id, attempt)
-        await self.durable()
-        if session.conn is conn and session.info.job == job_id:
-            self._idle(session)
-            conn.send_nowait(p.ResultAck(job_id=job_id, attempt=attempt, accepted=False, reason=reason))
-            self._dispatch()
 
     async def _stream(self, conn: p.Connection, sub_msg: p.Subscribe) -> None:
         """Send every event after the subscriber's cursor, then live ones; no gaps, no duplicates."""
@@ -855,7 +488,7 @@ class Dispatcher:
         try:
             while not closed.done():
                 sub.wake.clear()
-                events = await self._events_after(sub.cursor)
+                events = await self.journal.events_after(sub.cursor)
                 for event in events:
                     conn.send_nowait(event)
                     sub.cursor = event.seq
@@ -872,15 +505,6 @@ class Dispatcher:
             closed.cancel()
             self.subscribers.discard(sub)
 
-    async def _events_after(self, cursor: int, limit: int = 1000) -> list[p.Event]:
-        """Durable events after ``cursor``: from the in-memory ring, or the store for older ones."""
-        if cursor >= self.durable_seq:
-            return []
-        if not self.recent or cursor + 1 < self.recent[0].seq:
-            return await self.store.run(self.store.events_after, cursor, limit)
-        start = cursor + 1 - self.recent[0].seq
-        return [self.recent[i] for i in range(start, min(len(self.recent), start + limit))]
-
 
 def _more_descriptors() -> None:
     """Raise our limit on open files to what we may (often 1024 of 500,000): connections yet to say hello must
@@ -891,24 +515,6 @@ def _more_descriptors() -> None:
     want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
-def _truncate(path: Path) -> None:
-    try:
-        with open(path, "r+b") as fh:
-            fh.truncate(0)
-    except FileNotFoundError:
-        pass
-
-
-def _merge(first: Batch, second: Batch) -> Batch:
-    first.commits += second.commits
-    first.tips.update(second.tips)
-    first.jobs.update(second.jobs)
-    first.attempts.update(second.attempts)
-    first.events += second.events
-    first.meta.update(second.meta)
-    return first
 
 
 async def run_dispatcher(state: StateDir, tcp: p.TcpAddress | None, **kwargs) -> None:
