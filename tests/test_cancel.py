@@ -7,7 +7,7 @@ import signal
 import sqlite3
 
 from conftest import job_processes, toml_command, wait_for
-from tuici import dispatcher as dispatcher_module
+from tuici.dispatcher import scheduler as dispatcher_module
 from tuici.client import Control
 
 

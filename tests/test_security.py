@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Cluster, GitRepo, _env, _wait_or_kill, tcp_address, toml_command, wait_for
-from tuici import dispatcher as dispatcher_module
+from tuici.dispatcher import server as dispatcher_module
 from tuici import protocol as p
 from tuici.client import Control, NoDispatcher
 from tuici.runner.sandbox import find_bwrap, probe
@@ -410,7 +410,7 @@ def test_a_missing_or_wrong_token_is_refused_with_a_logged_reason(repo, cluster)
 
 
 class FakeTime:
-    """Stands in for the ``time`` module inside tuici.dispatcher: a clock the test moves."""
+    """Stands in for the ``time`` module inside tuici.dispatcher.server: a clock the test moves."""
 
     def __init__(self):
         self.now = 1000.0

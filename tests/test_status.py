@@ -10,7 +10,7 @@ import msgspec
 
 from conftest import Cluster, _env, toml_command
 from tuici import protocol as p
-from tuici.dispatcher import JsonPrefix
+from tuici.dispatcher.status import JsonPrefix
 from tuici.store import Batch, Store
 
 HISTORY = 3000  # finished jobs: ~1.4 MB of JSON, more than one StatusJson piece

@@ -1,0 +1,297 @@
+"""The scheduling rules, one test each, on the Scheduler alone: no processes, sockets or event loop; a clock the
+test moves. The wiring (effects carried out over real sockets) is tested with real processes elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuici import protocol as p
+from tuici.dispatcher import scheduler as s
+from tuici.store import Snapshot
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def sha(n: int) -> str:
+    return f"{n:02x}" * 20
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sched(clock) -> s.Scheduler:
+    return s.Scheduler(heartbeat_timeout=5.0, max_attempts=3, repo_url="file:///repo", clock=clock)
+
+
+def commit(sched: s.Scheduler, *numbers: int, branch: str = "main") -> list[p.JobInfo]:
+    """Report commits ``numbers`` as the observer would; their jobs."""
+    commits = [p.ReportedCommit(sha=sha(n), branch=branch) for n in numbers]
+    sched.commits_seen(p.CommitsSeen(branch=branch, tip=commits[-1].sha, commits=commits))
+    return [sched.jobs[sched.active_job[c.sha]] for c in commits]
+
+
+def join(sched: s.Scheduler, name: str, *held: p.HeldJob) -> s.Runner:
+    runner = sched.register(p.Hello(role="runner", token="t", name=name, held=list(held)))
+    assert runner is not None
+    return runner
+
+
+def sends(effects: list[s.Effect]) -> list[tuple[str, p.Message]]:
+    return [(e.runner, e.message) for e in effects if isinstance(e, s.Send)]
+
+
+def assigned(effects: list[s.Effect]) -> list[tuple[str, int]]:
+    return [(runner, msg.job_id) for runner, msg in sends(effects) if isinstance(msg, p.Assign)]
+
+
+def kinds(effects: list[s.Effect]) -> list[str]:
+    return [e.kind for e in effects if isinstance(e, s.Publish)]
+
+
+def result(job: p.JobInfo, **fields) -> p.JobResult:
+    return p.JobResult(**{"job_id": job.id, "attempt": job.attempts, "exit_code": 0, "duration_s": 1.0,
+                          "log_size": 0, **fields})
+
+
+def test_a_new_commit_gets_a_queued_job_saved_and_published(sched):
+    [job] = commit(sched, 1)
+    effects = sched.effects()
+    assert (job.state, job.commit, job.attempts) == ("queued", sha(1), 0)
+    assert s.SaveJob(job) in effects and s.SaveTip("main", sha(1)) in effects
+    assert kinds(effects) == ["commit.seen", "job.queued"]
+    commit(sched, 1)
+    assert len(sched.jobs) == 1  # a commit seen again gets no second job
+
+
+def test_queued_jobs_go_by_priority_then_oldest(sched):
+    older, newer, front = commit(sched, 1, 2, 3)
+    sched.rerun(sha(3))  # the queued job moves ahead of every other
+    sched.dispatch()
+    sched.effects()
+    for name in ("r1", "r2", "r3"):
+        join(sched, name)
+        sched.dispatch()
+    assert [(r, job_id) for r, job_id in assigned(sched.effects())] == [
+        ("r1", front.id), ("r2", older.id), ("r3", newer.id)]
+
+
+def test_only_idle_connected_runners_are_given_jobs_longest_idle_first(sched, clock):
+    first = join(sched, "first")
+    clock.now += 1
+    join(sched, "second")
+    commit(sched, 1)
+    sched.dispatch()
+    assert assigned(sched.effects()) == [("first", 1)]
+    commit(sched, 2, 3)
+    sched.dispatch()
+    assert assigned(sched.effects()) == [("second", 2)]  # first is busy: job 3 waits
+    sched.runner_gone(join(sched, "third"), "gone")
+    sched.effects()
+    assert sched.jobs[3].state == "queued" and first.info.job == 1
+
+
+@pytest.mark.parametrize(("fields", "state", "outcome", "error"), [
+    ({"exit_code": 0}, "passed", "passed", ""),
+    ({"exit_code": 1}, "failed", "failed", ""),
+    ({"exit_code": None, "timed_out": True, "duration_s": 60.0}, "failed", "timeout", "timed out after 60 s"),
+    ({"exit_code": None, "error": "no such command"}, "error", "error", "no such command"),
+    ({"exit_code": -15, "cancelled": True}, "cancelled", "cancelled", ""),
+])
+def test_a_result_ends_the_job_and_its_attempt(sched, clock, fields, state, outcome, error):
+    runner = join(sched, "r1")
+    [job] = commit(sched, 1)
+    sched.dispatch()
+    sched.effects()
+    clock.now += 3
+    assert sched.result(runner, result(job, **fields)) is None
+    effects = sched.effects()
+    assert (job.state, job.error, job.finished_at) == (state, error, clock.now)
+    attempt = sched.attempts[(job.id, 1)]
+    assert (attempt.outcome, attempt.reason, attempt.ended_at) == (outcome, error, clock.now)
+    assert effects[0] == s.CloseLog(job.id) and kinds(effects) == ["job.finished"]
+    assert runner.info.state == "busy"  # until the result is durable
+    sched.result_durable(runner)
+    assert (runner.info.state, runner.info.job, runner.info.jobs_done) == ("idle", None, 1)
+    assert kinds(sched.effects()) == ["runner.idle"]
+
+
+def test_a_lost_runners_job_is_queued_again_and_ends_in_error_after_max_attempts(sched, clock):
+    [job] = commit(sched, 1)
+    for attempt in range(1, 4):
+        runner = join(sched, f"r{attempt}")
+        sched.dispatch()
+        assert job.attempts == attempt
+        sched.effects()
+        sched.runner_gone(runner, "connection closed")
+        effects = sched.effects()
+        assert s.Disconnect(runner.info.name) in effects and runner.info.state == "lost"
+        assert sched.attempts[(job.id, attempt)].outcome == "lost"
+        if attempt < 3:
+            assert job.state == "queued" and job.log_size == 0 and s.TruncateLog(job.id) in effects
+            assert kinds(effects) == ["runner.lost", "job.requeued"]
+    assert job.state == "error" and job.error == "gave up after 3 attempts: runner lost"
+
+
+def test_a_runner_that_leaves_is_forgotten_and_its_job_requeued(sched):
+    runner = join(sched, "r1")
+    [job] = commit(sched, 1)
+    sched.dispatch()
+    sched.runner_gone(runner, "runner left", left=True)
+    assert "r1" not in sched.runners and job.state == "queued"
+    assert sched.attempts[(job.id, 1)].reason == "runner left"
+
+
+def test_a_rerun_goes_ahead_of_every_job(sched):
+    _, queued = commit(sched, 1, 2)
+    reply = sched.rerun(sha(1)[:8])
+    assert reply.ok and "moved to the front" in reply.message and reply.job.id == 1
+    runner = join(sched, "r1")
+    sched.dispatch()
+    sched.result(runner, result(sched.jobs[1]))
+    sched.result_durable(runner)
+    reply = sched.rerun(sha(1))  # finished: a new job, above the one that was moved up
+    assert reply.ok and reply.job.id == 3 and reply.job.priority == 2 > queued.priority
+    sched.dispatch()
+    assert runner.info.job == 3
+    assert not sched.rerun(sha(1)).ok  # running already
+    assert not sched.rerun(sha(1)[:3]).ok  # too short to be a prefix
+
+
+def test_a_queued_job_is_cancelled_at_once(sched):
+    [job] = commit(sched, 1)
+    sched.effects()
+    reply = sched.cancel(job.id)
+    assert reply.ok and job.state == "cancelled" and kinds(sched.effects()) == ["job.finished"]
+    join(sched, "r1")
+    sched.dispatch()
+    assert assigned(sched.effects()) == []
+    assert not sched.cancel(job.id).ok and not sched.cancel(99).ok
+
+
+def test_a_cancelled_running_job_its_runner_does_not_end_is_taken_back(sched, clock):
+    runner = join(sched, "r1")
+    job, following = commit(sched, 1, 2)
+    sched.dispatch()
+    sched.effects()
+    assert sched.cancel(job.id).ok and job.state == "running"
+    effects = sched.effects()
+    assert sends(effects) == [("r1", p.CancelJob(job_id=job.id))]
+    assert s.TakeBackAt(job.id, 1, clock.now + s.CANCEL_GRACE) in effects
+    sched.cancel(job.id)
+    assert not any(isinstance(e, s.TakeBackAt) for e in sched.effects())  # one take-back per cancel
+
+    clock.now += s.CANCEL_GRACE
+    assert sched.take_back(job.id, 1) is runner
+    assert job.state == "cancelled" and "took it back" in sched.attempts[(job.id, 1)].reason
+    assert runner.info.job == job.id  # until the end is durable
+    sched.effects()
+    sched.drop_taken_back(runner)
+    effects = sched.effects()
+    [(_, drop), (_, assign)] = sends(effects)
+    assert isinstance(drop, p.ResultAck) and (drop.job_id, drop.accepted) == (job.id, False)
+    assert isinstance(assign, p.Assign) and assign.job_id == following.id
+    # What the runner sends about the job later is dropped, or rejected.
+    assert sched.output(runner, p.Output(job_id=job.id, attempt=1, offset=0, data=b"late")) == b""
+    assert sched.result(runner, result(job, attempt=1)) is not None
+
+
+def test_a_cancelled_job_that_ends_in_time_is_not_taken_back(sched):
+    runner = join(sched, "r1")
+    [job] = commit(sched, 1)
+    sched.dispatch()
+    sched.cancel(job.id)
+    sched.result(runner, result(job, exit_code=-15))
+    assert job.state == "cancelled"  # whatever the runner says, once cancelled
+    sched.result_durable(runner)
+    sched.effects()
+    assert sched.take_back(job.id, 1) is None and sched.effects() == []
+
+
+def test_a_runner_quiet_past_the_heartbeat_timeout_is_lost(sched, clock):
+    quiet, talking = join(sched, "quiet"), join(sched, "talking")
+    [job] = commit(sched, 1)
+    sched.dispatch()
+    assert job.runner == "quiet"
+    clock.now += 5.0
+    sched.heard_from(talking)
+    sched.expire()
+    assert quiet.info.state == "busy"  # not past the timeout yet
+    clock.now += 0.5
+    sched.effects()
+    sched.expire()
+    effects = sched.effects()
+    assert quiet.info.state == "lost" and talking.info.state == "busy"
+    assert assigned(effects) == [("talking", job.id)] and job.attempts == 2
+
+
+def test_a_result_for_an_attempt_no_longer_assigned_is_rejected(sched):
+    first = join(sched, "first")
+    [job] = commit(sched, 1)
+    sched.dispatch()
+    sched.runner_gone(first, "lost")
+    second = join(sched, "second")
+    sched.dispatch()
+    assert job.runner == "second" and job.attempts == 2
+    assert sched.result(first, result(job, attempt=1)) == "this attempt is no longer assigned to this runner"
+    assert sched.result(second, result(job, attempt=1)) is not None
+    assert job.state == "running"
+    with pytest.raises(p.ProtocolError):
+        sched.output(first, p.Output(job_id=job.id, attempt=1, offset=0, data=b"x"))
+
+
+def test_output_is_kept_once_and_without_gaps(sched):
+    runner = join(sched, "r1")
+    [job] = commit(sched, 1)
+    sched.dispatch()
+    first = p.Output(job_id=job.id, attempt=1, offset=0, data=b"hello ")
+    assert sched.output(runner, first) == b"hello "
+    assert sched.output_written(runner, first, b"hello ") == 0
+    again = p.Output(job_id=job.id, attempt=1, offset=0, data=b"hello world")  # resent after a reconnect
+    assert sched.output(runner, again) == b"world"
+    assert sched.output_written(runner, again, b"world") == 6 and job.log_size == 11
+    with pytest.raises(p.ProtocolError):
+        sched.output(runner, p.Output(job_id=job.id, attempt=1, offset=20, data=b"gap"))
+
+
+def test_a_returning_runner_keeps_its_job_and_a_name_in_use_is_refused(sched):
+    runner = join(sched, "r1")
+    [job] = commit(sched, 1)
+    sched.dispatch()
+    assert sched.register(p.Hello(role="runner", token="t", name="r1")) is None
+    sched.runner_gone(runner, "connection closed")  # the job is requeued ...
+    again = join(sched, "r1", p.HeldJob(job_id=job.id, attempt=1))
+    assert again.info.job is None  # ... so it is no longer its own
+    sched.dispatch()
+    sched.effects()
+    sched.runner_gone(again, "connection closed")
+    sched.effects()
+    sched.jobs[job.id].state = "running"  # as after a restart, before runners are back
+    sched.jobs[job.id].runner, sched.jobs[job.id].attempts = "r1", 3
+    back = join(sched, "r1", p.HeldJob(job_id=job.id, attempt=3))
+    welcome = sends(sched.effects())[0][1]
+    assert back.info.job == job.id and isinstance(welcome, p.Welcome) and welcome.log_offsets == {job.id: 0}
+
+
+def test_after_a_restart_running_jobs_no_runner_came_back_for_are_queued_again(sched, clock):
+    running = p.JobInfo(id=1, commit=sha(1), branch="main", state="running", runner="gone", attempts=1)
+    kept = p.JobInfo(id=2, commit=sha(2), branch="main", state="running", runner="back", attempts=1)
+    sched.load(Snapshot(meta={}, commits=[], tips={}, jobs=[(running, 0), (kept, 0)], last_seq=0,
+                        attempts=[p.AttemptInfo(job_id=1, attempt=1, runner="gone", started_at=0.0)]))
+    join(sched, "back", p.HeldJob(job_id=2, attempt=1))
+    clock.now += 5.0 + 0.1
+    sched.heard_from(sched.runners["back"])
+    sched.expire()
+    assert running.state == "queued" and kept.state == "running"
+    assert sched.attempts[(1, 1)].outcome == "lost"

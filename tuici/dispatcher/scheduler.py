@@ -1,0 +1,489 @@
+"""The scheduling rules, apart from any I/O: commits, jobs, attempts and runners, and what happens to them.
+
+The server feeds it what arrives (a commit, a runner's hello, output, a result, a cancel, the passing of time)
+and carries out what it asks for, which it collects in order as effects: persist a record, publish an event,
+send a runner a message, drop a connection, close or empty a job's log, take a cancelled job back later. It
+never waits, reads a socket or touches the disk, and reads the time from the clock it is given, so every rule
+can be tested in a few microseconds (tests/test_scheduler.py).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import msgspec
+
+from .. import protocol as p
+
+if TYPE_CHECKING:
+    from ..store import Snapshot
+
+log = logging.getLogger("tuici.dispatcher")
+
+CANCEL_GRACE = 10.0  # seconds a runner has to end a cancelled job before the dispatcher takes the job back
+
+Outcome = Literal["passed", "failed", "error", "cancelled", "lost", "timeout"]  # how an attempt ended
+EventKind = Literal[
+    "commit.seen", "branch.deleted", "job.queued", "job.started", "job.requeued", "job.finished",
+    "runner.joined", "runner.idle", "runner.lost", "runner.left",
+]
+
+
+class Clock(Protocol):
+    """Wall time for records, monotonic time for timeouts: the ``time`` module, or a test's own."""
+
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+
+# ------------------------------------------------------------------ effects
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Number this event and publish it once durable; its records are copies, as they were then."""
+
+    kind: EventKind
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SaveCommit:
+    commit: p.CommitInfo
+    seen_at: float
+
+
+@dataclass(frozen=True)
+class SaveTip:
+    branch: str
+    sha: str | None  # None: the branch is gone
+
+
+@dataclass(frozen=True)
+class SaveJob:
+    job: p.JobInfo
+
+
+@dataclass(frozen=True)
+class SaveAttempt:
+    attempt: p.AttemptInfo
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send a connected runner a message, without waiting."""
+
+    runner: str
+    message: p.Welcome | p.Assign | p.CancelJob | p.ResultAck
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    runner: str
+
+
+@dataclass(frozen=True)
+class CloseLog:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class TruncateLog:
+    """Empty the job's log: what it holds belongs to an attempt that was lost."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
+class TakeBackAt:
+    """Call ``Scheduler.take_back(job_id, attempt)`` at monotonic time ``at``."""
+
+    job_id: int
+    attempt: int
+    at: float
+
+
+Effect = Publish | SaveCommit | SaveTip | SaveJob | SaveAttempt | Send | Disconnect | CloseLog | TruncateLog | TakeBackAt
+
+
+# ------------------------------------------------------------------ the rules
+
+
+def runner_name(hello: p.Hello) -> str:
+    """The name a runner is registered under: its own, else its host and pid."""
+    return hello.name or f"{hello.host or 'runner'}-{hello.pid}"
+
+
+@dataclass(eq=False)
+class Runner:
+    """A runner as registered; a new one for every hello, so a returning runner never shares its old record's
+    fate. ``connected`` is whether the server still holds its connection."""
+
+    info: p.RunnerInfo
+    connected: bool
+    last_seen: float  # monotonic: when anything last came from it
+    idle_since: float
+    taken_back: tuple[int, int] | None = None  # (job, attempt) taken from it after a cancel: late output is dropped
+
+
+class Scheduler:
+    def __init__(self, heartbeat_timeout: float = 5.0, max_attempts: int = 3, repo_url: str = "",
+                 clock: Clock = time):
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_attempts = max_attempts
+        self.repo_url = repo_url  # sent with every job
+        self.clock = clock
+        self.commits: dict[str, p.CommitInfo] = {}
+        self.tips: dict[str, str] = {}
+        self.jobs: dict[int, p.JobInfo] = {}
+        self.attempts: dict[tuple[int, int], p.AttemptInfo] = {}
+        self.active_job: dict[str, int] = {}  # commit -> its queued or running job
+        self.queue: list[tuple[int, int]] = []  # heap of (-job.priority, job id); stale entries are skipped
+        self.runners: dict[str, Runner] = {}
+        self.cancel_requested: set[int] = set()
+        self.next_job_id = 1
+        self.restart_grace_until = 0.0
+        self._effects: list[Effect] = []
+
+    def effects(self) -> list[Effect]:
+        """What the calls since the last time asked for, in order; the caller carries them out."""
+        effects, self._effects = self._effects, []
+        return effects
+
+    def load(self, snap: Snapshot) -> None:
+        for c in snap.commits:
+            self.commits[c.sha] = c
+        self.tips = dict(snap.tips)
+        for job, prio in snap.jobs:
+            self.jobs[job.id] = job
+            job.priority = prio  # the column is authoritative: bodies stored before the field lack it
+            self.next_job_id = max(self.next_job_id, job.id + 1)
+            if job.state in ("queued", "running"):
+                self.active_job[job.commit] = job.id
+            if job.state == "queued":
+                heapq.heappush(self.queue, (-prio, job.id))
+        for a in snap.attempts:
+            self.attempts[(a.job_id, a.attempt)] = a
+        if any(j.state == "running" for j in self.jobs.values()):
+            # Runners that were busy when we went down get this long to reconnect and keep their job.
+            self.restart_grace_until = self.clock.monotonic() + self.heartbeat_timeout
+
+    def _publish(self, kind: EventKind, **fields: Any) -> None:
+        """Copy the records as they are now: they go on changing before the event is written."""
+        self._effects.append(Publish(kind, {
+            k: msgspec.structs.replace(v) if isinstance(v, msgspec.Struct) else v for k, v in fields.items()
+        }))
+
+    def _save(self, record: p.JobInfo | p.AttemptInfo) -> None:
+        self._effects.append(SaveJob(record) if isinstance(record, p.JobInfo) else SaveAttempt(record))
+
+    # ------------------------------------------------------------------ commits and jobs
+
+    def commits_seen(self, msg: p.CommitsSeen) -> int:
+        """Record the observer's new commits, each with a job, and the branch's tip; how many were queued."""
+        now = self.clock.time()
+        queued = 0
+        for commit in msg.commits:
+            if commit.sha in self.commits:
+                continue
+            self.commits[commit.sha] = commit
+            self._effects.append(SaveCommit(commit, now))
+            self._publish("commit.seen", commit=commit)
+            self._new_job(commit.sha, commit.branch, priority=0)
+            queued += 1
+        self.tips[msg.branch] = msg.tip
+        self._effects.append(SaveTip(msg.branch, msg.tip))
+        return queued
+
+    def branch_gone(self, branch: str) -> None:
+        self.tips.pop(branch, None)
+        self._effects.append(SaveTip(branch, None))
+        self._publish("branch.deleted", message=branch)
+
+    def _new_job(self, sha: str, branch: str, priority: int) -> p.JobInfo:
+        job = p.JobInfo(id=self.next_job_id, commit=sha, branch=branch, state="queued",
+                        queued_at=self.clock.time(), priority=priority)
+        self.next_job_id += 1
+        self.jobs[job.id] = job
+        self.active_job[sha] = job.id
+        heapq.heappush(self.queue, (-priority, job.id))
+        self._save(job)
+        self._publish("job.queued", job=job)
+        return job
+
+    def rerun(self, prefix: str) -> p.Reply:
+        """Queue the commit again, ahead of every other job (or move its queued job there)."""
+        prefix = prefix.strip().lower()
+        matches = [sha for sha in self.commits if sha.startswith(prefix)] if len(prefix) >= 4 else []
+        if len(matches) != 1:
+            return p.Reply(ok=False, message=f"{'no' if not matches else 'more than one'} commit matches {prefix!r}")
+        sha = matches[0]
+        top = max((j.priority for j in self.jobs.values()), default=0) + 1
+        active = self.active_job.get(sha)
+        if active is not None and self.jobs[active].state == "queued":
+            job = self.jobs[active]
+            job.priority = top
+            heapq.heappush(self.queue, (-top, job.id))
+            self._save(job)
+            self._publish("job.queued", job=job, message="moved to the front")
+            return p.Reply(ok=True, message=f"job {job.id} moved to the front of the queue", job=job)
+        if active is not None:
+            return p.Reply(ok=False, message=f"job {active} for {sha[:10]} is running already")
+        job = self._new_job(sha, self.commits[sha].branch, priority=top)
+        return p.Reply(ok=True, message=f"job {job.id} queued at the front", job=job)
+
+    def cancel(self, job_id: int) -> p.Reply:
+        """A queued job ends at once; a running one's runner is told to end it, and if it has not within
+        ``CANCEL_GRACE``, ``take_back`` ends it."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return p.Reply(ok=False, message=f"no job {job_id}")
+        if job.state == "queued":
+            self._finish(job, "cancelled", "cancelled", "cancelled while queued")
+            return p.Reply(ok=True, message=f"job {job_id} cancelled", job=job)
+        if job.state == "running":
+            if job_id not in self.cancel_requested:
+                self.cancel_requested.add(job_id)
+                self._effects.append(TakeBackAt(job_id, job.attempts, self.clock.monotonic() + CANCEL_GRACE))
+            runner = self.runners.get(job.runner or "")
+            if runner is not None and runner.connected:
+                self._effects.append(Send(runner.info.name, p.CancelJob(job_id=job_id)))
+            return p.Reply(ok=True, message=f"job {job_id} is being cancelled on {job.runner}", job=job)
+        return p.Reply(ok=False, message=f"job {job_id} has already finished ({job.state})", job=job)
+
+    def take_back(self, job_id: int, attempt: int) -> Runner | None:
+        """End a cancelled job ourselves if its runner has not (its handling of the job died, or it is stuck):
+        else the job stays running and the runner busy. The runner to tell, once that is durable, with
+        ``drop_taken_back``; None if it is away (when it comes back, it learns the job is no longer its own)."""
+        job = self.jobs[job_id]
+        if job.state != "running" or job.attempts != attempt:
+            return None
+        reason = f"{job.runner} had not ended it {CANCEL_GRACE:g} s after the cancel; the dispatcher took it back"
+        log.warning("job %s: %s", job_id, reason)
+        runner = self.runners.get(job.runner or "")
+        self._effects.append(CloseLog(job_id))
+        self._finish(job, "cancelled", "cancelled", reason)
+        if runner is None or not runner.connected or runner.info.job != job_id:
+            return None
+        runner.taken_back = (job_id, attempt)
+        return runner
+
+    def drop_taken_back(self, runner: Runner) -> None:
+        """Free the runner and have it drop the job taken back from it, if it still holds it."""
+        if runner.taken_back is None or not runner.connected or runner.info.job != runner.taken_back[0]:
+            return
+        job_id, attempt = runner.taken_back
+        self._idle(runner)
+        self._effects.append(Send(runner.info.name, p.ResultAck(
+            job_id=job_id, attempt=attempt, accepted=False, reason=self.attempts[(job_id, attempt)].reason)))
+        self.dispatch()
+
+    # ------------------------------------------------------------------ runners
+
+    def register(self, hello: p.Hello) -> Runner | None:
+        """A runner's hello: welcome it (keeping the job it holds if that is still its own), or None when a
+        connected runner has its name."""
+        name = runner_name(hello)
+        old = self.runners.get(name)
+        if old is not None and old.info.state != "lost":
+            return None
+        now = self.clock.monotonic()
+        info = p.RunnerInfo(name=name, host=hello.host, pid=hello.pid, state="idle",
+                            last_heartbeat=self.clock.time(), jobs_done=old.info.jobs_done if old else 0)
+        runner = Runner(info=info, connected=True, last_seen=now, idle_since=now)
+        offsets: dict[int, int] = {}
+        for held in hello.held:
+            job = self.jobs.get(held.job_id)
+            if job is not None and job.state == "running" and job.runner == name and job.attempts == held.attempt:
+                offsets[job.id] = job.log_size
+                info.state, info.job = "busy", job.id
+            else:
+                log.info("runner %s holds job %s attempt %s that is no longer its own", name, held.job_id, held.attempt)
+        self.runners[name] = runner
+        self._effects.append(Send(name, p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.repo_url,
+                                                  log_offsets=offsets, name=name)))
+        self._publish("runner.joined", runner=info)
+        if info.job is not None and info.job in self.cancel_requested:
+            self._effects.append(Send(name, p.CancelJob(job_id=info.job)))
+        return runner
+
+    def heard_from(self, runner: Runner) -> None:
+        """Anything from the runner (or our own stall on its behalf) shows it is alive."""
+        runner.last_seen = self.clock.monotonic()
+
+    def heartbeat(self, runner: Runner) -> None:
+        runner.info.last_heartbeat = self.clock.time()
+
+    def _owns(self, runner: Runner, job_id: int, attempt: int) -> bool:
+        job = self.jobs.get(job_id)
+        return (
+            job is not None and job.state == "running" and job.runner == runner.info.name
+            and job.attempts == attempt and runner.info.job == job_id
+        )
+
+    def output(self, runner: Runner, msg: p.Output) -> bytes:
+        """The part of ``msg`` the log does not have yet (output is resent after a reconnect)."""
+        if not self._owns(runner, msg.job_id, msg.attempt):
+            if runner.taken_back == (msg.job_id, msg.attempt):
+                return b""  # sent before the runner heard that we took the job back
+            raise p.ProtocolError(f"output for job {msg.job_id} attempt {msg.attempt}, which is not this runner's")
+        have = self.jobs[msg.job_id].log_size
+        if msg.offset > have:
+            raise p.ProtocolError(f"output for job {msg.job_id} at offset {msg.offset} leaves a gap after {have}")
+        return msg.data[have - msg.offset:]
+
+    def output_written(self, runner: Runner, msg: p.Output, data: bytes) -> int | None:
+        """``data`` from ``output`` is in the log: the offset it starts at, or None if the attempt was lost
+        meanwhile (its log is being discarded)."""
+        if not self._owns(runner, msg.job_id, msg.attempt):
+            return None
+        job = self.jobs[msg.job_id]
+        offset = job.log_size
+        job.log_size += len(data)
+        return offset
+
+    def result(self, runner: Runner, msg: p.JobResult) -> str | None:
+        """End the job as the result says; the reason it is rejected if the attempt is not this runner's (any
+        more). Once that is durable, ``result_durable`` frees the runner."""
+        if not self._owns(runner, msg.job_id, msg.attempt):
+            log.warning("rejected result from %s for job %s attempt %s: not its job (any more)",
+                        runner.info.name, msg.job_id, msg.attempt)
+            return "this attempt is no longer assigned to this runner"
+        job = self.jobs[msg.job_id]
+        self._effects.append(CloseLog(job.id))
+        state: p.JobState
+        outcome: Outcome
+        if msg.cancelled or job.id in self.cancel_requested:
+            state, outcome = "cancelled", "cancelled"
+        elif msg.error:
+            state, outcome = "error", "error"
+        elif msg.timed_out:
+            state, outcome = "failed", "timeout"
+        else:
+            state = outcome = "passed" if msg.exit_code == 0 else "failed"
+        job.exit_code = msg.exit_code
+        job.duration_s = msg.duration_s
+        job.passed, job.failed, job.skipped = msg.passed, msg.failed, msg.skipped
+        job.env, job.env_reused = msg.env, msg.env_reused
+        job.error = msg.error or (f"timed out after {msg.duration_s:.0f} s" if msg.timed_out else "")
+        self._finish(job, state, outcome, job.error)
+        return None
+
+    def result_durable(self, runner: Runner) -> None:
+        runner.info.jobs_done += 1
+        self._idle(runner)
+
+    def _idle(self, runner: Runner) -> None:
+        """Free the runner: only right before the ack that drops its job goes out, so that nothing can be
+        assigned ahead of it."""
+        runner.info.state, runner.info.job = "idle", None
+        runner.idle_since = self.clock.monotonic()
+        self._publish("runner.idle", runner=runner.info)
+
+    def _finish(self, job: p.JobInfo, state: p.JobState, outcome: Outcome, reason: str) -> None:
+        job.state = state
+        job.finished_at = self.clock.time()
+        self.active_job.pop(job.commit, None)
+        self.cancel_requested.discard(job.id)
+        a = self.attempts.get((job.id, job.attempts))
+        if a is not None and a.ended_at is None:
+            a.ended_at, a.outcome, a.reason = job.finished_at, outcome, reason
+            self._save(a)
+        self._save(job)
+        self._publish("job.finished", job=job, message=reason)
+
+    def runner_gone(self, runner: Runner, reason: str, left: bool = False) -> None:
+        """The runner is gone (lost, or left on purpose); its job goes back to the queue."""
+        info = runner.info
+        if runner.connected:
+            self._effects.append(Disconnect(info.name))
+        runner.connected = False
+        info.state = "lost"
+        job_id, info.job = info.job, None
+        if left:
+            log.info("runner %s left", info.name)
+            self.runners.pop(info.name, None)
+        else:
+            log.warning("runner %s lost: %s", info.name, reason)
+        self._publish("runner.left" if left else "runner.lost", runner=info, message=reason)
+        if job_id is not None and self.jobs[job_id].state == "running":  # not finished while its ack was on disk
+            self._requeue(self.jobs[job_id], reason if left else "runner lost")
+        self.dispatch()
+
+    def _requeue(self, job: p.JobInfo, reason: str) -> None:
+        """The attempt is lost: the job is queued again, unless it was being cancelled or has had its attempts."""
+        a = self.attempts.get((job.id, job.attempts))
+        if a is not None and a.ended_at is None:
+            a.ended_at, a.outcome, a.reason = self.clock.time(), "lost", reason
+            self._save(a)
+        self._effects.append(CloseLog(job.id))
+        if job.id in self.cancel_requested:
+            self._finish(job, "cancelled", "cancelled", reason)
+        elif job.attempts >= self.max_attempts:
+            job.error = f"gave up after {job.attempts} attempts: {reason}"
+            self._finish(job, "error", "error", job.error)
+        else:
+            job.state, job.runner = "queued", None
+            # Everything it printed belongs to the lost attempt; the next attempt starts a fresh log.
+            job.log_size = 0
+            self._effects.append(TruncateLog(job.id))
+            heapq.heappush(self.queue, (-job.priority, job.id))
+            self._save(job)
+            self._publish("job.requeued", job=job, message=reason)
+
+    def expire(self) -> None:
+        """Mark runners quiet for longer than the heartbeat timeout lost; once the grace after a restart is over,
+        queue again the running jobs no runner came back for."""
+        now = self.clock.monotonic()
+        for runner in list(self.runners.values()):
+            if runner.connected and now - runner.last_seen > self.heartbeat_timeout:
+                self.runner_gone(runner, f"no heartbeat for {now - runner.last_seen:.1f} s")
+        if self.restart_grace_until and now > self.restart_grace_until:
+            self.restart_grace_until = 0.0
+            held = {r.info.job for r in self.runners.values() if r.connected}
+            for job in list(self.jobs.values()):
+                if job.state == "running" and job.id not in held:
+                    self._requeue(job, "runner lost")
+            self.dispatch()
+
+    # ------------------------------------------------------------------ assignment
+
+    def dispatch(self) -> None:
+        """Give queued jobs to idle runners: highest priority first, then oldest; longest-idle runner first."""
+        idle = sorted(
+            (r for r in self.runners.values() if r.connected and r.info.state == "idle"),
+            key=lambda r: r.idle_since,
+        )
+        for runner in idle:
+            job = self._pop_queue()
+            if job is None:
+                return
+            self._assign(runner, job)
+
+    def _pop_queue(self) -> p.JobInfo | None:
+        while self.queue:
+            neg_prio, job_id = heapq.heappop(self.queue)
+            job = self.jobs.get(job_id)
+            if job is not None and job.state == "queued" and -neg_prio == job.priority:
+                return job
+        return None
+
+    def _assign(self, runner: Runner, job: p.JobInfo) -> None:
+        job.attempts += 1
+        job.state, job.runner = "running", runner.info.name
+        job.started_at, job.finished_at = self.clock.time(), None
+        job.exit_code = job.duration_s = job.passed = job.failed = job.skipped = None
+        job.error, job.env, job.env_reused = "", "", False
+        runner.info.state, runner.info.job = "busy", job.id
+        a = p.AttemptInfo(job_id=job.id, attempt=job.attempts, runner=runner.info.name, started_at=job.started_at)
+        self.attempts[(job.id, job.attempts)] = a
+        self._save(a)
+        self._save(job)
+        self._publish("job.started", job=job, runner=runner.info)
+        self._effects.append(Send(runner.info.name, p.Assign(job_id=job.id, attempt=job.attempts, commit=job.commit,
+                                                             branch=job.branch, repo_url=self.repo_url)))

@@ -1,0 +1,534 @@
+"""The dispatcher's asyncio layer: listening sockets, handshakes, roles and streams.
+
+It feeds what peers send to the ``Scheduler`` and carries out what that asks for (``_carry_out``): records go to
+the ``Journal``, output to ``JobLogs``, messages to runners' connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import functools
+import hmac
+import logging
+import os
+import socket
+import ssl
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from .. import protocol as p
+from ..statedir import StateDir
+from ..store import Store
+from . import scheduler as s
+from .joblogs import JobLogs
+from .journal import Journal
+from .status import Status
+
+log = logging.getLogger("tuici.dispatcher")
+
+OUTPUT_BUFFER = 4 * 1024 * 1024  # live output bytes held per subscriber; past it, chunks are dropped
+HELLO_TIMEOUT = 5.0  # seconds a new connection has to say hello (and over TLS, to shake hands first)
+# A peer with the token says hello as soon as it connects: it can do with less time from an address past its
+# budget of failed handshakes, and while over MAX_PENDING connections (of one listening socket) wait for theirs.
+HELLO_TIMEOUT_SHORT = 1.0
+MAX_PENDING = 256
+
+
+@dataclass(eq=False)
+class Subscriber:
+    conn: p.Connection
+    cursor: int
+    output: bool
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    chunks: deque = field(default_factory=deque)
+    chunk_bytes: int = 0
+
+    def offer(self, chunk: p.JobOutput) -> None:
+        """Queue live output unless this subscriber is too far behind (the stored log has it all)."""
+        if self.chunk_bytes + len(chunk.data) <= OUTPUT_BUFFER:
+            self.chunks.append(chunk)
+            self.chunk_bytes += len(chunk.data)
+            self.wake.set()
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+MAX_TRACKED_ADDRESSES = 10_000
+
+
+def _remember(table: OrderedDict, key: str, value) -> None:
+    """Put key last (the least recently seen first); past the cap, the least recently seen goes. Memory stays
+    bounded, and a flood from many addresses cannot reset the bucket of one that keeps trying."""
+    table[key] = value
+    table.move_to_end(key)
+    if len(table) > MAX_TRACKED_ADDRESSES:
+        table.popitem(last=False)
+
+
+class RateLimiter:
+    """Failed handshakes per source address, as a token bucket: a connection that ends without a valid hello
+    costs a token, a wrong token ``penalty`` tokens.
+
+    It refuses nobody: everything local shares 127.0.0.1, so refusing an address would lock out the peers that
+    share it with a flood, and what a peer does once it has shown the token is not limited either (the token
+    lets it cancel, rerun and take every job anyway, and never reaches the code under test). An address with an
+    empty bucket only gets less time to say hello (``HELLO_TIMEOUT_SHORT``), and a log line per 10 s."""
+
+    def __init__(self, rate: float = 1.0, burst: float = 20.0, penalty: float = 5.0):
+        self.rate, self.burst, self.penalty = rate, burst, penalty
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._logged: OrderedDict[str, float] = OrderedDict()
+
+    def _level(self, ip: str) -> float:
+        bucket = self._buckets.get(ip)
+        if bucket is None:
+            return self.burst
+        level, at = bucket
+        return min(self.burst, level + (time.monotonic() - at) * self.rate)
+
+    def failed(self, ip: str, wrong_token: bool = False) -> None:
+        cost = self.penalty if wrong_token else 1.0
+        # In debt by one bucket at most: after a flood, the address is back within 2 * burst / rate seconds.
+        _remember(self._buckets, ip, (max(-self.burst, self._level(ip) - cost), time.monotonic()))
+
+    def failing(self, ip: str) -> bool:
+        """Whether the address has used up its budget of failed handshakes."""
+        return self._level(ip) < 1.0
+
+    def should_log(self, ip: str) -> bool:
+        """Every failure within the budget; past it, one line every 10 s, so a flood cannot fill the disk."""
+        if not self.failing(ip):
+            return True
+        now = time.monotonic()
+        if now - self._logged.get(ip, -10.0) < 10.0:
+            return False
+        _remember(self._logged, ip, now)
+        return True
+
+
+@dataclass(eq=False)
+class Door:
+    """One listening socket, and its connections yet to say hello: when each connected, oldest first."""
+
+    tls: ssl.SSLContext | None
+    pending: dict[p.Connection, float] = field(default_factory=dict)
+
+    def admit(self, conn: p.Connection) -> None:
+        """Count ``conn`` as waiting for its hello. Past ``MAX_PENDING``, drop those that have waited longer than
+        ``HELLO_TIMEOUT_SHORT``: a flood that never says hello then holds what arrives in that time, not in
+        HELLO_TIMEOUT, while a peer that says hello is read long before (and a burst of them is not dropped for
+        being many). Over TLS, asyncio shakes hands before we see the connection: that wait is not counted."""
+        now = time.monotonic()
+        self.pending[conn] = now
+        while len(self.pending) > MAX_PENDING:
+            oldest, since = next(iter(self.pending.items()))
+            if now - since <= HELLO_TIMEOUT_SHORT:
+                return
+            del self.pending[oldest]
+            oldest.writer.transport.abort()  # its recv() in Dispatcher._hello ends
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        state: StateDir,
+        tcp: p.TcpAddress | None = None,
+        heartbeat_timeout: float = 5.0,
+        max_attempts: int = 3,
+        repo_url: str = "",
+        tls: ssl.SSLContext | None = None,
+        socks: list[socket.socket] | None = None,
+    ):
+        self.state = state.ensure()
+        self.tcp = tcp  # listened on besides the Unix socket in the state dir, for components on other machines
+        self.socks = socks or []  # listening sockets bound for us (by a supervisor), used instead of binding
+        self.tls = tls
+        self.limiter = RateLimiter()
+        self.token = state.token(create=True)
+        self.sched = s.Scheduler(heartbeat_timeout=heartbeat_timeout, max_attempts=max_attempts, repo_url=repo_url)
+        self.journal = Journal(Store(state.db), on_durable=self._wake_subscribers)
+        self.logs = JobLogs(self.state)
+        self.status = Status(self.sched)
+        self.conns: dict[str, p.Connection] = {}  # connected runners' connections, by name
+        self.subscribers: set[Subscriber] = set()
+        self._servers: list[asyncio.base_events.Server] = []
+        self._bound_socket_file = False  # whether we made state.socket (and remove it at stop)
+        self._tasks: set[asyncio.Task] = set()
+        self._handlers: set[asyncio.Task] = set()
+        self._lock_fd: int | None = None
+        self._closing = False
+        self.addresses: list[p.Address] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._lock_fd = os.open(self.state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise AlreadyRunning(
+                f"a dispatcher is already running for {self.state.path} at {self.state.address()}"
+            ) from None
+        snap = await self.journal.open()
+        self.sched.repo_url = self.sched.repo_url or snap.meta.get("repo_url", "")
+        if self.sched.repo_url:
+            self.journal.save_meta("repo_url", self.sched.repo_url)
+        self.sched.load(snap)
+        running = [job.id for job in self.sched.jobs.values() if job.state == "running"]
+        for job_id, size in (await self.logs.sizes(running)).items():
+            self.sched.jobs[job_id].log_size = size
+        _more_descriptors()
+        for sock in self.socks or self._bind():
+            tls = None if sock.family == socket.AF_UNIX else self.tls
+            self._servers.append(await asyncio.start_server(
+                functools.partial(self._handle, Door(tls)), sock=sock, limit=p.READ_LIMIT, backlog=p.BACKLOG,
+                ssl=tls, ssl_handshake_timeout=HELLO_TIMEOUT if tls else None,
+            ))
+            self.addresses.append(p.UnixAddress(str(self.state.socket)) if sock.family == socket.AF_UNIX
+                                  else p.address_of(sock))
+        self.addresses.sort(key=lambda address: isinstance(address, p.TcpAddress))  # the Unix socket first
+        self.state.write_addresses([str(address) for address in self.addresses])
+        self._spawn(self._watch_heartbeats())
+        log.info("dispatcher listening on %s (state %s)", ", ".join(map(str, self.addresses)), self.state.path)
+
+    def _bind(self) -> list[socket.socket]:
+        """The Unix socket in the state dir (we hold the lock: a socket file there is a stale one), and the TCP
+        address if we have one."""
+        socks = p.listeners(str(self.state.socket), self.tcp)
+        self._bound_socket_file = True
+        return socks
+
+    async def stop(self) -> None:
+        self._closing = True  # runners dropping now keep their jobs: they may reconnect to our successor
+        for server in self._servers:
+            server.close()
+        if self._bound_socket_file:
+            p.remove_socket_file(str(self.state.socket))
+        for conn in self.conns.values():
+            conn.writer.close()
+        for sub in list(self.subscribers):
+            sub.conn.writer.close()
+        for task in list(self._tasks) + list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self.journal.close()
+        await self.logs.stop()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ the scheduler's effects
+
+    def _carry_out(self) -> None:
+        """Do what the scheduler asked for, in the order it asked."""
+        for effect in self.sched.effects():
+            match effect:
+                case s.Publish(kind, fields):
+                    self.journal.publish(kind, fields)
+                case s.SaveJob(job):
+                    self.journal.save_job(job)
+                    self.status.jobs.changed(job.id)
+                case s.SaveAttempt(a):
+                    self.journal.save_attempt(a)
+                    self.status.attempts.changed((a.job_id, a.attempt))
+                case s.SaveCommit(commit, seen_at):
+                    self.journal.save_commit(commit, seen_at)
+                case s.SaveTip(branch, sha):
+                    self.journal.save_tip(branch, sha)
+                case s.Send(runner, message):
+                    self.conns[runner].send_nowait(message)
+                case s.Disconnect(runner):
+                    self.conns.pop(runner).writer.close()
+                case s.CloseLog(job_id):
+                    self.logs.close(job_id)
+                case s.TruncateLog(job_id):
+                    self.logs.truncate(job_id)
+                case s.TakeBackAt(job_id, attempt, at):
+                    self._spawn(self._take_back(job_id, attempt, at))
+
+    def _dispatch(self) -> None:
+        self.sched.dispatch()
+        self._carry_out()
+
+    def _runner_gone(self, runner: s.Runner, reason: str, left: bool = False) -> None:
+        if not self._closing:
+            self.sched.runner_gone(runner, reason, left)
+            self._carry_out()
+
+    async def _watch_heartbeats(self) -> None:
+        """Mark quiet runners lost, at most a quarter of the timeout late (and wake no more often than that)."""
+        while True:
+            await asyncio.sleep(self.sched.heartbeat_timeout / 4)
+            self.sched.expire()
+            self._carry_out()
+
+    async def _take_back(self, job_id: int, attempt: int, at: float) -> None:
+        await asyncio.sleep(at - self.sched.clock.monotonic())
+        runner = self.sched.take_back(job_id, attempt)
+        self._carry_out()
+        if runner is not None:
+            await self.journal.durable()
+            self.sched.drop_taken_back(runner)
+            self._carry_out()
+
+    def _wake_subscribers(self) -> None:
+        for sub in self.subscribers:
+            sub.wake.set()
+
+    # ------------------------------------------------------------------ connections
+
+    async def _handle(self, door: Door, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = p.Connection(reader, writer)
+        peer = conn.peer
+        self._handlers.add(asyncio.current_task())
+        runner: s.Runner | None = None
+        try:
+            hello = await self._hello(door, conn)
+            if hello is None:
+                return
+            if hello.role == "runner":
+                runner = await self._register_runner(conn, hello)
+                if runner is not None:
+                    await self._serve_runner(conn, runner)
+            elif hello.role == "observer":
+                await self._serve_observer(conn, hello)
+            else:
+                await conn.send(p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.sched.repo_url))
+                await self._serve_control(conn)
+        except p.ProtocolError as exc:
+            log.warning("closing connection from %s: %s", peer, exc)
+        except (ConnectionError, OSError) as exc:
+            log.info("connection from %s dropped: %s", peer, exc)
+        except asyncio.CancelledError:
+            pass  # shutting down
+        except Exception:
+            log.exception("closing connection from %s after an internal error", peer)
+        finally:
+            self._handlers.discard(asyncio.current_task())
+            if runner is not None and self.conns.get(runner.info.name) is conn:
+                self._runner_gone(runner, "connection closed")
+            await conn.close()
+
+    async def _hello(self, door: Door, conn: p.Connection) -> p.Hello | None:
+        """The peer's hello if it has the token and our protocol version; otherwise None, with the peer told why
+        where that helps it, and a failed handshake charged to its address (see ``RateLimiter``)."""
+        source = conn.source
+        door.admit(conn)
+        timeout = HELLO_TIMEOUT_SHORT if self.limiter.failing(source) else HELLO_TIMEOUT
+        problem = None
+        try:
+            hello = await asyncio.wait_for(conn.recv(p.MAX_HELLO), timeout)
+        except asyncio.TimeoutError:
+            hello, problem = None, f"no hello within {timeout:g} s"
+        except p.ProtocolError as exc:
+            hello, problem = None, str(exc)
+        except (ConnectionError, OSError) as exc:
+            hello, problem = None, f"dropped before its hello: {exc}"
+        finally:
+            dropped = conn not in door.pending
+            door.pending.pop(conn, None)
+        if dropped:
+            hello = None
+            problem = f"no hello within {HELLO_TIMEOUT_SHORT:g} s while over {MAX_PENDING} connections waited"
+        if hello is not None and not isinstance(hello, p.Hello):
+            problem = f"expected hello, got {type(hello).__name__}"
+        if not isinstance(hello, p.Hello):
+            self.limiter.failed(source)
+            # Connecting and closing (a port scan, a health check) is not worth a line.
+            if problem is not None and self.limiter.should_log(source):
+                log.warning("closing connection from %s: %s", conn.peer, problem)
+            return None
+        if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
+            self.limiter.failed(source, wrong_token=True)
+            if self.limiter.should_log(source):
+                log.warning("refused %s: wrong token", conn.peer)
+            await conn.send(p.Refused(reason="wrong token"))
+            return None
+        if hello.version != p.PROTOCOL_VERSION:
+            await conn.send(p.Refused(reason=f"protocol version {hello.version} is not {p.PROTOCOL_VERSION}"))
+            return None
+        return hello
+
+    # ------------------------------------------------------------------ observer
+
+    async def _serve_observer(self, conn: p.Connection, hello: p.Hello) -> None:
+        if hello.repo_url and hello.repo_url != self.sched.repo_url:
+            self.sched.repo_url = hello.repo_url
+            self.journal.save_meta("repo_url", hello.repo_url)
+        await conn.send(p.Welcome(version=p.PROTOCOL_VERSION, repo_url=self.sched.repo_url, tips=dict(self.sched.tips)))
+        log.info("observer connected from %s", conn.peer)
+        while (msg := await conn.recv()) is not None:
+            if isinstance(msg, p.CommitsSeen):
+                queued = self.sched.commits_seen(msg)
+                self._carry_out()
+                # Dispatch at once; only the ack waits for the disk (unacked tips are reported again).
+                self._dispatch()
+                await self.journal.durable()
+                await conn.send(p.TipsAck(branch=msg.branch, tip=msg.tip, queued=queued))
+            elif isinstance(msg, p.BranchGone):
+                self.sched.branch_gone(msg.branch)
+                self._carry_out()
+                await self.journal.durable()
+                await conn.send(p.TipsAck(branch=msg.branch, tip="", queued=0))
+            elif isinstance(msg, p.Heartbeat):
+                continue
+            else:
+                raise p.ProtocolError(f"an observer may not send {type(msg).__name__}")
+
+    # ------------------------------------------------------------------ runners
+
+    async def _register_runner(self, conn: p.Connection, hello: p.Hello) -> s.Runner | None:
+        runner = self.sched.register(hello)
+        if runner is None:
+            name = s.runner_name(hello)
+            log.warning("refused runner %r from %s: name taken", name, conn.peer)
+            await conn.send(p.Refused(reason=f"a runner named {name!r} is already registered"))
+            return None
+        info = runner.info
+        self.conns[info.name] = conn
+        self._carry_out()  # the welcome first
+        await conn.writer.drain()
+        log.info("runner %s joined from %s (pid %s)%s", info.name, conn.peer, hello.pid,
+                 f", keeps job {info.job}" if info.job else "")
+        self._dispatch()
+        return runner
+
+    async def _serve_runner(self, conn: p.Connection, runner: s.Runner) -> None:
+        while (msg := await conn.recv()) is not None:
+            self.sched.heard_from(runner)
+            if isinstance(msg, p.Heartbeat):
+                self.sched.heartbeat(runner)
+            elif isinstance(msg, p.Output):
+                await self._output(runner, msg)
+            elif isinstance(msg, p.JobResult):
+                await conn.send(await self._result(runner, msg))
+                self._dispatch()
+            elif isinstance(msg, p.Bye):
+                self._runner_gone(runner, "runner left", left=True)
+                return
+            else:
+                raise p.ProtocolError(f"a runner may not send {type(msg).__name__}")
+            if self.conns.get(runner.info.name) is not conn:  # marked lost while we waited
+                return
+
+    async def _output(self, runner: s.Runner, msg: p.Output) -> None:
+        data = self.sched.output(runner, msg)
+        if not data:
+            return
+        await self.logs.write(msg.job_id, data, stalled=lambda: self.sched.heard_from(runner))
+        offset = self.sched.output_written(runner, msg, data)
+        if offset is None:
+            return
+        for sub in self.subscribers:
+            if sub.output:
+                sub.offer(p.JobOutput(job_id=msg.job_id, offset=offset, data=data))
+
+    async def _result(self, runner: s.Runner, msg: p.JobResult) -> p.ResultAck:
+        rejected = self.sched.result(runner, msg)
+        if rejected is not None:
+            return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=False, reason=rejected)
+        self._carry_out()
+        await self.journal.durable()
+        self.sched.result_durable(runner)
+        self._carry_out()
+        return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=True)
+
+    # ------------------------------------------------------------------ control clients
+
+    async def _serve_control(self, conn: p.Connection) -> None:
+        while (msg := await conn.recv()) is not None:
+            if isinstance(msg, p.Subscribe):
+                await self._stream(conn, msg)
+                return
+            if isinstance(msg, p.StatusRequest) and msg.as_json:
+                document = self.status.json(self.journal.seq, msg.limit)
+                for start in range(0, len(document), p.OUTPUT_CHUNK):
+                    end = start + p.OUTPUT_CHUNK
+                    conn.send_nowait(p.StatusJson(data=document[start:end], more=end < len(document)))
+                await conn.writer.drain()
+            elif isinstance(msg, p.StatusRequest):
+                await conn.send(self.status.reply(self.journal.seq, msg.limit))
+            elif isinstance(msg, p.RerunRequest):
+                reply = self.sched.rerun(msg.commit)
+                self._carry_out()
+                await self.journal.durable()
+                await conn.send(reply)
+                self._dispatch()
+            elif isinstance(msg, p.CancelRequest):
+                reply = self.sched.cancel(msg.job_id)
+                self._carry_out()
+                if reply.ok and reply.job is not None and reply.job.state == "cancelled":  # no longer queued
+                    await self.journal.durable()
+                await conn.send(reply)
+            elif isinstance(msg, p.Notice):
+                if not msg.kind.startswith("process."):
+                    raise p.ProtocolError(f"notice of unknown kind {msg.kind!r}")
+                self.journal.publish(msg.kind, {"message": f"{msg.name}: {msg.message}"})
+                await conn.send(p.Reply(ok=True))
+            else:
+                raise p.ProtocolError(f"a control client may not send {type(msg).__name__}")
+
+    async def _stream(self, conn: p.Connection, sub_msg: p.Subscribe) -> None:
+        """Send every event after the subscriber's cursor, then live ones; no gaps, no duplicates."""
+        sub = Subscriber(conn=conn, cursor=sub_msg.after_seq, output=sub_msg.output)
+        self.subscribers.add(sub)
+        closed = asyncio.ensure_future(conn.reader.read(1))
+        try:
+            while not closed.done():
+                sub.wake.clear()
+                events = await self.journal.events_after(sub.cursor)
+                for event in events:
+                    conn.send_nowait(event)
+                    sub.cursor = event.seq
+                while sub.chunks:
+                    chunk = sub.chunks.popleft()
+                    sub.chunk_bytes -= len(chunk.data)
+                    conn.send_nowait(chunk)
+                await conn.writer.drain()
+                if not events:
+                    woken = asyncio.ensure_future(sub.wake.wait())
+                    await asyncio.wait([closed, woken], return_when=asyncio.FIRST_COMPLETED)
+                    woken.cancel()
+        finally:
+            closed.cancel()
+            self.subscribers.discard(sub)
+
+
+def _more_descriptors() -> None:
+    """Raise our limit on open files to what we may (often 1024 of 500,000): connections yet to say hello must
+    not use up the descriptors that peers with the token need (Door.admit bounds them by rate, not number)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+async def run_dispatcher(state: StateDir, tcp: p.TcpAddress | None, **kwargs) -> None:
+    """Run until cancelled or signalled (SIGINT/SIGTERM)."""
+    import signal
+
+    dispatcher = Dispatcher(state, tcp, **kwargs)
+    await dispatcher.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await dispatcher.stop()
+        log.info("dispatcher stopped")
