@@ -25,7 +25,7 @@ from typing import Callable
 
 import msgspec
 
-from . import protocol as p
+from . import wire as p
 from .statedir import StateDir
 from .store import Batch, Store
 
@@ -524,7 +524,7 @@ class Dispatcher:
         old = self.runners.get(name)
         if old is not None and old.info.state != "lost":
             log.warning("refused runner %r from %s: name taken", name, conn.peer)
-            await conn.send(p.Refused(reason=f"a runner named {name!r} is already registered"))
+            await conn.send(p.Refused(reason=f"a runner named {name!r} is already registered", permanent=False))
             return None
         now = time.monotonic()
         info = p.RunnerInfo(name=name, host=hello.host, pid=hello.pid, state="idle", last_heartbeat=time.time(),
