@@ -318,7 +318,7 @@ class Ctl:
     """A control connection to a dispatcher, usable from synchronous code."""
 
     def __init__(self, state_path: Path):
-        from tuici.client import Control
+        from tuici.wire import Control
         from tuici.statedir import StateDir
 
         self.loop = asyncio.new_event_loop()
@@ -402,7 +402,7 @@ class Cluster:
 
     def wait_jobs(self, shas: list[str], timeout: float, interval: float = 0.1) -> dict[str, Any]:
         """Wait until every commit in ``shas`` has a job in a final state; sha -> newest job."""
-        from tuici import protocol as p
+        from tuici import wire as p
 
         want = set(shas)
         deadline = time.monotonic() + timeout

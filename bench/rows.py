@@ -757,7 +757,7 @@ def _read_lines(stream, out: queue.Queue) -> None:
 def _prefill(repo: Repo, shas: list[str], runners: int) -> None:
     """History as a dispatcher records it: commits, finished jobs, attempts and events, written through
     tuici's own Store, for real commits. The dispatcher then loads it as after a restart."""
-    from tuici import protocol as p
+    from tuici import wire as p
     from tuici.store import Batch, Store
 
     async def fill() -> None:

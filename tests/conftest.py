@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tuici import protocol as p
-from tuici.client import Control
+from tuici import wire as p
+from tuici.wire import Control
 from tuici.statedir import StateDir
 from tuici.supervisor import MARK, become_subreaper, kill_descendants
 

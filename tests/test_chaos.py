@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from conftest import job_processes, toml_command, tuici_processes, wait_for
-from tuici import protocol as p
-from tuici.client import Control, NoDispatcher
+from tuici import wire as p
+from tuici.wire import Control, NoDispatcher
 from tuici.supervisor import Supervisor
 
 SEED = int(os.environ.get("TUICI_CHAOS_SEED", "4"))

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import PeakRss, _env, _wait_or_kill, job_processes, toml_command, tuici_processes, wait_for
-from tuici import protocol as p
+from tuici import wire as p
 from tuici.sanitize import StreamCleaner, clean, one_line, safe_text
 
 MiB = 1 << 20

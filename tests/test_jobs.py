@@ -6,8 +6,8 @@ import asyncio
 import signal
 
 from conftest import toml_command, wait_for
-from tuici import protocol as p
-from tuici.client import Control
+from tuici import wire as p
+from tuici.wire import Control
 
 
 def test_job_environment_and_junit_counts(repo, cluster):
@@ -74,7 +74,7 @@ def test_a_missing_commit_is_a_job_error_not_a_crash(repo, cluster, tmp_path):
     cluster.start_runner("r1")
     cluster.wait_job(repo.head())
     # Report a commit that exists only in another repository, as a confused observer might.
-    from tuici import protocol as p
+    from tuici import wire as p
 
     async def report(control):
         conn, _ = await p.handshake(control.endpoint, p.Hello(role="observer", token=control.endpoint.token))

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from conftest import GitRepo, wait_for
 from test_hostile_output import assert_terminal_safe
 from test_serve_cli import events, serve, tuici  # noqa: F401 (serve is a fixture)
-from tuici import protocol as p
+from tuici import wire as p
 from tuici.observer import (MAX_AUTHOR, MAX_SUBJECT, REPORT_CHUNK, UNREADABLE_AUTHOR, UNREADABLE_SUBJECT,
                             Source, parse_log, plan)
 from tuici.sanitize import one_line

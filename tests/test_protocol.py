@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import subprocess
+import sys
 
+import msgspec
 import pytest
+from conftest import wait_for
 
-from tuici import protocol as p
+from tuici import wire as p
+from tuici.wire import aio
 
 
 def test_messages_round_trip_through_a_frame():
@@ -22,14 +27,55 @@ def test_messages_round_trip_through_a_frame():
 
 @pytest.mark.parametrize("body, problem", [
     (b"\xc1", "invalid message"),
-    (p.msgspec.msgpack.encode({"type": "nonsense"}), "invalid message"),
-    (p.msgspec.msgpack.encode({"type": "cancel", "job_id": "seven"}), "Expected `int`"),
-    (p.msgspec.msgpack.encode({"type": "cancel", "job_id": 1, "extra": 2}), "unknown field"),
-    (p.msgspec.msgpack.encode([1, 2, 3]), "invalid message"),
+    (msgspec.msgpack.encode({"type": "nonsense"}), "invalid message"),
+    (msgspec.msgpack.encode({"type": "cancel", "job_id": "seven"}), "Expected `int`"),
+    (msgspec.msgpack.encode({"type": "cancel", "job_id": 1, "extra": 2}), "unknown field"),
+    (msgspec.msgpack.encode([1, 2, 3]), "invalid message"),
 ])
 def test_invalid_bodies_raise_protocol_error(body, problem):
     with pytest.raises(p.ProtocolError, match=problem):
         p.decode(body)
+
+
+def test_kinds_outside_their_literal_are_refused():
+    notice = p.Notice(kind="process.started", name="x")
+    assert p.decode(p.encode(notice)[4:]) == notice
+    with pytest.raises(p.ProtocolError, match=r"\$\.kind"):
+        p.decode(p.encode(p.Notice(kind="job.finished", name="x"))[4:])  # type: ignore[arg-type]
+    with pytest.raises(p.ProtocolError, match=r"\$\.kind"):
+        p.decode(p.encode(p.Event(seq=1, ts=1.0, kind="job.exploded"))[4:])  # type: ignore[arg-type]
+
+
+def test_a_permanent_refusal_keeps_the_shape_version_1_peers_decode():
+    """A v1 peer refused for its version or token must read why: the flag is only sent when false."""
+    assert msgspec.msgpack.decode(p.encode(p.Refused(reason="protocol version 1 is not 2"))[4:]) == {
+        "type": "refused", "reason": "protocol version 1 is not 2"}
+    assert p.decode(p.encode(p.Refused(reason="taken", permanent=False))[4:]).permanent is False
+
+
+def test_the_wire_package_loads_without_asyncio():
+    """The one-shot commands import it; asyncio would cost them ~30 ms."""
+    code = "import sys, tuici.wire, tuici.cli; print('asyncio' in sys.modules, 'ssl' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split() == ["False", "False"]
+
+
+def test_reconnect_backs_off_with_jitter_and_starts_over_after_a_connection(monkeypatch):
+    drawn: list[tuple[float, float]] = []
+    monkeypatch.setattr(aio.random, "uniform", lambda low, high: drawn.append((low, high)) or 0.0)
+    outcomes = iter([False, False, False, False, True, False])
+    stopping = asyncio.Event()
+
+    async def attempt() -> bool:
+        connected = next(outcomes, None)
+        if connected is None:
+            stopping.set()
+            return False
+        return connected
+
+    asyncio.run(aio.reconnect(attempt, stopping, first=0.1, cap=0.5))
+    assert [high for _, high in drawn] == [0.1, 0.2, 0.4, 0.5, 0.1, 0.2, 0.4]
+    assert all(low == high / 2 for low, high in drawn)
 
 
 def test_oversized_frames_are_refused_before_reading_them():
@@ -93,7 +139,7 @@ def test_malformed_frames_and_wrong_tokens_are_refused_while_others_keep_working
     assert _closed_by_peer(wrong)
 
     typed_wrong = _raw(cluster.address)
-    body = p.msgspec.msgpack.encode({"type": "hello", "role": "control", "token": 12345})
+    body = msgspec.msgpack.encode({"type": "hello", "role": "control", "token": 12345})
     typed_wrong.sendall(struct.pack(">I", len(body)) + body)
     assert _closed_by_peer(typed_wrong)
 
@@ -116,3 +162,21 @@ def test_malformed_frames_and_wrong_tokens_are_refused_while_others_keep_working
     assert "Expected `str`, got `int` - at `$.token`" in log
     for s in (garbage, wrong, typed_wrong, sneaky, dup):
         s.close()
+
+
+def test_a_taken_name_is_refused_for_now_whatever_the_name_says(repo, cluster):
+    """The dispatcher, not the runner's reading of the reason, says a refusal is for good: a runner named
+    "version-1" whose name is still held retries, and a wrong token stops it."""
+    cluster.start_runner("version-1")
+    wait_for(lambda: any(r.name == "version-1" for r in cluster.status().runners), message="the runner")
+    endpoint = p.Endpoint(p.parse_address(cluster.address), cluster.state.token())
+
+    async def refusal(hello: p.Hello) -> p.RefusedError:
+        with pytest.raises(p.RefusedError) as refused:
+            await p.handshake(endpoint, hello)
+        return refused.value
+
+    taken = asyncio.run(refusal(p.Hello(role="runner", token=endpoint.token, name="version-1", pid=1)))
+    assert "already registered" in str(taken) and not taken.permanent
+    wrong = asyncio.run(refusal(p.Hello(role="runner", token="not-the-token", name="other", pid=1)))
+    assert str(wrong) == "wrong token" and wrong.permanent

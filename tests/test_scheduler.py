@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuici import protocol as p
+from tuici import wire as p
 from tuici.dispatcher import scheduler as s
 from tuici.store import Snapshot
 

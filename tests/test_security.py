@@ -15,12 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from conftest import Cluster, GitRepo, _env, _wait_or_kill, tcp_address, toml_command, wait_for
+from tuici import wire as p
 from tuici.dispatcher import server as dispatcher_module
-from tuici import protocol as p
-from tuici.client import Control, NoDispatcher
+from tuici.wire import Control, NoDispatcher
 from tuici.runner.sandbox import find_bwrap, probe
 from tuici.statedir import StateDir
 
@@ -291,7 +292,7 @@ def test_a_runner_reports_only_on_its_own_job_and_only_control_clients_control(r
     answer = _exchange(_raw(cluster.address), intruder, p.Output(job_id=job.id, attempt=1, offset=0, data=b"forged"))
     assert [type(m) for m in answer] == [p.Welcome]  # and then cut off
     for msg in (p.StatusRequest(), p.CancelRequest(job_id=job.id), p.RerunRequest(commit=sha),
-                p.Subscribe(output=True), p.Notice(kind="process.x", name="x")):
+                p.Subscribe(output=True), p.Notice(kind="process.started", name="x")):
         assert [type(m) for m in _exchange(_raw(cluster.address), intruder, msg)] == [p.Welcome]
         observer = p.Hello(role="observer", token=token)
         assert [type(m) for m in _exchange(_raw(cluster.address), observer, msg)] == [p.Welcome]
@@ -394,7 +395,7 @@ def test_a_dispatcher_refuses_to_listen_beyond_loopback_without_tls(repo, tmp_pa
 
 
 def test_a_missing_or_wrong_token_is_refused_with_a_logged_reason(repo, cluster):
-    missing = p.msgspec.msgpack.encode({"type": "hello", "role": "runner", "name": "r9"})
+    missing = msgspec.msgpack.encode({"type": "hello", "role": "runner", "name": "r9"})
     sock = _raw(cluster.address)
     sock.sendall(len(missing).to_bytes(4, "big") + missing)
     assert _exchange(sock) == []  # cut off without a word
@@ -549,7 +550,7 @@ class Hosts:
         return proc
 
     def status(self, ns: str, address: str, token: str, ca: Path) -> dict:
-        script = ("import asyncio, sys; from tuici import protocol as p; from tuici.client import Control\n"
+        script = ("import asyncio, sys; from tuici import wire as p; from tuici.wire import Control\n"
                   "async def go():\n"
                   "    c = Control(p.Endpoint(p.parse_address(sys.argv[1]), sys.argv[2], p.client_tls(sys.argv[3])))\n"
                   "    try:\n"
@@ -688,7 +689,7 @@ def test_hostile_names_from_a_peer_cannot_escape_or_inject(repo, tmp_path, clust
     ]
     before = len(cluster.jobs())
     for body in bad:
-        encoded = p.msgspec.msgpack.encode(body)
+        encoded = msgspec.msgpack.encode(body)
         sock = _raw(cluster.address)
         sock.sendall(p.encode(reporter) + len(encoded).to_bytes(4, "big") + encoded)
         assert [type(m) for m in _exchange(sock)] == [p.Welcome]  # and then cut off

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from conftest import cmdline, events, job_processes, toml_command, tuici, tuici_processes, wait_for
-from tuici.client import Control
+from tuici.wire import Control
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import msgspec
 
 from conftest import Cluster, _env, toml_command
-from tuici import protocol as p
+from tuici import wire as p
 from tuici.dispatcher.status import JsonPrefix
 from tuici.store import Batch, Store
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tuici import protocol as p
+from tuici import wire as p
 from tuici.ui import settings as settings_module
 from tuici.ui.backend import BackendError
 from tuici.ui.feed import Connection, Feed, Snapshot

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuici import protocol as p
+from tuici import wire as p
 from tuici.ui.app import ControlCenter
 from tuici.ui.launch import config_problem, run_app
 from tuici.ui.backend import BackendError

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from tuici import protocol as p
+from tuici import wire as p
 from tuici.ui.app import ControlCenter
 from tuici.ui.backend import Backend, BackendError, ProcessInfo
 

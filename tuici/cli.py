@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import protocol as p
-from .query import NoDispatcher, Query, endpoint_for
+from . import wire as p
 from .sanitize import StreamCleaner, one_line
 from .statedir import NotARepository, StateDir, find_git_dir, resolve_token
+from .wire import NoDispatcher, Query, endpoint_for
 
 # Each command imports what only it needs: `tuici status` never loads asyncio (~25 ms) nor a component.
 

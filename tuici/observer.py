@@ -22,7 +22,7 @@ import msgspec
 import watchfiles
 
 from . import config as cfg
-from . import protocol as p
+from . import wire as p
 from .statedir import find_git_dir
 
 log = logging.getLogger("tuici.observer")
@@ -321,33 +321,33 @@ class Observer:
 
     async def run(self) -> None:
         watcher = None if self.poll else asyncio.ensure_future(self._watch())
-        backoff = 0.1
         try:
-            while not self.stopping.is_set():
-                try:
-                    conn, welcome = await p.handshake(
-                        self.endpoint,
-                        p.Hello(role="observer", token=self.endpoint.token, pid=os.getpid(), repo_url=self.source.url),
-                    )
-                except p.RefusedError as exc:
-                    raise SystemExit(f"tuici observer: dispatcher refused us: {exc}") from None
-                except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
-                    log.info("cannot reach dispatcher at %s: %s", self.endpoint, exc)
-                    await self._wait(self.stopping, backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                backoff = 0.1
-                log.info("connected to dispatcher %s; it knows %d branch tips", self.endpoint, len(welcome.tips))
-                try:
-                    await self._session(conn, dict(welcome.tips))
-                except (OSError, ConnectionError, p.ProtocolError, asyncio.TimeoutError) as exc:
-                    log.warning("lost the dispatcher: %s", exc)
-                finally:
-                    await conn.close()
+            await p.reconnect(self._connect, self.stopping)
         finally:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _connect(self) -> bool:
+        """One session with the dispatcher, if it answers; whether it did."""
+        try:
+            conn, welcome = await p.handshake(
+                self.endpoint,
+                p.Hello(role="observer", token=self.endpoint.token, pid=os.getpid(), repo_url=self.source.url),
+            )
+        except p.RefusedError as exc:
+            raise SystemExit(f"tuici observer: dispatcher refused us: {exc}") from None
+        except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
+            log.info("cannot reach dispatcher at %s: %s", self.endpoint, exc)
+            return False
+        log.info("connected to dispatcher %s; it knows %d branch tips", self.endpoint, len(welcome.tips))
+        try:
+            await self._session(conn, dict(welcome.tips))
+        except (OSError, ConnectionError, p.ProtocolError, asyncio.TimeoutError) as exc:
+            log.warning("lost the dispatcher: %s", exc)
+        finally:
+            await conn.close()
+        return True
 
     async def _session(self, conn: p.Connection, known: dict[str, str]) -> None:
         closed = asyncio.ensure_future(conn.reader.read(0x10000))  # the dispatcher sends nothing unasked
@@ -387,8 +387,7 @@ class Observer:
         for i, chunk in enumerate(chunks):
             tip = report.tip if i == len(chunks) - 1 else chunk[-1].sha
             ack = await asyncio.wait_for(conn.request(p.CommitsSeen(branch=report.branch, tip=tip, commits=chunk)), 30)
-            if not isinstance(ack, p.TipsAck):
-                raise p.ProtocolError(f"expected tips_ack, got {type(ack).__name__}")
+            p.expect(ack, p.TipsAck)
         if commits:
             log.info("reported %d new commit(s) on %s", len(commits), report.branch)
 
@@ -436,13 +435,6 @@ class Observer:
             self.stopping.set()
         finally:
             stop.set()
-
-    @staticmethod
-    async def _wait(event: asyncio.Event, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(event.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
 
 
 async def _stop_reading(read: asyncio.Future) -> None:

@@ -8,12 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from . import protocol as p
-from .client import Control, NoDispatcher
+from . import wire as p
 from .sanitize import StreamCleaner, one_line
 from .statedir import StateDir
 from .store import last_seq
 from .supervisor import Supervisor
+from .wire import Control, NoDispatcher
+
+RETRY_DELAY = 0.2  # not backed off: the supervisor paces a dispatcher's restarts
 
 
 async def serve(args, state: StateDir, top: Path) -> None:
@@ -68,15 +70,21 @@ async def _notify(control: Control, kind: str, name: str, message: str) -> None:
 
 async def follow_events(control: Control, out: "Printer", last: int, include_output: bool = False) -> None:
     """Print events after ``last``; after a dropped connection, resume after the last one seen."""
-    while True:
+
+    async def follow() -> bool:
+        nonlocal last
+        answered = False
         try:
             async for msg in control.subscribe(after_seq=last, output=include_output):
+                answered = True
                 if isinstance(msg, p.Event):
                     last = msg.seq
                 out.message(msg)
         except (NoDispatcher, OSError, ConnectionError, p.ProtocolError):
             pass
-        await asyncio.sleep(0.2)
+        return answered
+
+    await p.reconnect(follow, first=RETRY_DELAY, cap=RETRY_DELAY)
 
 
 class Printer:

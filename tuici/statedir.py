@@ -74,7 +74,7 @@ class StateDir:
 
     @property
     def socket(self) -> Path:
-        """The dispatcher's Unix socket, which local components use (see ``protocol.UnixAddress``)."""
+        """The dispatcher's Unix socket, which local components use (see ``wire.UnixAddress``)."""
         return self.path / "dispatcher.sock"
 
     @property

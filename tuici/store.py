@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from .protocol import AttemptInfo, CommitInfo, Event, JobInfo
+from .wire import AttemptInfo, CommitInfo, Event, JobInfo
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import protocol as p
+from . import wire as p
 from .lazy import LazyModule
 from .procs import SUPERVISED_BY, become_subreaper, is_zombie, kill_group
 from .statedir import StateDir, repo_cache

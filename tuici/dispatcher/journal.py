@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from .. import protocol as p
+from .. import wire as p
 from ..store import Batch, Snapshot, Store
 
 log = logging.getLogger("tuici.dispatcher")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
-from .. import protocol as p
+from .. import wire as p
 
 if TYPE_CHECKING:
     from ..store import Snapshot

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from .. import protocol as p
+from .. import wire as p
 from ..statedir import StateDir
 from ..store import Store
 from . import scheduler as s
@@ -394,7 +394,7 @@ class Dispatcher:
         if runner is None:
             name = s.runner_name(hello)
             log.warning("refused runner %r from %s: name taken", name, conn.peer)
-            await conn.send(p.Refused(reason=f"a runner named {name!r} is already registered"))
+            await conn.send(p.Refused(reason=f"a runner named {name!r} is already registered", permanent=False))
             return None
         info = runner.info
         self.conns[info.name] = conn

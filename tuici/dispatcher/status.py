@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable
 
 import msgspec
 
-from .. import protocol as p
+from .. import wire as p
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler

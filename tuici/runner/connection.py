@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from .. import protocol as p
+from .. import wire as p
 from ..procs import become_subreaper
 from ..statedir import cache_root
 from .environments import EnvCache, find_uv
@@ -86,25 +86,8 @@ class Runner:
         except BlockingIOError:
             raise SystemExit(f"tuici runner: {self.workdir} is in use by another runner") from None
         self.places = await asyncio.to_thread(self._places)
-        backoff = 0.1
         try:
-            while not self.stopping.is_set():
-                try:
-                    conn, welcome = await p.handshake(self.endpoint, self._hello())
-                except p.RefusedError as exc:
-                    if exc.permanent:
-                        raise SystemExit(f"tuici runner: dispatcher refused us: {exc}") from None
-                    log.warning("dispatcher refused us: %s", exc)
-                except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
-                    log.info("cannot reach dispatcher at %s: %s", self.endpoint, exc)
-                else:
-                    backoff = 0.1
-                    self.name = welcome.name or self.name
-                    log.info("registered with dispatcher %s as %s", self.endpoint, self.name)
-                    await self._session(conn, welcome)
-                    continue
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            await p.reconnect(self._connect, self.stopping)
         finally:
             if self.job is not None:
                 self.job.cancel()
@@ -128,11 +111,22 @@ class Runner:
         return RunnerPlaces(name=self.name, workdir=self.workdir, hide=self.hide, envs=self.envs, bwrap=bwrap,
                             unsandboxed_because=because, uv=find_uv(), landlock=scoped and bwrap is not None)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _connect(self) -> bool:
+        """One session with the dispatcher, if it takes us; whether it did."""
         try:
-            await asyncio.wait_for(self.stopping.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+            conn, welcome = await p.handshake(self.endpoint, self._hello())
+        except p.RefusedError as exc:
+            if exc.permanent:
+                raise SystemExit(f"tuici runner: dispatcher refused us: {exc}") from None
+            log.warning("dispatcher refused us: %s", exc)
+            return False
+        except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
+            log.info("cannot reach dispatcher at %s: %s", self.endpoint, exc)
+            return False
+        self.name = welcome.name or self.name
+        log.info("registered with dispatcher %s as %s", self.endpoint, self.name)
+        await self._session(conn, welcome)
+        return True
 
     def _hello(self) -> p.Hello:
         held = []

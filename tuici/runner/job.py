@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import config as cfg
-from .. import protocol as p
+from .. import wire as p
 from ..errors import JobError
 from ..lazy import LazyModule
 from ..procs import die_with_parent, kill_all_descendants, kill_group

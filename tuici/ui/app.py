@@ -21,7 +21,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from .. import protocol as p
+from .. import wire as p
 from . import themes
 from .actions import bindings_for, palette_actions
 from .backend import Backend, BackendError

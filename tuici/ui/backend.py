@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from .. import protocol as p
-from ..client import Control, NoDispatcher
-from ..query import Query, endpoint_for
+from .. import wire as p
 from ..statedir import StateDir
 from ..supervisor import Supervisor, SupervisorError, dispatcher_running
+from ..wire import Control, NoDispatcher, Query, endpoint_for
 
 ProcessListener = Callable[[str, str, str], None]  # (kind, name, message), as the supervisor reports them
 

@@ -12,10 +12,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from .. import protocol as p
+from .. import wire as p
 from .backend import CONNECTION_ERRORS, Backend, BackendError
 
-RETRY_DELAY = 0.2
+RETRY_DELAY = 0.2  # not backed off: the supervisor paces a dispatcher's restarts
 HEARTBEAT_POLL = 2.0
 
 
@@ -45,34 +45,37 @@ class Feed:
         self.cursor: int | None = None  # the last event number received
 
     async def run(self) -> None:
-        """Follow the engine until cancelled."""
+        """Follow the engine until cancelled, or until it refuses us for good."""
         self.deliver(Connection("connecting"))
         heartbeats = asyncio.ensure_future(self._poll_heartbeats())
         try:
-            while True:
-                try:
-                    await self._follow()
-                except BackendError as exc:
-                    if exc.permanent:
-                        self.deliver(Connection("refused", str(exc)))
-                        return
-                except CONNECTION_ERRORS:
-                    pass
-                self.deliver(Connection("reconnecting"))
-                await asyncio.sleep(RETRY_DELAY)
+            await p.reconnect(self._follow, first=RETRY_DELAY, cap=RETRY_DELAY)
+        except BackendError as exc:  # a permanent refusal: asking again cannot help
+            self.deliver(Connection("refused", str(exc)))
         finally:
             heartbeats.cancel()
             await asyncio.gather(heartbeats, return_exceptions=True)
 
-    async def _follow(self) -> None:
-        status = await self.backend.status()
-        self.deliver(Snapshot(status))
-        if self.cursor is None:
-            self.cursor = status.last_seq  # the snapshot holds everything before it
-        self.deliver(Connection("connected"))
-        async for event in self.backend.events(self.cursor):
-            self.cursor = event.seq
-            self.deliver(event)
+    async def _follow(self) -> bool:
+        """A snapshot, then events until the connection drops; whether the engine answered at all."""
+        answered = False
+        try:
+            status = await self.backend.status()
+            answered = True
+            self.deliver(Snapshot(status))
+            if self.cursor is None:
+                self.cursor = status.last_seq  # the snapshot holds everything before it
+            self.deliver(Connection("connected"))
+            async for event in self.backend.events(self.cursor):
+                self.cursor = event.seq
+                self.deliver(event)
+        except BackendError as exc:
+            if exc.permanent:
+                raise
+        except CONNECTION_ERRORS:
+            pass
+        self.deliver(Connection("reconnecting"))
+        return answered
 
     async def _poll_heartbeats(self) -> None:
         """Runners' heartbeats publish no events: ask for them now and then, to show their age."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .. import protocol as p
+from .. import wire as p
 
 
 class Badge(NamedTuple):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from .. import protocol as p
+from .. import wire as p
 from ..sanitize import one_line
 
 def safe(text: str) -> str:

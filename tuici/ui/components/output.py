@@ -24,7 +24,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ... import protocol as p
+from ... import wire as p
 from ..actions import bindings_for
 from ..formatting import job_badge, short_sha
 from ..logindex import STRIDE, IndexState, LogIndex

@@ -1,0 +1,44 @@
+"""The wire between tuici's processes: typed messages, their framing, addresses, and the clients.
+
+``from tuici import wire as p`` gives every public name. Those of ``aio`` load on first use: asyncio's import
+would cost the one-shot commands (status, log, rerun, cancel) ~30 ms they otherwise do not spend.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .addresses import (BACKLOG, SUN_PATH_MAX, Address, Endpoint, TcpAddress, UnixAddress, address_of, client_tls,
+                        connect, endpoint_for, listeners, parse_address, remove_socket_file, server_tls, socket_path)
+from .blocking import Query, read_message_blocking
+from .errors import NoDispatcher, ProtocolError, RefusedError
+from .framing import MAX_FRAME, MAX_HELLO, OUTPUT_CHUNK, decode, encode, expect
+from .messages import (FINAL_STATES, PROTOCOL_VERSION, Assign, AttemptInfo, AttemptOutcome, Branch, BranchGone, Bye,
+                       CancelJob, CancelRequest, CommitInfo, CommitsSeen, Event, EventKind, HeldJob, Heartbeat, Hello,
+                       JobInfo, JobOutput, JobResult, JobState, Message, Notice, NoticeKind, Offset, Output, Refused,
+                       Reply, ReportedCommit, RerunRequest, ResultAck, Role, RunnerInfo, RunnerState, Sha,
+                       StatusJson, StatusReply, StatusRequest, Subscribe, Timestamp, TipsAck, Welcome, to_json,
+                       to_json_bytes)
+
+if TYPE_CHECKING:
+    from .aio import READ_LIMIT, Connection, Control, handshake, read_message, reconnect
+
+_AIO = frozenset({"READ_LIMIT", "Connection", "Control", "handshake", "read_message", "reconnect"})
+
+__all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "Branch", "BranchGone", "Bye",
+    "CancelJob", "CancelRequest", "CommitInfo", "CommitsSeen", "Connection", "Control", "Endpoint", "Event",
+    "EventKind", "FINAL_STATES", "Heartbeat", "HeldJob", "Hello", "JobInfo", "JobOutput", "JobResult", "JobState",
+    "MAX_FRAME", "MAX_HELLO", "Message", "NoDispatcher", "Notice", "NoticeKind", "OUTPUT_CHUNK", "Offset", "Output",
+    "PROTOCOL_VERSION", "ProtocolError", "Query", "READ_LIMIT", "Refused", "RefusedError", "Reply", "ReportedCommit",
+    "RerunRequest", "ResultAck", "Role", "RunnerInfo", "RunnerState", "SUN_PATH_MAX", "Sha", "StatusJson",
+    "StatusReply", "StatusRequest", "Subscribe", "TcpAddress", "Timestamp", "TipsAck", "UnixAddress", "Welcome",
+    "address_of", "client_tls", "connect", "decode", "encode", "endpoint_for", "expect", "handshake", "listeners",
+    "parse_address", "read_message", "read_message_blocking", "reconnect", "remove_socket_file", "server_tls",
+    "socket_path", "to_json", "to_json_bytes"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _AIO:
+        return getattr(importlib.import_module(".aio", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

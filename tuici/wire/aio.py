@@ -1,0 +1,197 @@
+"""The asyncio side of the wire: connections, the handshake, reconnecting, and the control client that `serve`
+and the control center use (the one-shot commands use ``blocking.Query``, which needs no event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import AsyncIterator, Awaitable, Callable
+
+from ..statedir import StateDir
+from .addresses import Endpoint, UnixAddress, endpoint_for, socket_path
+from .errors import NoDispatcher, ProtocolError, RefusedError
+from .framing import HEADER, MAX_FRAME, body_length, decode, encode, expect
+from .messages import (CancelRequest, Event, Hello, JobOutput, Message, Notice, NoticeKind, Refused, Reply,
+                       RerunRequest, StatusReply, StatusRequest, Subscribe, Welcome)
+
+READ_LIMIT = 256 * 1024  # asyncio pauses a socket at 2x this; readexactly() still takes whole frames
+
+
+async def read_message(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> Message | None:
+    """The next message (of at most ``max_size`` bytes), or None at a clean end of stream."""
+    try:
+        header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("connection closed inside a frame header") from None
+        return None
+    length = body_length(header, max_size)
+    try:
+        body = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise ProtocolError("connection closed inside a frame") from None
+    return decode(body)
+
+
+class Connection:
+    """A framed, typed message stream over one asyncio socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, endpoint: Endpoint, timeout: float = 5.0) -> "Connection":
+        address = endpoint.address
+        if isinstance(address, UnixAddress):
+            with socket_path(address.path) as path:
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=READ_LIMIT), timeout)
+        else:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address.host, address.port, limit=READ_LIMIT, ssl=endpoint.tls,
+                                        server_hostname=address.host if endpoint.tls else None),
+                timeout,
+            )
+        return cls(reader, writer)
+
+    @property
+    def source(self) -> str:
+        """The peer's address without its port, or ``local`` over a Unix socket."""
+        peer = self.writer.get_extra_info("peername")
+        return peer[0] if isinstance(peer, tuple) else "local"
+
+    @property
+    def peer(self) -> str:
+        peer = self.writer.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
+
+    async def recv(self, max_size: int = MAX_FRAME) -> Message | None:
+        return await read_message(self.reader, max_size)
+
+    async def send(self, msg: Message) -> None:
+        self.writer.write(encode(msg))
+        await self.writer.drain()
+
+    def send_nowait(self, msg: Message) -> None:
+        self.writer.write(encode(msg))
+
+    async def request(self, msg: Message) -> Message:
+        """Send ``msg`` and return the reply; the peer closing instead is an error."""
+        await self.send(msg)
+        reply = await self.recv()
+        if reply is None:
+            raise ConnectionError("dispatcher closed the connection")
+        if isinstance(reply, Refused):
+            raise RefusedError(reply.reason, reply.permanent)
+        return reply
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+async def handshake(endpoint: Endpoint, hello: Hello, timeout: float = 5.0) -> tuple[Connection, Welcome]:
+    """Connect and authenticate; raises RefusedError with the dispatcher's reason."""
+    conn = await Connection.open(endpoint, timeout)
+    try:
+        reply = await asyncio.wait_for(conn.request(hello), timeout)
+    except BaseException:
+        await conn.close()
+        raise
+    try:
+        return conn, expect(reply, Welcome)
+    except ProtocolError:
+        await conn.close()
+        raise
+
+
+async def reconnect(attempt: Callable[[], Awaitable[bool]], stopping: asyncio.Event | None = None,
+                    first: float = 0.1, cap: float = 5.0) -> None:
+    """Call ``attempt`` until ``stopping`` is set (for ever without one); an exception from it ends this.
+
+    An attempt connects, serves the connection until it ends, and returns whether it connected at all. The wait
+    before the next one starts at ``first`` and doubles after each attempt that did not connect, up to ``cap``.
+    Each wait is drawn at random from the upper half of that: components that lost the same dispatcher (it
+    restarted) do not all come back at the same instant.
+    """
+    stopping = stopping or asyncio.Event()
+    delay = first
+    while not stopping.is_set():
+        if await attempt():
+            delay = first
+        try:
+            await asyncio.wait_for(stopping.wait(), random.uniform(delay / 2, delay))
+        except asyncio.TimeoutError:
+            pass
+        delay = min(delay * 2, cap)
+
+
+class Control:
+    """Requests over one control connection; ``subscribe`` takes a connection of its own."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self._conn: Connection | None = None
+        self._lock = asyncio.Lock()  # one request at a time on the shared connection
+
+    @classmethod
+    def for_state(cls, state: StateDir, token: str | None = None) -> "Control":
+        return cls(endpoint_for(state, token))
+
+    async def _connect(self) -> Connection:
+        try:
+            conn, _ = await handshake(self.endpoint, Hello(role="control", token=self.endpoint.token))
+        except (OSError, TimeoutError) as exc:
+            raise NoDispatcher(f"no dispatcher answers at {self.endpoint} ({exc})") from None
+        return conn
+
+    async def request(self, msg: Message) -> Message:
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await self._connect()
+            try:
+                return await self._conn.request(msg)
+            except (OSError, ConnectionError):
+                await self.close()
+                raise
+
+    async def status(self, limit: int = 0) -> StatusReply:
+        return expect(await self.request(StatusRequest(limit=limit)), StatusReply)
+
+    async def rerun(self, commit: str) -> Reply:
+        return expect(await self.request(RerunRequest(commit=commit)), Reply)
+
+    async def cancel(self, job_id: int) -> Reply:
+        return expect(await self.request(CancelRequest(job_id=job_id)), Reply)
+
+    async def notice(self, kind: NoticeKind, name: str, message: str, patience: float = 30.0) -> None:
+        """Have the dispatcher publish a supervisor event; waits (a while) for one that is restarting."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while True:
+            try:
+                await self.request(Notice(kind=kind, name=name, message=message))
+                return
+            except (NoDispatcher, OSError, ConnectionError):
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def subscribe(self, after_seq: int = 0, output: bool = False) -> AsyncIterator[Event | JobOutput]:
+        """Events after ``after_seq`` (and live output if asked), until the connection drops."""
+        conn = await self._connect()
+        try:
+            await conn.send(Subscribe(after_seq=after_seq, output=output))
+            while (msg := await conn.recv()) is not None:
+                if isinstance(msg, (Event, JobOutput)):
+                    yield msg
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
