@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench.harness import make_wheel
+
 from conftest import wait_for
 
 

@@ -48,7 +48,8 @@ def outside_repo(outside):
 
 def test_an_uncommitted_fix_and_config_in_the_work_tree_change_nothing(outside_repo, tmp_path):
     """The commit is broken; the work tree holds a fix, a pytest.ini and a pyproject.toml that would deselect
-    everything, and configs that would make the command `true`: the job reports the commit as broken, as a clean run does.
+    everything, and configs that would make the command `true`: the job reports the commit as broken, as a clean
+    run does.
     (Checkouts used to live inside the repository, where pytest found the work tree's configuration.)"""
     repo = outside_repo
     sha = repo.commit("broken add", files=CALC_TESTS)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from conftest import toml_command, wait_for
 from tuici import wire as p
 from tuici.wire import Control
+
+from conftest import toml_command, wait_for
 
 
 def test_job_environment_and_junit_counts(repo, cluster):
@@ -100,7 +101,7 @@ def test_a_job_whose_runners_keep_dying_ends_in_error(repo, tmp_path):
         for attempt in (1, 2):
             name = f"victim{attempt}"
             cluster.start_runner(name)
-            wait_for(lambda: (j := cluster.job_for(sha)) and j.state == "running" and j.runner == name,
+            wait_for(lambda name=name: (j := cluster.job_for(sha)) and j.state == "running" and j.runner == name,
                      message=f"attempt {attempt} running")
             cluster.kill(name, signal.SIGKILL)
         job = cluster.wait_job(sha)
@@ -126,7 +127,8 @@ def test_a_stopped_runner_is_lost_after_the_heartbeat_timeout_and_its_late_resul
     assert (job.state, job.runner, job.attempts) == ("passed", "awake", 2)
     cluster.kill("sleepy", signal.SIGCONT)
     wait_for(lambda: "no longer its own" in cluster.component_log("dispatcher")
-             or "no longer gives us job" in cluster.component_log("sleepy"), message="the late runner to be turned away")
+             or "no longer gives us job" in cluster.component_log("sleepy"),
+             message="the late runner to be turned away")
     job = cluster.job_for(sha)
     assert (job.state, job.runner, job.attempts) == ("passed", "awake", 2)
     assert len([a for a in cluster.status().attempts if a.job_id == job.id]) == 2

@@ -16,14 +16,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tuici import wire as p
+from tuici.observer import (
+    MAX_AUTHOR,
+    MAX_SUBJECT,
+    REPORT_CHUNK,
+    UNREADABLE_AUTHOR,
+    UNREADABLE_SUBJECT,
+    Source,
+    parse_log,
+    plan,
+)
+from tuici.sanitize import one_line
+from tuici.ui.model import Model
+
 from conftest import GitRepo, wait_for
 from test_hostile_output import assert_terminal_safe
 from test_serve_cli import events, serve, tuici  # noqa: F401 (serve is a fixture)
-from tuici import wire as p
-from tuici.observer import (MAX_AUTHOR, MAX_SUBJECT, REPORT_CHUNK, UNREADABLE_AUTHOR, UNREADABLE_SUBJECT,
-                            Source, parse_log, plan)
-from tuici.sanitize import one_line
-from tuici.ui.model import Model
 
 SOAK = bool(os.environ.get("TUICI_SOAK"))
 ESCAPES = b"\x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;pwned\x1b\\\x1b[2J\x1b[H\x9b31m\xc2\x9b2J"  # clipboard, title, clear
@@ -187,7 +196,7 @@ def test_the_control_center_keeps_names_and_subjects_safe(data):
 
 # ---------------------------------------------------------------------- end to end, with `tuici serve`
 
-def test_serve_tests_every_commit_around_hostile_ones_and_status_shows_them(repo, serve, tmp_path):
+def test_serve_tests_every_commit_around_hostile_ones_and_status_shows_them(repo, serve, tmp_path):  # noqa: F811
     first = repo.head()
     wait_for(lambda: any(e.get("kind") == "job.finished" and e["job"]["commit"] == first for e in events(serve)),
              60, message="the first commit to be tested")

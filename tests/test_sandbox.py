@@ -12,8 +12,9 @@ import threading
 import psutil
 import pytest
 
-from conftest import GitRepo, toml_command, tuici_processes, wait_for
 from tuici.runner.sandbox import find_bwrap, probe
+
+from conftest import GitRepo, toml_command, tuici_processes, wait_for
 
 SANDBOX_PROBLEM = probe(find_bwrap())
 needs_sandbox = pytest.mark.skipif(SANDBOX_PROBLEM is not None,
@@ -264,7 +265,8 @@ def test_what_a_job_leaves_in_its_junit_dir_and_checkout_never_reaches_the_next_
     cluster.start_runner("r1")
     cluster.wait_job(repo.head())
     litter = ("mkfifo output.txt conftest.py; "
-              "for i in $(seq $TUICI_JOB_ID $((TUICI_JOB_ID + 20))); do mkdir -p $(dirname $TUICI_JUNIT_XML)/$i.xml; done; "
+              "for i in $(seq $TUICI_JOB_ID $((TUICI_JOB_ID + 20))); do "
+              "mkdir -p $(dirname $TUICI_JUNIT_XML)/$i.xml; done; "
               "chmod 000 $(dirname $TUICI_JUNIT_XML); echo littered")
     sha = repo.commit("litter", config=toml_command(litter))
     assert "littered" in cluster.log_of(cluster.wait_job(sha).id)

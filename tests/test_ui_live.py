@@ -13,10 +13,11 @@ from contextlib import asynccontextmanager
 
 import psutil
 
-from conftest import GitRepo, toml_command, tuici_processes, wait_for
 from tuici.ui.app import ControlCenter
 from tuici.ui.backend import LiveBackend
 from tuici.ui.components.confirm import ConfirmScreen
+
+from conftest import GitRepo, toml_command, tuici_processes, wait_for
 from ui_fixtures import isolated_config, until  # noqa: F401
 
 SIZE = (140, 40)

@@ -16,6 +16,7 @@ from tuici.ui.feed import Connection, Feed, Snapshot
 from tuici.ui.logindex import STRIDE, LogIndex
 from tuici.ui.model import Model
 from tuici.ui.themes import load_theme_file, load_themes, theme_dirs
+
 from ui_fixtures import NOW, SHAS, RecordedBackend, isolated_config, recorded_events  # noqa: F401
 
 
@@ -167,7 +168,8 @@ class TestLogIndex:
         while index.scan()[1]:
             pass
         state = index.state
-        shown = [line.plain for block in range((state.lines + STRIDE - 1) // STRIDE) for line in index.read_block(block)]
+        blocks = range((state.lines + STRIDE - 1) // STRIDE)
+        shown = [line.plain for block in blocks for line in index.read_block(block)]
         assert shown == lines
 
     def test_a_truncated_log_is_indexed_again_from_the_start(self, tmp_path):

@@ -6,14 +6,14 @@ import pytest
 
 from tuici import wire as p
 from tuici.ui.app import ControlCenter
-from tuici.ui.launch import config_problem, run_app
 from tuici.ui.backend import BackendError
-from tuici.ui.components.status_bar import StatusBar
 from tuici.ui.components.confirm import ConfirmScreen
 from tuici.ui.components.help import HelpScreen
+from tuici.ui.components.status_bar import StatusBar
+from tuici.ui.launch import config_problem, run_app
 from tuici.ui.settings import load_settings
-from ui_fixtures import (NOW, SHAS, RecordedBackend, frozen_clock, isolated_config, make_app,  # noqa: F401
-                         requests_done, settle)
+
+from ui_fixtures import NOW, SHAS, RecordedBackend, frozen_clock, isolated_config, make_app, requests_done, settle  # noqa: F401
 
 SIZE = (120, 36)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tuici.ui.themes import load_themes, theme_dirs
+
 from ui_fixtures import SHAS, isolated_config, make_app, settle  # noqa: F401
 
 WIDE = (160, 48)

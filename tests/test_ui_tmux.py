@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -51,8 +51,8 @@ def test_a_commit_made_from_outside_shows_up_passing(tmp_path):
         wait_for(lambda: "✔ passed" in screen(session), 30, interval=0.2, message="the first commit to pass")
         repo.commit("Made from outside the app")
         line = wait_for(
-            lambda: next((l for l in screen(session).splitlines() if "Made from outside" in l and "passed" in l),
-                         None),
+            lambda: next((row for row in screen(session).splitlines()
+                          if "Made from outside" in row and "passed" in row), None),
             30, interval=0.2, message=f"the new commit to show as passed on:\n{screen(session)}",
         )
         assert "✔ passed" in line and repo.head()[:7] in line

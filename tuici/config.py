@@ -146,8 +146,9 @@ def read_committed(repo: git.Repo, sha: str) -> Callable[[str], bytes | None]:
 
     unreadable = (ValueError, OSError, git.exc.GitError, git.exc.ODBError)
     try:
-        tree_sha = repo.git.get_object_header(f"{sha}^{{tree}}")[0]  # the commit's tree, as git finds it
-        tree = git.Tree(repo, bytes.fromhex(tree_sha.decode("ascii")), path="")
+        tree_sha: bytes | str = repo.git.get_object_header(f"{sha}^{{tree}}")[0]  # the commit's tree
+        hexsha = tree_sha.decode("ascii") if isinstance(tree_sha, bytes) else tree_sha  # bytes, whatever the stubs say
+        tree = git.Tree(repo, bytes.fromhex(hexsha), path="")
     except unreadable:
         raise ConfigError(f"git cannot read the tree of commit {sha}") from None
 

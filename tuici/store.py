@@ -96,7 +96,8 @@ class Store:
             ],
             tips=dict(db.execute("SELECT branch, sha FROM tips")),
             jobs=[(_job_dec.decode(b), p) for b, p in db.execute("SELECT body, priority FROM jobs ORDER BY id")],
-            attempts=[_attempt_dec.decode(b) for (b,) in db.execute("SELECT body FROM attempts ORDER BY job_id, attempt")],
+            attempts=[_attempt_dec.decode(b)
+                      for (b,) in db.execute("SELECT body FROM attempts ORDER BY job_id, attempt")],
             last_seq=db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0],
         )
 

@@ -153,13 +153,13 @@ class EnvCache:
 
     def evict(self) -> list[Path]:
         """Remove the least recently used environments and package caches while over the limit; what went."""
-        entries = []  # (last used, size, path, lock path or None)
+        entries: list[tuple[float, int, Path, Path | None]] = []  # (last used, size, path, its lock or None)
         if self.envs.is_dir():
-            for lock in self.envs.glob("*.lock"):
-                path = lock.with_suffix("")
-                marker = lock.with_suffix(".ready")
+            for lock_file in self.envs.glob("*.lock"):
+                marker = lock_file.with_suffix(".ready")
                 try:
-                    entries.append((marker.stat().st_mtime, int(marker.read_text() or 0), path, lock))
+                    entries.append((marker.stat().st_mtime, int(marker.read_text() or 0), lock_file.with_suffix(""),
+                                    lock_file))
                 except (OSError, ValueError):
                     continue
         if self.packages.is_dir():

@@ -15,20 +15,23 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .. import config as cfg
 from .. import wire as p
 from ..errors import JobError
 from ..lazy import LazyModule
 from ..procs import die_with_parent, kill_all_descendants, kill_group
-from .environments import EnvCache, EnvSpec, Lease, matching_files
 from . import landlock
+from .environments import EnvCache, EnvSpec, Lease, matching_files
 from .junit import junit_counts
 from .sandbox import ROOT, Binding, Sandbox
 from .workspace import Workspace
 
-psutil = LazyModule("psutil")
+if TYPE_CHECKING:
+    import psutil
+else:
+    psutil = LazyModule("psutil")
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL, for a job that timed out or was cancelled
 DRAIN = 1.0  # seconds the output of what a command left running may still be read after it exited
@@ -185,6 +188,7 @@ class Job:
         envs = self.places.envs
         out.env = spec.key[:12]
         lease, ready = await asyncio.to_thread(envs.lease, spec)
+        kept = False
         try:
             if ready:
                 out.env_reused = True
@@ -207,9 +211,9 @@ class Job:
                 await asyncio.to_thread(envs.finish, spec)
                 self._section(f"setup passed in {took:.1f} s")
                 await asyncio.to_thread(lease.share)  # others may use it now, none may remove or remake it
-            self.lease, lease = lease, None
+            self.lease, kept = lease, True
         finally:
-            if lease is not None:
+            if not kept:
                 lease.close()
         asyncio.get_running_loop().run_in_executor(None, envs.evict)
         return True
@@ -380,6 +384,7 @@ class Job:
             for fd in pass_fds:
                 os.close(fd)
         control.pgid = proc.pid  # a cancel during the spawn has set control.stop: the wait ends at once
+        assert proc.stdout is not None  # asked for with stdout=PIPE
         reader = asyncio.ensure_future(self._pump(proc.stdout))
         exited = asyncio.ensure_future(_exit_of(proc))
         stop = asyncio.ensure_future(control.stop.wait())
@@ -424,8 +429,13 @@ async def _exit_of(proc: asyncio.subprocess.Process) -> int:
         fd = None  # exited, and reaped by the child watcher already
     if fd is not None:
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(fd, readable)
         try:
             await exited
         finally:

@@ -49,7 +49,8 @@ def scope_self() -> None:
     fd = _syscall(_numbers[0], ctypes.byref(_ATTR), ctypes.c_size_t(ctypes.sizeof(_ATTR)), ctypes.c_uint32(0))
     if fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
-    failed = _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or _syscall(_numbers[1], ctypes.c_int(fd), ctypes.c_uint32(0))
+    failed = (_prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+              or _syscall(_numbers[1], ctypes.c_int(fd), ctypes.c_uint32(0)) != 0)
     errno = ctypes.get_errno()
     os.close(fd)
     if failed:

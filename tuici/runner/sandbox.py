@@ -28,7 +28,8 @@ from typing import Callable
 ROOT = "/tuici"  # where a job's own files appear inside its sandbox
 # Machine-wide sockets through which a job could act outside its sandbox (a container engine runs anything as
 # anyone): covered with /dev/null. Suites that need them run with --sandbox off.
-SYSTEM_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "/run/podman/podman.sock", "/run/containerd/containerd.sock")
+SYSTEM_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "/run/podman/podman.sock",
+                  "/run/containerd/containerd.sock")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 SCOPES = {
     "app": "Anywhere",
@@ -46,7 +46,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("add-runner", "a", "add_runner", "Add", "Start one more runner process.", title="Add runner"),
     Action("kill-runner", "x", "kill_runner", "Kill", "Stop the selected runner, after you confirm.",
            title="Kill runner"),
-    Action("kill-runner-now", "X", "kill_runner_now", "Kill now", "Kill the selected runner at once (SIGKILL), without asking.",
+    Action("kill-runner-now", "X", "kill_runner_now", "Kill now",
+           "Kill the selected runner at once (SIGKILL), without asking.",
            show=False, title="Kill runner now"),
     Action("rerun", "r", "rerun", "Rerun", "Test the selected commit again, at the front of the queue."),
     Action("cancel", "c", "cancel_job", "Cancel", "Cancel the selected job, queued or running."),
@@ -84,7 +85,7 @@ ACTIONS: tuple[Action, ...] = (
 )
 
 
-def bindings_for(scope: str) -> list[Binding]:
+def bindings_for(scope: str) -> list[BindingType]:
     """The bindings of one scope; the ``screen`` scope only documents Textual's own."""
     return [
         Binding(a.keys, a.action, a.description, show=a.show, id=a.id, key_display=a.key_display,

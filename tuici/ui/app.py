@@ -263,7 +263,7 @@ class ControlCenter(App[None]):
     def _focused_panel(self) -> str:
         """commits, queue, runners or output: where the keys act."""
         for panel in (self.commits, self.queue_panel, self.runners, self.output):
-            if panel.has_focus_within:
+            if panel.has_focus_within and panel.id is not None:
                 return panel.id
         return "commits"
 

@@ -13,6 +13,7 @@ import re
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from rich.text import Text
 
@@ -39,7 +40,7 @@ class IndexState:
 class LogIndex:
     def __init__(self, path: Path):
         self.path = path
-        self._fh = None
+        self._fh: BinaryIO | None = None
         self._generation = 0
         self._reset()
 

@@ -16,6 +16,7 @@ import msgspec
 from .. import wire as p
 from ..sanitize import one_line
 
+
 def safe(text: str) -> str:
     """``one_line`` with a fast path: most text is plain and printable already."""
     return text if text.isprintable() else one_line(text)

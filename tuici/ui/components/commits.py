@@ -38,7 +38,9 @@ class CommitFilter:
 
     @classmethod
     def parse(cls, text: str) -> "CommitFilter":
-        branch, author, words = [], [], []
+        branch: list[str] = []
+        author: list[str] = []
+        words: list[str] = []
         for term in text.lower().split():
             field, colon, value = term.partition(":")
             if colon and field in ("branch", "author") and value:

@@ -133,7 +133,8 @@ class LogView(ScrollView, can_focus=True):
                         break
                 index = self._index
         except OSError as exc:
-            self.notify(f"Cannot read {index.path}: {exc}", severity="error", markup=False)
+            self.notify(f"Cannot read {self._index.path if self._index else 'the log'}: {exc}", severity="error",
+                        markup=False)
         finally:
             self._scanning = False
 
@@ -203,6 +204,9 @@ class LogView(ScrollView, can_focus=True):
 
     async def _read(self, block: int) -> None:
         index, epoch = self._index, self._epoch
+        if index is None:
+            self._loading.discard(block)
+            return
         try:
             lines = await asyncio.get_running_loop().run_in_executor(self._executor, index.read_block, block)
         except OSError as exc:
@@ -259,23 +263,23 @@ class OutputPanel(Vertical):
         self.border_title = "Output"
 
     @property
-    def log(self) -> LogView:
+    def view(self) -> LogView:
         return self.query_one(LogView)
 
     def show_job(self, job: p.JobInfo, path: Path) -> None:
         self.job = job
-        self.log.placeholder = self._waiting_text(job)
-        self.log.open(path, live=job.state not in p.FINAL_STATES)
+        self.view.placeholder = self._waiting_text(job)
+        self.view.open(path, live=job.state not in p.FINAL_STATES)
         self._update_title()
 
     def update_job(self, job: p.JobInfo) -> None:
         """The shown job changed: a new attempt starts a new log; a finished one stops being followed."""
         old, self.job = self.job, job
-        self.log.placeholder = self._waiting_text(job)
-        if old is not None and job.attempts != old.attempts and self.log.path is not None:
-            self.log.open(self.log.path, live=True)
+        self.view.placeholder = self._waiting_text(job)
+        if old is not None and job.attempts != old.attempts and self.view.path is not None:
+            self.view.open(self.view.path, live=True)
         else:
-            self.log.set_live(job.state not in p.FINAL_STATES)
+            self.view.set_live(job.state not in p.FINAL_STATES)
         self._update_title()
 
     @staticmethod

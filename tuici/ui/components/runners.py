@@ -107,5 +107,6 @@ class RunnersPanel(Vertical):
         if changed:
             self.table.set_keys(sorted(rows, key=_natural))
             counts = [sum(1 for r in rows.values() if r.state == state) for state in ("busy", "idle", "lost")]
-            self.border_subtitle = f"{counts[0]} busy · {counts[1]} idle" + (f" · {counts[2]} lost" if counts[2] else "")
+            lost = f" · {counts[2]} lost" if counts[2] else ""
+            self.border_subtitle = f"{counts[0]} busy · {counts[1]} idle{lost}"
         self.table.redraw()

@@ -9,7 +9,7 @@ line is cached until the row is marked changed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Generic, Hashable, Sequence, TypeVar
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
@@ -35,7 +35,10 @@ class Column:
     right: bool = False  # right-aligned (numbers)
 
 
-class RecordTable(ScrollView, can_focus=True):
+K = TypeVar("K", bound=Hashable)  # what a row stands for: a commit's sha, a job's id, a runner's name
+
+
+class RecordTable(ScrollView, Generic[K], can_focus=True):
     BINDINGS = bindings_for("table")
     COMPONENT_CLASSES = {"record-table--header", "record-table--cursor", "record-table--marker", "record-table--muted"}
     DEFAULT_CSS = """
@@ -50,15 +53,15 @@ class RecordTable(ScrollView, can_focus=True):
     }
     """
 
-    def __init__(self, columns: Sequence[Column], cells: Callable[[Hashable], Sequence[Cell]], empty: str,
+    def __init__(self, columns: Sequence[Column], cells: Callable[[K], Sequence[Cell]], empty: str,
                  *, id: str | None = None):
         super().__init__(id=id)
         self.columns = tuple(columns)
         self.cells = cells
         self.empty = empty
-        self.keys: list[Hashable] = []
+        self.keys: list[K] = []
         self.cursor_row = 0
-        self._versions: dict[Hashable, int] = {}
+        self._versions: dict[K, int] = {}
         self._lines: LRUCache[tuple, Strip] = LRUCache(1024)
         self._styles: dict[str, Style] = {}
 
@@ -68,17 +71,17 @@ class RecordTable(ScrollView, can_focus=True):
     # ------------------------------------------------------------------ data
 
     @property
-    def selected_key(self) -> Hashable | None:
+    def selected_key(self) -> K | None:
         return self.keys[self.cursor_row] if self.keys else None
 
-    def set_keys(self, keys: list[Hashable]) -> None:
+    def set_keys(self, keys: Sequence[K]) -> None:
         """Show these rows in this order; the cursor stays on its row if that row is still shown.
 
         A cursor on the first row stays on the first row: with newest-first tables, that
         keeps following the newest.
         """
         selected = self.selected_key
-        self.keys = keys
+        self.keys = list(keys)
         if self.cursor_row == 0 or selected is None:
             self.cursor_row = 0
         elif selected in keys:
@@ -88,7 +91,7 @@ class RecordTable(ScrollView, can_focus=True):
         self.virtual_size = Size(0, len(keys) + 1)
         self.refresh()
 
-    def mark_changed(self, keys: Sequence[Hashable]) -> None:
+    def mark_changed(self, keys: Sequence[K]) -> None:
         """These rows' contents changed: draw them again when next shown."""
         for key in keys:
             self._versions[key] = self._versions.get(key, 0) + 1
@@ -114,7 +117,7 @@ class RecordTable(ScrollView, can_focus=True):
             self.scroll_to(y=self.cursor_row - rows_shown + 1, animate=False, force=True)
         self.refresh()
 
-    def select_key(self, key: Hashable) -> None:
+    def select_key(self, key: K) -> None:
         if key in self.keys:
             self.move_cursor(self.keys.index(key))
 
@@ -190,7 +193,8 @@ class RecordTable(ScrollView, can_focus=True):
                 marker = False
             else:
                 segments.append(Segment(" ", base))
-            segments.append(Segment(_fit(text, column_width, self.columns[index].right), base + self._style(style_name)))
+            fitted = _fit(text, column_width, self.columns[index].right)
+            segments.append(Segment(fitted, base + self._style(style_name)))
         return Strip(segments).adjust_cell_length(width, base)
 
     def render_line(self, y: int) -> Strip:
