@@ -390,12 +390,16 @@ class Scheduler:
         job.finished_at = self.clock.time()
         self.active_job.pop(job.commit, None)
         self.cancel_requested.discard(job.id)
-        a = self.attempts.get((job.id, job.attempts))
-        if a is not None and a.ended_at is None:
-            a.ended_at, a.outcome, a.reason = job.finished_at, outcome, reason
-            self._save(a)
+        self._end_attempt(job, outcome, reason, job.finished_at)
         self._save(job)
         self._publish("job.finished", job=job, message=reason)
+
+    def _end_attempt(self, job: p.JobInfo, outcome: Outcome, reason: str, at: float) -> None:
+        """End the job's latest attempt, unless it has ended already."""
+        a = self.attempts.get((job.id, job.attempts))
+        if a is not None and a.ended_at is None:
+            a.ended_at, a.outcome, a.reason = at, outcome, reason
+            self._save(a)
 
     def runner_gone(self, runner: Runner, reason: str, left: bool = False) -> None:
         """The runner is gone (lost, or left on purpose); its job goes back to the queue."""
@@ -417,10 +421,7 @@ class Scheduler:
 
     def _requeue(self, job: p.JobInfo, reason: str) -> None:
         """The attempt is lost: the job is queued again, unless it was being cancelled or has had its attempts."""
-        a = self.attempts.get((job.id, job.attempts))
-        if a is not None and a.ended_at is None:
-            a.ended_at, a.outcome, a.reason = self.clock.time(), "lost", reason
-            self._save(a)
+        self._end_attempt(job, "lost", reason, self.clock.time())
         self._effects.append(CloseLog(job.id))
         if job.id in self.cancel_requested:
             self._finish(job, "cancelled", "cancelled", reason)
