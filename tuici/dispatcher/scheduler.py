@@ -108,7 +108,8 @@ class TakeBackAt:
     at: float
 
 
-Effect = Publish | SaveCommit | SaveTip | SaveJob | SaveAttempt | Send | Disconnect | CloseLog | TruncateLog | TakeBackAt
+Effect = (Publish | SaveCommit | SaveTip | SaveJob | SaveAttempt | Send | Disconnect | CloseLog | TruncateLog
+          | TakeBackAt)
 
 
 # ------------------------------------------------------------------ the rules
@@ -132,6 +133,9 @@ class Runner:
 
 
 class Scheduler:
+    """The queue and its runners. Each call changes them at once and leaves what the world must be told or
+    made to do in ``effects()``."""
+
     def __init__(self, heartbeat_timeout: float = 5.0, max_attempts: int = 3, repo_url: str = "",
                  clock: Clock = time):
         self.heartbeat_timeout = heartbeat_timeout
@@ -145,7 +149,7 @@ class Scheduler:
         self.active_job: dict[str, int] = {}  # commit -> its queued or running job
         self.queue: list[tuple[int, int]] = []  # heap of (-job.priority, job id); stale entries are skipped
         self.runners: dict[str, Runner] = {}
-        self.cancel_requested: set[int] = set()
+        self.cancel_requested: set[int] = set()  # running jobs that end as cancelled, whatever the runner says
         self.next_job_id = 1
         self.restart_grace_until = 0.0
         self._effects: list[Effect] = []
