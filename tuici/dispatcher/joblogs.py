@@ -69,7 +69,7 @@ class JobLogs:
         for fh in self._files.values():
             await self._run(fh.close)
         self._files.clear()
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown)  # waits for what is left, off the event loop
 
 
 def _truncate(path: Path) -> None:

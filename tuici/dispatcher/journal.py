@@ -43,7 +43,7 @@ class Journal:
         if self._flush_task is not None:
             self._flush_task.cancel()
         await self._flush()
-        self.store.shutdown()
+        await asyncio.to_thread(self.store.shutdown)
 
     def save_commit(self, commit: p.CommitInfo, seen_at: float) -> None:
         self._pending.commits.append((commit, seen_at))

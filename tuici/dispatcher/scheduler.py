@@ -108,7 +108,8 @@ class TakeBackAt:
     at: float
 
 
-Effect = Publish | SaveCommit | SaveTip | SaveJob | SaveAttempt | Send | Disconnect | CloseLog | TruncateLog | TakeBackAt
+Effect = (Publish | SaveCommit | SaveTip | SaveJob | SaveAttempt | Send | Disconnect | CloseLog | TruncateLog
+          | TakeBackAt)
 
 
 # ------------------------------------------------------------------ the rules
@@ -132,6 +133,9 @@ class Runner:
 
 
 class Scheduler:
+    """The queue and its runners. Each call changes them at once and leaves what the world must be told or
+    made to do in ``effects()``."""
+
     def __init__(self, heartbeat_timeout: float = 5.0, max_attempts: int = 3, repo_url: str = "",
                  clock: Clock = time):
         self.heartbeat_timeout = heartbeat_timeout
@@ -145,7 +149,7 @@ class Scheduler:
         self.active_job: dict[str, int] = {}  # commit -> its queued or running job
         self.queue: list[tuple[int, int]] = []  # heap of (-job.priority, job id); stale entries are skipped
         self.runners: dict[str, Runner] = {}
-        self.cancel_requested: set[int] = set()
+        self.cancel_requested: set[int] = set()  # running jobs that end as cancelled, whatever the runner says
         self.next_job_id = 1
         self.restart_grace_until = 0.0
         self._effects: list[Effect] = []
@@ -390,12 +394,16 @@ class Scheduler:
         job.finished_at = self.clock.time()
         self.active_job.pop(job.commit, None)
         self.cancel_requested.discard(job.id)
-        a = self.attempts.get((job.id, job.attempts))
-        if a is not None and a.ended_at is None:
-            a.ended_at, a.outcome, a.reason = job.finished_at, outcome, reason
-            self._save(a)
+        self._end_attempt(job, outcome, reason, job.finished_at)
         self._save(job)
         self._publish("job.finished", job=job, message=reason)
+
+    def _end_attempt(self, job: p.JobInfo, outcome: Outcome, reason: str, at: float) -> None:
+        """End the job's latest attempt, unless it has ended already."""
+        a = self.attempts.get((job.id, job.attempts))
+        if a is not None and a.ended_at is None:
+            a.ended_at, a.outcome, a.reason = at, outcome, reason
+            self._save(a)
 
     def runner_gone(self, runner: Runner, reason: str, left: bool = False) -> None:
         """The runner is gone (lost, or left on purpose); its job goes back to the queue."""
@@ -417,10 +425,7 @@ class Scheduler:
 
     def _requeue(self, job: p.JobInfo, reason: str) -> None:
         """The attempt is lost: the job is queued again, unless it was being cancelled or has had its attempts."""
-        a = self.attempts.get((job.id, job.attempts))
-        if a is not None and a.ended_at is None:
-            a.ended_at, a.outcome, a.reason = self.clock.time(), "lost", reason
-            self._save(a)
+        self._end_attempt(job, "lost", reason, self.clock.time())
         self._effects.append(CloseLog(job.id))
         if job.id in self.cancel_requested:
             self._finish(job, "cancelled", "cancelled", reason)
