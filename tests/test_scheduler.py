@@ -236,6 +236,17 @@ def test_a_runner_quiet_past_the_heartbeat_timeout_is_lost(sched, clock):
     assert assigned(effects) == [("talking", job.id)] and job.attempts == 2
 
 
+def test_a_runner_lost_while_its_result_is_made_durable_stays_lost_and_its_name_is_free(sched):
+    runner = join(sched, "r1")
+    [job] = commit(sched, 1)
+    sched.dispatch()
+    assert sched.result(runner, result(job)) is None
+    sched.runner_gone(runner, "connection closed")  # while the result is being written
+    sched.result_durable(runner)
+    assert job.state == "passed" and runner.info.state == "lost"
+    assert sched.register(p.Hello(role="runner", token="t", name="r1")) is not None  # it may come back
+
+
 def test_a_result_for_an_attempt_no_longer_assigned_is_rejected(sched):
     first = join(sched, "first")
     [job] = commit(sched, 1)

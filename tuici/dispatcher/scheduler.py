@@ -380,7 +380,8 @@ class Scheduler:
 
     def result_durable(self, runner: Runner) -> None:
         runner.info.jobs_done += 1
-        self._idle(runner)
+        if runner.connected:  # else it was lost meanwhile: idle, its name would be held for ever
+            self._idle(runner)
 
     def _idle(self, runner: Runner) -> None:
         """Free the runner: only right before the ack that drops its job goes out, so that nothing can be
