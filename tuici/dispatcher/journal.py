@@ -65,7 +65,7 @@ class Journal:
         self._pending.meta[key] = value
         self._schedule_flush()
 
-    def publish(self, kind: str, fields: dict[str, Any]) -> None:
+    def publish(self, kind: p.EventKind, fields: dict[str, Any]) -> None:
         """Number the event; subscribers get it once it is durable. ``fields`` must not change afterwards."""
         self.seq += 1
         self._pending.events.append(p.Event(seq=self.seq, ts=time.time(), kind=kind, **fields))

@@ -292,7 +292,9 @@ class Dispatcher:
     async def _handle(self, door: Door, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = p.Connection(reader, writer)
         peer = conn.peer
-        self._handlers.add(asyncio.current_task())
+        task = asyncio.current_task()
+        assert task is not None  # a handler runs in a task of its own
+        self._handlers.add(task)
         runner: s.Runner | None = None
         try:
             hello = await self._hello(door, conn)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import msgspec
 
@@ -20,7 +20,7 @@ class JsonPrefix:
     told of, it would lose), and each save is reported here: a change to a record inside the prefix drops the
     prefix."""
 
-    def __init__(self, done: Callable[[msgspec.Struct], bool]):
+    def __init__(self, done: Callable[[Any], bool]):
         self.done = done
         self.keys: set = set()
         self.parts: list[bytes] = []  # the prefix's records as JSON array items, without the brackets
@@ -71,8 +71,9 @@ class Status:
             return p.to_json_bytes(self.reply(last_seq, limit))
         sched = self.sched
         # Each list goes in as one msgspec.Raw (a JSON array), which the encoder copies in as it is.
+        # (typed as the lists they encode to: msgspec writes a Raw wherever a value goes)
         return p.to_json_bytes(p.StatusReply(
-            repo_url=sched.repo_url, last_seq=last_seq, commits=self.commits.array(sched.commits),
-            jobs=self.jobs.array(sched.jobs), runners=[r.info for r in sched.runners.values()],
-            attempts=self.attempts.array(sched.attempts),
+            repo_url=sched.repo_url, last_seq=last_seq, commits=cast(Any, self.commits.array(sched.commits)),
+            jobs=cast(Any, self.jobs.array(sched.jobs)), runners=[r.info for r in sched.runners.values()],
+            attempts=cast(Any, self.attempts.array(sched.attempts)),
         ))

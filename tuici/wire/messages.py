@@ -302,7 +302,7 @@ Message = Union[
 _json_encoder = msgspec.json.Encoder()
 
 
-def to_json_bytes(obj: msgspec.Struct) -> bytes:
+def to_json_bytes(obj: object) -> bytes:
     return _json_encoder.encode(obj)
 
 
