@@ -310,23 +310,23 @@ def tuici_processes() -> list[psutil.Process]:
 
     Each supervisor marks what it starts with its own pid, so the marks form a tree rooted here.
     """
-    marks: dict[int, str] = {}
+    marks: dict[int, tuple[str, psutil.Process]] = {}
     for proc in psutil.process_iter():
         try:
             if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
                 mark = proc.environ().get(MARK)
                 if mark:
-                    marks[proc.pid] = mark
+                    marks[proc.pid] = (mark, proc)
         except psutil.Error:
-            pass
+            pass  # gone meanwhile
     ours = {str(os.getpid())}
     found: dict[int, psutil.Process] = {}
     grew = True
     while grew:
         grew = False
-        for pid, mark in marks.items():
+        for pid, (mark, proc) in marks.items():
             if mark in ours and pid not in found:
-                found[pid] = psutil.Process(pid)
+                found[pid] = proc  # the listing's own: making one anew races with the process's exit
                 ours.add(str(pid))
                 grew = True
     return list(found.values())
