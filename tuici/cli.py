@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
+import typing
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, Literal, NoReturn
+
+import msgspec
 
 from . import wire as p
 from .errors import CommandError, NotARepository, SupervisorError, TuiciError
@@ -17,23 +21,35 @@ from .wire import NoDispatcher, Query, endpoint_for
 
 # Each command imports what only it needs: `tuici status` never loads asyncio (~25 ms) nor a component.
 
-COMMANDS = ("serve", "dispatcher", "observer", "runner", "status", "log", "rerun", "cancel", "demo")
 COMPONENTS = ("dispatcher", "observer", "runner")  # what a supervisor starts
 QUERIES = ("status", "log", "rerun", "cancel")  # one request to a dispatcher, printed
 
-STATUS_SCHEMA = """\
-status --json prints one object:
-  type      "status_reply"
-  repo_url  the repository URL runners clone from
-  last_seq  the newest event's sequence number
-  runners   [{name, host, pid, state: idle|busy|lost, job: id|null, jobs_done, last_heartbeat}]
-  jobs      [{id, commit, branch, state: queued|running|passed|failed|error|cancelled, runner,
-              priority (queued jobs run highest first, then oldest), attempts, exit_code, duration_s,
-              passed, failed, skipped, error, queued_at, started_at, finished_at, log_size,
-              env (the key of the environment setup made), env_reused}]
-  commits   [{sha, branch, author, subject, time}]
-  attempts  [{job_id, attempt, runner, started_at, ended_at, outcome, reason}]
-Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code) are left out."""
+
+
+def status_schema() -> str:
+    """What `status --json` prints, read off the structs it is encoded from (README.md shows the same, and a
+    test holds the two together)."""
+    lines = ["status --json prints one object:", f'  {"type":<10}"{p.StatusReply.__struct_config__.tag}"']
+    for field in msgspec.structs.fields(p.StatusReply):
+        if typing.get_origin(field.type) is list:
+            text = f"  {field.name:<10}[{{{_fields(typing.get_args(field.type)[0])}}}]".replace(": ", ":\0")
+            wrapped = textwrap.fill(text, 110, subsequent_indent=" " * 14, break_on_hyphens=False)
+            lines.append(wrapped.replace("\0", " "))  # a field and its values kept on one line
+        else:
+            lines.append(f"  {field.name:<10}{field.type.__name__}")
+    lines.append(textwrap.fill(
+        "Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code, a priority of 0) "
+        "are left out. Queued jobs run highest priority first, then oldest; env is the key of the environment "
+        "setup made.", 110))
+    return "\n".join(lines)
+
+
+def _fields(struct: type[msgspec.Struct]) -> str:
+    """``struct``'s fields, each with its values where it has a closed set of them (unset ones left out)."""
+    return ", ".join(
+        f"{f.name}: {'|'.join(v for v in typing.get_args(f.type) if v)}" if typing.get_origin(f.type) is Literal
+        else f.name
+        for f in msgspec.structs.fields(struct))
 
 
 def _repo_arg(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "removed first (default 10G, or $TUICI_ENV_CACHE_SIZE)")
     _sandbox_arg(r)
 
-    st = sub.add_parser("status", help="show commits, jobs and runners", description=STATUS_SCHEMA,
+    st = sub.add_parser("status", help="show commits, jobs and runners", description=status_schema(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _repo_arg(st)
     st.add_argument("--json", action="store_true", help="print the whole state as JSON (schema above)")
@@ -206,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                 from .procs import die_with_supervisor
 
                 die_with_supervisor()
-            code = globals()[f"cmd_{command}"](args) or 0
+            code = COMMANDS[command](args) or 0
     except CANNOT_BEGIN as exc:
         die(who, str(exc), 2)
     except TuiciError as exc:
@@ -429,3 +445,10 @@ def cmd_demo(args) -> None:
     from .ui.demo import run_demo
 
     run_demo(runners=args.runners, theme=args.theme)
+
+
+Command = Callable[[argparse.Namespace], "int | None"]  # an exit status (None: 0)
+COMMANDS: dict[str, Command] = {
+    "serve": cmd_serve, "dispatcher": cmd_dispatcher, "observer": cmd_observer, "runner": cmd_runner,
+    "status": cmd_status, "log": cmd_log, "rerun": cmd_rerun, "cancel": cmd_cancel, "demo": cmd_demo,
+}
