@@ -52,9 +52,6 @@ class RepoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 def _argv(command: str | list[str]) -> list[str]:
     return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
 
-    def watches(self, branch: str) -> bool:
-        return any(fnmatch.fnmatchcase(branch, pattern) for pattern in self.branches)
-
 
 _PATH = re.compile(r"at `\$\.?(.*)`")
 

@@ -169,11 +169,6 @@ class Supervisor:
             sock.close()
         kill_descendants()
 
-    def signal_child(self, name: str, sig: int) -> None:
-        child = self.children[name]
-        if child.pid is not None:
-            os.kill(child.pid, sig)
-
     # ------------------------------------------------------------------ internals
 
     def _child(self, name: str, kind: str, argv: list[str]) -> Child:
