@@ -337,7 +337,10 @@ class Observer:
                 p.Hello(role="observer", token=self.endpoint.token, pid=os.getpid(), repo_url=self.source.url),
             )
         except p.RefusedError as exc:
-            raise ComponentError(f"dispatcher refused us: {exc}") from None
+            if exc.permanent:
+                raise ComponentError(f"dispatcher refused us: {exc}") from None
+            log.warning("dispatcher refused us: %s", exc)
+            return False
         except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
             log.info("cannot reach dispatcher at %s: %s", self.endpoint, exc)
             return False
