@@ -74,8 +74,9 @@ def test_reconnect_backs_off_with_jitter_and_starts_over_after_a_connection(monk
         return connected
 
     asyncio.run(aio.reconnect(attempt, stopping, first=0.1, cap=0.5))
-    assert [high for _, high in drawn] == [0.1, 0.2, 0.4, 0.5, 0.1, 0.2, 0.4]
-    assert all(low == high / 2 for low, high in drawn)
+    assert drawn == [(0.05, 0.1), (0.1, 0.2), (0.2, 0.4), (0.25, 0.5),  # four failures
+                     (0, 0.1),  # a connection that ended
+                     (0.05, 0.1), (0.1, 0.2)]
 
 
 def test_oversized_frames_are_refused_before_reading_them():

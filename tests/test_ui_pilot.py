@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuici import wire as p
+from tuici.errors import NotARepository
 from tuici.ui.app import ControlCenter
 from tuici.ui.backend import BackendError
 from tuici.ui.components.confirm import ConfirmScreen
@@ -236,9 +237,8 @@ class TestStartProblems:
         assert app.return_code == 0
 
     def test_not_a_git_repository_is_a_message_before_the_app_opens(self, tmp_path):
-        with pytest.raises(SystemExit) as stopped:
+        with pytest.raises(NotARepository, match="not a git repository"):
             run_app(str(tmp_path), runners=1, theme=None)
-        assert str(stopped.value.code).startswith("tuici: ") and "not a git repository" in str(stopped.value.code)
 
     def test_a_broken_config_is_named_with_its_key(self, tmp_path):
         (tmp_path / "tuici.toml").write_text('command = ""\n')

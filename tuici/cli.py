@@ -5,33 +5,51 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
+import typing
 from pathlib import Path
+from typing import Callable, Literal, NoReturn
+
+import msgspec
 
 from . import wire as p
+from .errors import CommandError, NotARepository, SupervisorError, TuiciError
 from .sanitize import StreamCleaner, one_line
-from .statedir import NotARepository, StateDir, find_git_dir, resolve_token
+from .statedir import StateDir, find_git_dir, resolve_token
 from .wire import NoDispatcher, Query, endpoint_for
 
 # Each command imports what only it needs: `tuici status` never loads asyncio (~25 ms) nor a component.
 
-COMMANDS = ("serve", "dispatcher", "observer", "runner", "status", "log", "rerun", "cancel", "demo")
 COMPONENTS = ("dispatcher", "observer", "runner")  # what a supervisor starts
 QUERIES = ("status", "log", "rerun", "cancel")  # one request to a dispatcher, printed
 
-STATUS_SCHEMA = """\
-status --json prints one object:
-  type      "status_reply"
-  repo_url  the repository URL runners clone from
-  last_seq  the newest event's sequence number
-  runners   [{name, host, pid, state: idle|busy|lost, job: id|null, jobs_done, last_heartbeat}]
-  jobs      [{id, commit, branch, state: queued|running|passed|failed|error|cancelled, runner,
-              priority (queued jobs run highest first, then oldest), attempts, exit_code, duration_s,
-              passed, failed, skipped, error, queued_at, started_at, finished_at, log_size,
-              env (the key of the environment setup made), env_reused}]
-  commits   [{sha, branch, author, subject, time}]
-  attempts  [{job_id, attempt, runner, started_at, ended_at, outcome, reason}]
-Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code) are left out."""
+
+
+def status_schema() -> str:
+    """What `status --json` prints, read off the structs it is encoded from (README.md shows the same, and a
+    test holds the two together)."""
+    lines = ["status --json prints one object:", f'  {"type":<10}"{p.StatusReply.__struct_config__.tag}"']
+    for field in msgspec.structs.fields(p.StatusReply):
+        if typing.get_origin(field.type) is list:
+            text = f"  {field.name:<10}[{{{_fields(typing.get_args(field.type)[0])}}}]".replace(": ", ":\0")
+            wrapped = textwrap.fill(text, 110, subsequent_indent=" " * 14, break_on_hyphens=False)
+            lines.append(wrapped.replace("\0", " "))  # a field and its values kept on one line
+        else:
+            lines.append(f"  {field.name:<10}{field.type.__name__}")
+    lines.append(textwrap.fill(
+        "Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code, a priority of 0) "
+        "are left out. Queued jobs run highest priority first, then oldest; env is the key of the environment "
+        "setup made.", 110))
+    return "\n".join(lines)
+
+
+def _fields(struct: type[msgspec.Struct]) -> str:
+    """``struct``'s fields, each with its values where it has a closed set of them (unset ones left out)."""
+    return ", ".join(
+        f"{f.name}: {'|'.join(v for v in typing.get_args(f.type) if v)}" if typing.get_origin(f.type) is Literal
+        else f.name
+        for f in msgspec.structs.fields(struct))
 
 
 def _repo_arg(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "removed first (default 10G, or $TUICI_ENV_CACHE_SIZE)")
     _sandbox_arg(r)
 
-    st = sub.add_parser("status", help="show commits, jobs and runners", description=STATUS_SCHEMA,
+    st = sub.add_parser("status", help="show commits, jobs and runners", description=status_schema(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _repo_arg(st)
     st.add_argument("--json", action="store_true", help="print the whole state as JSON (schema above)")
@@ -175,49 +193,55 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
 
 
-def die(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
-    print(f"tuici: {message}", file=sys.stderr)
+# Exit status 2: the command could not begin with what it was given or found; 1: it began and failed.
+CANNOT_BEGIN = (CommandError, NotARepository, NoDispatcher, SupervisorError)
+
+
+def die(who: str, message: str, code: int) -> NoReturn:
+    print(f"{who}: {message}", file=sys.stderr)
     raise SystemExit(code)
 
 
-def state_for(repo: str) -> StateDir:
-    try:
-        return StateDir.for_repo(repo)
-    except NotARepository as exc:
-        die(str(exc))
-
-
 def main(argv: list[str] | None = None) -> None:
-    """The `tuici` program (a query ends the process once its output is out)."""
+    """The `tuici` program, and the one place where errors become messages and exit codes (a query ends the
+    process once its output is out)."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
-        args = build_ui_parser().parse_args(argv)
-        from .ui.launch import run_app
-
-        run_app(args.repo, runners=args.runners, theme=args.theme, sandbox=args.sandbox)
-        return
-    args = build_parser().parse_args(argv)
-    if args.command in COMPONENTS:
-        from .procs import die_with_supervisor
-
-        die_with_supervisor()
+    ui = not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"))
+    args = (build_ui_parser() if ui else build_parser()).parse_args(argv)
+    command = None if ui else args.command
+    # A component's stderr goes to a log, serve's, shared with the others: its messages say which one it is.
+    who = f"tuici {command}" if command in COMPONENTS else "tuici"
     try:
-        globals()[f"cmd_{args.command}"](args)
-    except NoDispatcher as exc:
-        die(str(exc))
+        if ui:
+            from .ui.launch import run_app
+
+            run_app(args.repo, runners=args.runners, theme=args.theme, sandbox=args.sandbox)
+            code = 0
+        else:
+            if command in COMPONENTS:
+                from .procs import die_with_supervisor
+
+                die_with_supervisor()
+            code = COMMANDS[command](args) or 0
+    except CANNOT_BEGIN as exc:
+        die(who, str(exc), 2)
+    except TuiciError as exc:
+        die(who, str(exc), 1)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except BrokenPipeError:
         # The reader (`| head`, say) has all it wanted: stop quietly, as a filter does, with no flush to fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
-    if args.command in QUERIES:
+    if command in QUERIES:
         # A query holds nothing that needs finalizing once its output is flushed, and the interpreter's
         # teardown of what it imported (a garbage collection over msgspec's and typing's objects) is ~25 ms
         # of a `status --json` that takes ~150 ms.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)
+    if code:
+        raise SystemExit(code)
 
 
 # ---------------------------------------------------------------------- components
@@ -231,7 +255,7 @@ def cmd_dispatcher(args) -> None:
     from .dispatcher import AlreadyRunning, run_dispatcher
 
     setup_logging()
-    state = StateDir(args.state) if args.state else state_for(".")
+    state = StateDir(args.state) if args.state else StateDir.for_repo(".")
     tcp = _tcp_address(args.listen) if args.listen else None
     if tcp is not None:
         try:
@@ -239,11 +263,11 @@ def cmd_dispatcher(args) -> None:
         except ValueError:
             loopback = tcp.host == "localhost"
         if not loopback and not args.tls_cert and not args.insecure:
-            die(f"listening on {tcp.host} beyond loopback needs --tls-cert/--tls-key (or --insecure)")
+            raise CommandError(f"listening on {tcp.host} beyond loopback needs --tls-cert/--tls-key (or --insecure)")
     try:
         tls = p.server_tls(args.tls_cert, args.tls_key)
     except (OSError, ValueError) as exc:
-        die(f"cannot load the TLS certificate {args.tls_cert}: {exc}")
+        raise CommandError(f"cannot load the TLS certificate {args.tls_cert}: {exc}") from None
     repo = args.repo or ""
     if repo and os.path.isdir(repo):
         repo = str(find_git_dir(repo)[0])
@@ -252,9 +276,9 @@ def cmd_dispatcher(args) -> None:
         asyncio.run(run_dispatcher(state, tcp, heartbeat_timeout=args.heartbeat_timeout,
                                    max_attempts=args.max_attempts, repo_url=repo, tls=tls, socks=socks))
     except AlreadyRunning as exc:
-        die(str(exc))
+        raise CommandError(str(exc)) from None
     except OSError as exc:
-        die(f"cannot listen on {exc.filename or args.listen or state.socket}: {exc.strerror or exc}")
+        raise CommandError(f"cannot listen on {exc.filename or args.listen or state.socket}: {exc.strerror or exc}") from None
 
 
 def cmd_observer(args) -> None:
@@ -264,13 +288,10 @@ def cmd_observer(args) -> None:
 
     setup_logging()
     endpoint, state = _endpoint(args)
-    try:
-        mirror = (state.path / "mirror.git") if state else mirror_dir_for(args.repo)
-        source = Source(args.repo, mirror_dir=mirror)
-    except NotARepository as exc:
-        die(str(exc))
+    mirror = (state.path / "mirror.git") if state else mirror_dir_for(args.repo)
+    source = Source(args.repo, mirror_dir=mirror)
     if source.remote and not args.poll:
-        die(f"{args.repo} is not a local directory; pass --poll SECONDS to fetch it")
+        raise CommandError(f"{args.repo} is not a local directory; pass --poll SECONDS to fetch it")
     asyncio.run(run_observer(source, endpoint, args.poll))
 
 
@@ -296,7 +317,7 @@ def cmd_runner(args) -> None:
     try:
         limit = parse_size(args.env_cache_size)
     except ValueError:
-        die(f"--env-cache-size: {args.env_cache_size!r} is not a size (like 10G or 500M)")
+        raise CommandError(f"--env-cache-size: {args.env_cache_size!r} is not a size (like 10G or 500M)") from None
     asyncio.run(run_runner(endpoint, name, workdir, tuple(hide), args.sandbox, EnvCache(cache_root(), limit)))
 
 
@@ -304,12 +325,12 @@ def _endpoint(args) -> tuple[p.Endpoint, StateDir | None]:
     try:
         address = p.parse_address(args.dispatcher)
     except ValueError as exc:
-        die(str(exc))
+        raise CommandError(str(exc)) from None
     state = StateDir(args.state) if args.state else None
     try:
         tls = p.client_tls(args.tls_ca)
     except (OSError, ValueError) as exc:
-        die(f"cannot load the CA file {args.tls_ca}: {exc}")
+        raise CommandError(f"cannot load the CA file {args.tls_ca}: {exc}") from None
     return p.Endpoint(address, resolve_token(args.token, state), tls), state
 
 
@@ -317,9 +338,9 @@ def _tcp_address(text: str) -> p.TcpAddress:
     try:
         address = p.parse_address(text)
     except ValueError as exc:
-        die(str(exc))
+        raise CommandError(str(exc)) from None
     if not isinstance(address, p.TcpAddress):
-        die(f"--listen takes HOST:PORT, not {text!r}: the Unix socket is always STATE/dispatcher.sock")
+        raise CommandError(f"--listen takes HOST:PORT, not {text!r}: the Unix socket is always STATE/dispatcher.sock")
     return address
 
 
@@ -330,17 +351,10 @@ def cmd_serve(args) -> None:
     import asyncio
 
     from .serve import serve
-    from .supervisor import SupervisorError
 
     setup_logging()
-    try:
-        top, git_dir = find_git_dir(args.repo)
-    except NotARepository as exc:
-        die(str(exc))
-    try:
-        asyncio.run(serve(args, StateDir.in_git_dir(git_dir), top))
-    except SupervisorError as exc:
-        die(str(exc))
+    top, git_dir = find_git_dir(args.repo)
+    asyncio.run(serve(args, StateDir.in_git_dir(git_dir), top))
 
 
 # ---------------------------------------------------------------------- queries
@@ -358,7 +372,7 @@ def _widen_pipe(fd: int) -> None:
 
 
 def cmd_status(args) -> None:
-    with Query(endpoint_for(state_for(args.repo))) as query:
+    with Query(endpoint_for(StateDir.for_repo(args.repo))) as query:
         if args.json:
             sys.stdout.flush()
             _widen_pipe(sys.stdout.fileno())
@@ -384,28 +398,27 @@ def cmd_status(args) -> None:
         print(f"  {j.id:>5} {j.state:<9} {one_line(j.commit)[:10]} {one_line(j.branch)[:20]:<20} {dur} {subject[:50]}")
 
 
-def cmd_rerun(args) -> None:
-    _simple(args.repo, p.RerunRequest(commit=args.commit))
+def cmd_rerun(args) -> int:
+    return _simple(args.repo, p.RerunRequest(commit=args.commit))
 
 
-def cmd_cancel(args) -> None:
-    _simple(args.repo, p.CancelRequest(job_id=args.job))
+def cmd_cancel(args) -> int:
+    return _simple(args.repo, p.CancelRequest(job_id=args.job))
 
 
-def _simple(repo: str, request: p.Message) -> None:
-    with Query(endpoint_for(state_for(repo))) as query:
-        reply = query.request(request)
-    assert isinstance(reply, p.Reply)
+def _simple(repo: str, request: p.Message) -> int:
+    """Send ``request``, print the answer; the exit status says whether the dispatcher did it."""
+    with Query(endpoint_for(StateDir.for_repo(repo))) as query:
+        reply = p.expect(query.request(request), p.Reply)
     print(reply.message)
-    if not reply.ok:
-        raise SystemExit(1)
+    return 0 if reply.ok else 1
 
 
 def cmd_log(args) -> None:
-    state = state_for(args.repo)
+    state = StateDir.for_repo(args.repo)
     path = state.job_log(args.job)
     if not path.exists() and not args.follow:
-        die(f"no output stored for job {args.job}")
+        raise CommandError(f"no output stored for job {args.job}")
     offset = 0
     cleaner = StreamCleaner()
     while True:
@@ -432,3 +445,10 @@ def cmd_demo(args) -> None:
     from .ui.demo import run_demo
 
     run_demo(runners=args.runners, theme=args.theme)
+
+
+Command = Callable[[argparse.Namespace], "int | None"]  # an exit status (None: 0)
+COMMANDS: dict[str, Command] = {
+    "serve": cmd_serve, "dispatcher": cmd_dispatcher, "observer": cmd_observer, "runner": cmd_runner,
+    "status": cmd_status, "log": cmd_log, "rerun": cmd_rerun, "cancel": cmd_cancel, "demo": cmd_demo,
+}

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Callable
 
 import msgspec
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     import git
 
@@ -21,10 +23,6 @@ DEFAULT_COMMAND = ["python", "-m", "pytest"]
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_CACHE_KEY = ["pyproject.toml", "requirements*.txt", "uv.lock", "setup.cfg", "setup.py"]
 MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is an error, not something to read into memory
-
-
-class ConfigError(Exception):
-    pass
 
 
 class RepoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -53,9 +51,6 @@ class RepoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def _argv(command: str | list[str]) -> list[str]:
     return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-
-    def watches(self, branch: str) -> bool:
-        return any(fnmatch.fnmatchcase(branch, pattern) for pattern in self.branches)
 
 
 _PATH = re.compile(r"at `\$\.?(.*)`")

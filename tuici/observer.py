@@ -23,6 +23,7 @@ import watchfiles
 
 from . import config as cfg
 from . import wire as p
+from .errors import ComponentError
 from .statedir import find_git_dir
 
 log = logging.getLogger("tuici.observer")
@@ -336,7 +337,10 @@ class Observer:
                 p.Hello(role="observer", token=self.endpoint.token, pid=os.getpid(), repo_url=self.source.url),
             )
         except p.RefusedError as exc:
-            raise SystemExit(f"tuici observer: dispatcher refused us: {exc}") from None
+            if exc.permanent:
+                raise ComponentError(f"dispatcher refused us: {exc}") from None
+            log.warning("dispatcher refused us: %s", exc)
+            return False
         except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
             log.info("cannot reach dispatcher at %s: %s", self.endpoint, exc)
             return False

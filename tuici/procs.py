@@ -10,6 +10,7 @@ import ctypes
 import os
 import signal
 
+from .errors import ComponentError
 from .lazy import LazyModule
 
 psutil = LazyModule("psutil")
@@ -50,7 +51,7 @@ def die_with_supervisor() -> None:
         return
     die_with_parent()
     if os.getppid() != int(supervisor):
-        raise SystemExit("tuici: the supervisor that started this process is gone")
+        raise ComponentError("the supervisor that started this process is gone")
 
 
 def become_subreaper() -> None:

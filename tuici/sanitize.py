@@ -47,7 +47,3 @@ class StreamCleaner:
 
     def feed(self, data: bytes, final: bool = False) -> str:
         return clean(self._decoder.decode(data, final))
-
-
-def safe_text(data: bytes) -> str:
-    return clean(data.decode("utf-8", errors="replace"))

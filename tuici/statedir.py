@@ -11,9 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class NotARepository(Exception):
-    pass
+from .errors import NoToken, NotARepository
 
 
 def find_git_dir(repo: str | os.PathLike) -> tuple[Path, Path]:
@@ -145,4 +143,4 @@ def resolve_token(explicit: str | None, state: StateDir | None) -> str:
             return state.token()
         except FileNotFoundError:
             pass
-    raise SystemExit("tuici: no token: pass --token, set TUICI_TOKEN, or run on the dispatcher's machine")
+    raise NoToken("no token: pass --token, set TUICI_TOKEN, or run on the dispatcher's machine")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import wire as p
+from .errors import SupervisorError
 from .lazy import LazyModule
 from .procs import SUPERVISED_BY, become_subreaper, is_zombie, kill_group
 from .statedir import StateDir, repo_cache
@@ -64,10 +65,6 @@ class Child:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
-
-
-class SupervisorError(Exception):
-    pass
 
 
 class Supervisor:
@@ -171,11 +168,6 @@ class Supervisor:
         for sock in self._listeners:
             sock.close()
         kill_descendants()
-
-    def signal_child(self, name: str, sig: int) -> None:
-        child = self.children[name]
-        if child.pid is not None:
-            os.kill(child.pid, sig)
 
     # ------------------------------------------------------------------ internals
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from .. import wire as p
+from ..errors import ComponentError
 from ..procs import become_subreaper
 from ..statedir import cache_root
 from .environments import EnvCache, find_uv
@@ -84,7 +85,7 @@ class Runner:
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SystemExit(f"tuici runner: {self.workdir} is in use by another runner") from None
+            raise ComponentError(f"{self.workdir} is in use by another runner") from None
         self.places = await asyncio.to_thread(self._places)
         try:
             await p.reconnect(self._connect, self.stopping)
@@ -105,7 +106,7 @@ class Runner:
             problem = probe(bwrap, landlock.scope_self if scoped else None)
             if problem is not None:
                 if self.sandbox == "on":
-                    raise SystemExit(f"tuici runner: --sandbox on, but this machine cannot build one: {problem}")
+                    raise ComponentError(f"--sandbox on, but this machine cannot build one: {problem}")
                 bwrap, because = None, f"this machine cannot build one: {problem}"
                 log.warning("test commands run without a sandbox: %s", because)
         return RunnerPlaces(name=self.name, workdir=self.workdir, hide=self.hide, envs=self.envs, bwrap=bwrap,
@@ -117,7 +118,7 @@ class Runner:
             conn, welcome = await p.handshake(self.endpoint, self._hello())
         except p.RefusedError as exc:
             if exc.permanent:
-                raise SystemExit(f"tuici runner: dispatcher refused us: {exc}") from None
+                raise ComponentError(f"dispatcher refused us: {exc}") from None
             log.warning("dispatcher refused us: %s", exc)
             return False
         except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:

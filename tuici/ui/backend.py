@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from .. import wire as p
+from ..errors import NoToken, SupervisorError
 from ..statedir import StateDir
-from ..supervisor import Supervisor, SupervisorError, dispatcher_running
+from ..supervisor import Supervisor, dispatcher_running
 from ..wire import Control, NoDispatcher, Query, endpoint_for
 
 ProcessListener = Callable[[str, str, str], None]  # (kind, name, message), as the supervisor reports them
@@ -113,7 +114,7 @@ class FirstStatus:
                     return
             with Query(endpoint_for(state)) as query:
                 reply = query.status()
-        except (Exception, SystemExit):  # no token, refused, gone: the app asks again and says what is wrong
+        except Exception:  # no token, refused, gone: the app asks again and says what is wrong
             pass
         finally:
             try:
@@ -190,10 +191,8 @@ class LiveBackend(Backend):
             self._workers = asyncio.ensure_future(self._start_workers())
         try:
             self._control = Control.for_state(self.state)
-        except NoDispatcher as exc:
+        except (NoDispatcher, NoToken) as exc:
             raise BackendError(str(exc)) from None
-        except SystemExit as exc:  # resolve_token's message when there is no token to be found
-            raise BackendError(str(exc.code)) from None
 
     async def _start_workers(self) -> None:
         """The observer and the runners, once the app has its first status (or after a second without).

@@ -8,12 +8,12 @@ nothing from Textual for that reason.
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from typing import Iterable
 
 from .. import config as cfg
-from ..statedir import NotARepository, StateDir, find_git_dir
+from ..errors import CommandError
+from ..statedir import StateDir, find_git_dir
 from ..supervisor import kill_descendants
 from .backend import LiveBackend
 
@@ -34,13 +34,10 @@ def config_problem(top: Path) -> str | None:
 
 
 def run_app(repo: str, runners: int, theme: str | None, sandbox: str = "auto") -> None:
-    """`tuici [REPO]`: open the control center on REPO; problems found before it opens end with a message."""
-    try:
-        top, git_dir = find_git_dir(repo)
-    except NotARepository as exc:
-        sys.exit(f"tuici: {exc}")
+    """`tuici [REPO]`: open the control center on REPO (``NotARepository``, ``CommandError`` before it opens)."""
+    top, git_dir = find_git_dir(repo)
     if runners < 0:
-        sys.exit("tuici: --runners must be 0 or more")
+        raise CommandError("--runners must be 0 or more")
     problem = config_problem(top)
     backend = LiveBackend(top, StateDir.in_git_dir(git_dir), runners, runner_args=["--sandbox", sandbox])
     open_control_center(backend, theme, [problem] if problem else [])

@@ -112,21 +112,24 @@ async def reconnect(attempt: Callable[[], Awaitable[bool]], stopping: asyncio.Ev
                     first: float = 0.1, cap: float = 5.0) -> None:
     """Call ``attempt`` until ``stopping`` is set (for ever without one); an exception from it ends this.
 
-    An attempt connects, serves the connection until it ends, and returns whether it connected at all. The wait
-    before the next one starts at ``first`` and doubles after each attempt that did not connect, up to ``cap``.
-    Each wait is drawn at random from the upper half of that: components that lost the same dispatcher (it
-    restarted) do not all come back at the same instant.
+    An attempt connects, serves the connection until it ends, and returns whether it connected at all. After one
+    that did, the next comes within ``first``; after one that did not, after a wait that starts at ``first`` and
+    doubles with each failure up to ``cap``. Each wait is drawn at random (from the upper half of that, after a
+    failure), so that runners that lost the same dispatcher do not all come back at the same instant, and none
+    waits longer than that: a runner holding a job must be back within the dispatcher's restart grace.
     """
     stopping = stopping or asyncio.Event()
     delay = first
     while not stopping.is_set():
         if await attempt():
-            delay = first
+            delay, wait = first, random.uniform(0, first)
+        else:
+            wait = random.uniform(delay / 2, delay)
+            delay = min(delay * 2, cap)
         try:
-            await asyncio.wait_for(stopping.wait(), random.uniform(delay / 2, delay))
+            await asyncio.wait_for(stopping.wait(), wait)
         except asyncio.TimeoutError:
             pass
-        delay = min(delay * 2, cap)
 
 
 class Control:
