@@ -17,8 +17,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import report
-from .harness import (Figure, LoadMeter, Procs, Profiler, become_subreaper, load_text, machine_info, wait_quiet,
-                      sweep_descendants, tuici_root)
+from .harness import (
+    Figure,
+    LoadMeter,
+    Procs,
+    Profiler,
+    become_subreaper,
+    load_text,
+    machine_info,
+    sweep_descendants,
+    tuici_root,
+    wait_quiet,
+)
 from .rows import ROWS, Context, Sizes
 
 HERE = Path(__file__).resolve().parent

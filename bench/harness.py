@@ -318,8 +318,8 @@ class Ctl:
     """A control connection to a dispatcher, usable from synchronous code."""
 
     def __init__(self, state_path: Path):
-        from tuici.wire import Control
         from tuici.statedir import StateDir
+        from tuici.wire import Control
 
         self.loop = asyncio.new_event_loop()
         self.control = Control.for_state(StateDir(state_path))

@@ -24,9 +24,22 @@ import psutil
 from . import _bare_app as bare_app
 from . import limits
 from ._tty import Frame, Terminal
-from .harness import (PY, BenchError, Cluster, Figure, Procs, Profiler, Repo, RssSampler, cpu_seconds, git,
-                      make_wheel, summarize, wait_for, wait_quiet)
-
+from .harness import (
+    PY,
+    BenchError,
+    Cluster,
+    Figure,
+    Procs,
+    Profiler,
+    Repo,
+    RssSampler,
+    cpu_seconds,
+    git,
+    make_wheel,
+    summarize,
+    wait_for,
+    wait_quiet,
+)
 
 # ---------------------------------------------------------------------- sizes and context
 

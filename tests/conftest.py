@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from tuici import wire as p
-from tuici.wire import Control
 from tuici.statedir import StateDir
 from tuici.supervisor import MARK, become_subreaper, kill_descendants
+from tuici.wire import Control
 
 become_subreaper()
 

@@ -6,9 +6,10 @@ import asyncio
 import signal
 import sqlite3
 
-from conftest import job_processes, toml_command, wait_for
 from tuici.dispatcher import scheduler as dispatcher_module
 from tuici.wire import Control
+
+from conftest import job_processes, toml_command, wait_for
 
 
 def test_a_cancelled_job_its_runner_does_not_end_is_taken_back_and_the_runner_takes_the_next(repo, cluster_factory):

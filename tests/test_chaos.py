@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import job_processes, toml_command, tuici_processes, wait_for
 from tuici import wire as p
-from tuici.wire import Control, NoDispatcher
 from tuici.supervisor import Supervisor
+from tuici.wire import Control, NoDispatcher
+
+from conftest import job_processes, toml_command, tuici_processes, wait_for
 
 SEED = int(os.environ.get("TUICI_CHAOS_SEED", "4"))
 SOAK = bool(os.environ.get("TUICI_SOAK"))

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
-from conftest import tuici
 
 from tuici import wire as p
+
+from conftest import tuici
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,8 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import toml_command, wait_for
 from tuici import wire as p
+
+from conftest import toml_command, wait_for
 
 SOAK = bool(os.environ.get("TUICI_SOAK"))
 SHA = "0123456789abcdef" * 2 + "01234567"

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import PeakRss, _env, _wait_or_kill, job_processes, toml_command, tuici_processes, wait_for
 from tuici import wire as p
 from tuici.sanitize import StreamCleaner, clean, one_line
+
+from conftest import PeakRss, _env, _wait_or_kill, job_processes, toml_command, tuici_processes, wait_for
 
 MiB = 1 << 20
 SGR = re.compile(r"\x1b\[[0-9;:]*m")

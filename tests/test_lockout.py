@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from conftest import _env, _wait_or_kill, events, tcp_address, tuici, wait_for
 from tuici.runner.sandbox import find_bwrap, probe
+
+from conftest import _env, _wait_or_kill, events, tcp_address, tuici, wait_for
 
 # What the job runs: it tries the dispatcher's Unix socket, then connects to its TCP port and closes, over and over.
 JOB_FLOOD = """\

@@ -7,9 +7,10 @@ import subprocess
 
 import pytest
 
-from conftest import GitRepo, toml_command, wait_for
 from tuici import config as cfg
 from tuici.observer import Source, plan
+
+from conftest import GitRepo, toml_command, wait_for
 
 
 def shas(reports):

@@ -10,10 +10,11 @@ import sys
 
 import msgspec
 import pytest
-from conftest import wait_for
 
 from tuici import wire as p
 from tuici.wire import aio
+
+from conftest import wait_for
 
 
 def test_messages_round_trip_through_a_frame():

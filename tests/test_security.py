@@ -18,12 +18,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from conftest import Cluster, GitRepo, _env, _wait_or_kill, tcp_address, toml_command, wait_for
 from tuici import wire as p
 from tuici.dispatcher import server as dispatcher_module
-from tuici.wire import Control, NoDispatcher
 from tuici.runner.sandbox import find_bwrap, probe
 from tuici.statedir import StateDir
+from tuici.wire import Control, NoDispatcher
+
+from conftest import Cluster, GitRepo, _env, _wait_or_kill, tcp_address, toml_command, wait_for
 
 
 def _raw(address: str, source: str = "127.0.0.1") -> socket.socket:

@@ -10,8 +10,9 @@ import signal
 import psutil
 import pytest
 
-from conftest import cmdline, events, job_processes, toml_command, tuici, tuici_processes, wait_for
 from tuici.wire import Control
+
+from conftest import cmdline, events, job_processes, toml_command, tuici, tuici_processes, wait_for
 
 
 @pytest.fixture

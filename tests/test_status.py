@@ -8,10 +8,11 @@ import sys
 
 import msgspec
 
-from conftest import Cluster, _env, toml_command
 from tuici import wire as p
 from tuici.dispatcher.status import JsonPrefix
 from tuici.store import Batch, Store
+
+from conftest import Cluster, _env, toml_command
 
 HISTORY = 3000  # finished jobs: ~1.4 MB of JSON, more than one StatusJson piece
 

@@ -14,7 +14,7 @@ from typing import Callable, Literal, NoReturn
 import msgspec
 
 from . import wire as p
-from .errors import CommandError, NotARepository, SupervisorError, TuiciError
+from .errors import AlreadyRunning, CommandError, NotARepository, SupervisorError, TuiciError
 from .sanitize import StreamCleaner, one_line
 from .statedir import StateDir, find_git_dir, resolve_token
 from .wire import NoDispatcher, Query, endpoint_for
@@ -194,7 +194,7 @@ def setup_logging() -> None:
 
 
 # Exit status 2: the command could not begin with what it was given or found; 1: it began and failed.
-CANNOT_BEGIN = (CommandError, NotARepository, NoDispatcher, SupervisorError)
+CANNOT_BEGIN = (AlreadyRunning, CommandError, NotARepository, NoDispatcher, SupervisorError)
 
 
 def die(who: str, message: str, code: int) -> NoReturn:
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                 from .procs import die_with_supervisor
 
                 die_with_supervisor()
-            code = COMMANDS[command](args) or 0
+            code = COMMANDS[args.command](args) or 0
     except CANNOT_BEGIN as exc:
         die(who, str(exc), 2)
     except TuiciError as exc:
@@ -252,7 +252,7 @@ def cmd_dispatcher(args) -> None:
     import ipaddress
     import socket
 
-    from .dispatcher import AlreadyRunning, run_dispatcher
+    from .dispatcher import run_dispatcher
 
     setup_logging()
     state = StateDir(args.state) if args.state else StateDir.for_repo(".")
@@ -275,8 +275,6 @@ def cmd_dispatcher(args) -> None:
         socks = [socket.socket(fileno=fd) for fd in args.listen_fd or []]
         asyncio.run(run_dispatcher(state, tcp, heartbeat_timeout=args.heartbeat_timeout,
                                    max_attempts=args.max_attempts, repo_url=repo, tls=tls, socks=socks))
-    except AlreadyRunning as exc:
-        raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(f"cannot listen on {exc.filename or args.listen or state.socket}: {exc.strerror or exc}") from None
 

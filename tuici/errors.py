@@ -31,6 +31,10 @@ class JobError(TuiciError):
     """tuici could not run a job (bad config, missing commit, failed setup): the job ends in error."""
 
 
+class AlreadyRunning(TuiciError):
+    """A dispatcher serves this state dir already (it holds the lock)."""
+
+
 class SupervisorError(TuiciError):
     """A supervisor could not start the dispatcher (or one already serves the repository)."""
 

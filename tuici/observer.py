@@ -53,7 +53,7 @@ _BAD_REF_NAME = re.compile(r"(^|/)\.|\.lock(/|$)|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\
 class Report:
     branch: str
     tip: str
-    commits: list[p.CommitInfo]
+    commits: list[p.ReportedCommit]
 
 
 class Source:
@@ -168,7 +168,8 @@ class Source:
                     tips.setdefault(name, sha)  # a loose ref is newer than its packed copy
         for name in symbolic:  # rare: let git resolve them, through its running cat-file
             try:
-                tips[name] = self.repo.git.get_object_header(f"refs/heads/{name}")[0].decode()
+                header: bytes | str = self.repo.git.get_object_header(f"refs/heads/{name}")[0]
+                tips[name] = header.decode() if isinstance(header, bytes) else header  # bytes, whatever the stubs say
             except (ValueError, git.GitCommandError):
                 tips.pop(name, None)
         return tips
@@ -199,7 +200,7 @@ class Source:
         self._commits.add(sha)
         return True
 
-    def new_commits(self, tip: str, exclude: list[str]) -> list[p.CommitInfo]:
+    def new_commits(self, tip: str, exclude: list[str]) -> list[p.ReportedCommit]:
         """Commits reachable from ``tip`` but from none of ``exclude``, oldest first."""
         return self._log(tip, "--not", *exclude, "--reverse", "--topo-order")
 
@@ -218,16 +219,16 @@ class Source:
         except (ValueError, git.BadName, git.BadObject, OSError, git.GitCommandError):
             return None
 
-    def tip_alone(self, sha: str) -> list[p.CommitInfo]:
+    def tip_alone(self, sha: str) -> list[p.ReportedCommit]:
         """The commit ``sha`` without its history (empty only if git printed nothing readable)."""
         return self._log(sha, "-1")
 
-    def _log(self, *args: str) -> list[p.CommitInfo]:
+    def _log(self, *args: str) -> list[p.ReportedCommit]:
         out = self.repo.git.log("-z", "--encoding=UTF-8", LOG_FORMAT, *args, "--", stdout_as_string=False)
         return parse_log(out)
 
 
-def parse_log(out: bytes) -> list[p.CommitInfo]:
+def parse_log(out: bytes) -> list[p.ReportedCommit]:
     """Commits from ``git log -z`` output in LOG_FORMAT. Whatever the metadata holds, each commit is returned:
     one whose fields cannot be told apart gets placeholders (and a logged warning), never an exception."""
     fields = out.split(b"\0")
@@ -247,17 +248,17 @@ def parse_log(out: bytes) -> list[p.CommitInfo]:
     return commits
 
 
-def _commit_info(sha: str, fields: list[bytes]) -> p.CommitInfo:
+def _commit_info(sha: str, fields: list[bytes]) -> p.ReportedCommit:
     if len(fields) != 3:
         log.warning("commit %s: unreadable metadata (%d fields); reporting it with placeholders", sha, len(fields))
-        return p.CommitInfo(sha=sha, branch="", author=UNREADABLE_AUTHOR, subject=UNREADABLE_SUBJECT)
+        return p.ReportedCommit(sha=sha, branch="", author=UNREADABLE_AUTHOR, subject=UNREADABLE_SUBJECT)
     ctime, author, subject = fields
     try:
         time = msgspec.convert(int(ctime), p.Timestamp)  # git prints nothing for a missing or broken date
     except (ValueError, msgspec.ValidationError):
         log.warning("commit %s: unreadable committer time %r; reporting it as 0", sha, ctime[:30])
         time = 0.0
-    return p.CommitInfo(sha=sha, branch="", author=_text(author, MAX_AUTHOR), subject=_text(subject, MAX_SUBJECT),
+    return p.ReportedCommit(sha=sha, branch="", author=_text(author, MAX_AUTHOR), subject=_text(subject, MAX_SUBJECT),
                         time=time)
 
 
@@ -276,7 +277,8 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]
     each branch tip's own.
     """
     branches = source.branches()
-    conf = source.config(branches.get(source.default_branch(branches)))
+    default = source.default_branch(branches)
+    conf = source.config(branches.get(default) if default is not None else None)
     heads = {b: sha for b, sha in branches.items() if conf.watches(b)}
     tips = set(branches.values())  # present for sure; only known tips that are no longer anyone's are looked up
     exclude = sorted(sha for sha in set(known.values()) if sha in tips or source.has(sha))
@@ -304,7 +306,7 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]
     return reports, gone
 
 
-def _new_commits(source: Source, tip: str, exclude: list[str]) -> list[p.CommitInfo]:
+def _new_commits(source: Source, tip: str, exclude: list[str]) -> list[p.ReportedCommit]:
     if not exclude:
         # First start (or every known tip is gone): the tip only, not the whole history.
         return source.tip_alone(tip)
@@ -421,7 +423,15 @@ class Observer:
                     tell(self.changed.set)
             except Exception as exc:
                 error = exc
-            tell(lambda: done.done() or (done.set_exception(error) if error else done.set_result(None)))
+            def finish() -> None:
+                if done.done():
+                    return
+                if error is not None:
+                    done.set_exception(error)
+                else:
+                    done.set_result(None)
+
+            tell(finish)
 
         # Daemon threads: one asleep in a long step must not hold up the observer's exit.
         watchers = []

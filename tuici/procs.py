@@ -9,11 +9,15 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from .errors import ComponentError
 from .lazy import LazyModule
 
-psutil = LazyModule("psutil")
+if TYPE_CHECKING:
+    import psutil
+else:
+    psutil = LazyModule("psutil")
 
 SUPERVISED_BY = "TUICI_SUPERVISED_BY"  # the supervisor's pid, in the environment of each process it starts
 
@@ -22,6 +26,7 @@ _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 
 # Resolved once, here: a child between fork and exec must not load libraries (another thread may hold the lock).
+libc: ctypes.CDLL | None
 try:
     libc = ctypes.CDLL(None, use_errno=True)
 except OSError:

@@ -22,10 +22,10 @@ async def serve(args, state: StateDir, top: Path) -> None:
     """Until SIGINT/SIGTERM; ``SupervisorError`` if the dispatcher cannot start."""
     out = Printer(args.json)
     notices: set[asyncio.Task] = set()
-    early: list[tuple[str, str, str]] = []  # what happened before the dispatcher could be told
+    early: list[tuple[p.NoticeKind, str, str]] = []  # what happened before the dispatcher could be told
     control: Control | None = None
 
-    def on_event(kind: str, name: str, message: str) -> None:
+    def on_event(kind: p.NoticeKind, name: str, message: str) -> None:
         # Published through the dispatcher, so the stream is the one record of everything.
         if control is None:
             early.append((kind, name, message))
@@ -61,7 +61,7 @@ async def serve(args, state: StateDir, top: Path) -> None:
         await supervisor.stop()
 
 
-async def _notify(control: Control, kind: str, name: str, message: str) -> None:
+async def _notify(control: Control, kind: p.NoticeKind, name: str, message: str) -> None:
     try:
         await control.notice(kind, name, message)
     except (NoDispatcher, OSError, ConnectionError):

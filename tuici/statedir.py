@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import NoToken, NotARepository
+from .errors import NotARepository, NoToken
 
 
 def find_git_dir(repo: str | os.PathLike) -> tuple[Path, Path]:

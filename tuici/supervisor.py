@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 from . import wire as p
 from .errors import SupervisorError
@@ -25,7 +25,10 @@ from .lazy import LazyModule
 from .procs import SUPERVISED_BY, become_subreaper, is_zombie, kill_group
 from .statedir import StateDir, repo_cache
 
-psutil = LazyModule("psutil")  # first needed by the orphan sweep, once a child exits (or after SWEEP_BACKSTOP)
+if TYPE_CHECKING:
+    import psutil
+else:
+    psutil = LazyModule("psutil")  # first needed by the orphan sweep, once a child exits (or after SWEEP_BACKSTOP)
 
 log = logging.getLogger("tuici.supervisor")
 
@@ -73,7 +76,7 @@ class Supervisor:
         repo: Path,
         state: StateDir,
         runners: int = 1,
-        on_event: Callable[[str, str, str], None] | None = None,
+        on_event: Callable[[p.NoticeKind, str, str], None] | None = None,
         dispatcher_args: list[str] | None = None,
         listen: str | None = None,
         runner_args: list[str] | None = None,
@@ -187,7 +190,7 @@ class Supervisor:
             if not isinstance(tcp, p.TcpAddress):
                 raise SupervisorError(f"the dispatcher listens on {self.state.socket} anyway; --listen takes HOST:PORT")
         try:
-            return p.listeners(str(self.state.socket), tcp)
+            return p.listeners(str(self.state.socket), tcp if isinstance(tcp, p.TcpAddress) else None)
         except OSError as exc:
             raise SupervisorError(f"cannot listen on {exc.filename}: {exc.strerror}") from None
 
@@ -288,7 +291,7 @@ class Supervisor:
                 await asyncio.sleep(again)
                 again = min(again * 4, 2.0)
 
-    def _event(self, kind: str, child: Child, message: str) -> None:
+    def _event(self, kind: p.NoticeKind, child: Child, message: str) -> None:
         try:
             self.on_event(kind, child.name, message)
         except Exception:  # a broken listener must not take supervision down with it

@@ -4,6 +4,6 @@
 job logs, ``status`` the status reply, and ``server`` the sockets that tie them together.
 """
 
-from .server import AlreadyRunning, Dispatcher, run_dispatcher
+from .server import Dispatcher, run_dispatcher
 
-__all__ = ["AlreadyRunning", "Dispatcher", "run_dispatcher"]
+__all__ = ["Dispatcher", "run_dispatcher"]

@@ -19,6 +19,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from .. import wire as p
+from ..errors import AlreadyRunning
 from ..statedir import StateDir
 from ..store import Store
 from . import scheduler as s
@@ -51,10 +52,6 @@ class Subscriber:
             self.chunks.append(chunk)
             self.chunk_bytes += len(chunk.data)
             self.wake.set()
-
-
-class AlreadyRunning(Exception):
-    pass
 
 
 MAX_TRACKED_ADDRESSES = 10_000
@@ -475,8 +472,6 @@ class Dispatcher:
                     await self.journal.durable()
                 await conn.send(reply)
             elif isinstance(msg, p.Notice):
-                if not msg.kind.startswith("process."):
-                    raise p.ProtocolError(f"notice of unknown kind {msg.kind!r}")
                 self.journal.publish(msg.kind, {"message": f"{msg.name}: {msg.message}"})
                 await conn.send(p.Reply(ok=True))
             else:

@@ -22,9 +22,9 @@ from .. import wire as p
 from ..errors import ComponentError
 from ..procs import become_subreaper
 from ..statedir import cache_root
+from . import landlock
 from .environments import EnvCache, find_uv
 from .job import Control, Job, Outcome, RunnerPlaces
-from . import landlock
 from .sandbox import find_bwrap, probe
 from .workspace import Workspace
 

@@ -9,17 +9,72 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .addresses import (BACKLOG, SUN_PATH_MAX, Address, Endpoint, TcpAddress, UnixAddress, address_of, client_tls,
-                        connect, endpoint_for, listeners, parse_address, remove_socket_file, server_tls, socket_path)
+from .addresses import (
+    BACKLOG,
+    SUN_PATH_MAX,
+    Address,
+    Endpoint,
+    TcpAddress,
+    UnixAddress,
+    address_of,
+    client_tls,
+    connect,
+    endpoint_for,
+    listeners,
+    parse_address,
+    remove_socket_file,
+    server_tls,
+    socket_path,
+)
 from .blocking import Query, read_message_blocking
 from .errors import NoDispatcher, ProtocolError, RefusedError
 from .framing import MAX_FRAME, MAX_HELLO, OUTPUT_CHUNK, decode, encode, expect
-from .messages import (FINAL_STATES, PROTOCOL_VERSION, Assign, AttemptInfo, AttemptOutcome, Branch, BranchGone, Bye,
-                       CancelJob, CancelRequest, CommitInfo, CommitsSeen, Event, EventKind, HeldJob, Heartbeat, Hello,
-                       JobInfo, JobOutput, JobResult, JobState, Message, Notice, NoticeKind, Offset, Output, Refused,
-                       Reply, ReportedCommit, RerunRequest, ResultAck, Role, RunnerInfo, RunnerState, Sha,
-                       StatusJson, StatusReply, StatusRequest, Subscribe, Timestamp, TipsAck, Welcome, to_json,
-                       to_json_bytes)
+from .messages import (
+    FINAL_STATES,
+    PROTOCOL_VERSION,
+    Assign,
+    AttemptInfo,
+    AttemptOutcome,
+    Branch,
+    BranchGone,
+    Bye,
+    CancelJob,
+    CancelRequest,
+    CommitInfo,
+    CommitsSeen,
+    Event,
+    EventKind,
+    Heartbeat,
+    HeldJob,
+    Hello,
+    JobInfo,
+    JobOutput,
+    JobResult,
+    JobState,
+    Message,
+    Notice,
+    NoticeKind,
+    Offset,
+    Output,
+    Refused,
+    Reply,
+    ReportedCommit,
+    RerunRequest,
+    ResultAck,
+    Role,
+    RunnerInfo,
+    RunnerState,
+    Sha,
+    StatusJson,
+    StatusReply,
+    StatusRequest,
+    Subscribe,
+    Timestamp,
+    TipsAck,
+    Welcome,
+    to_json,
+    to_json_bytes,
+)
 
 if TYPE_CHECKING:
     from .aio import READ_LIMIT, Connection, Control, handshake, read_message, reconnect

@@ -165,7 +165,8 @@ def listeners(path: str, tcp: TcpAddress | None) -> list[socket.socket]:
     cannot be bound, none stays bound, and the ``OSError`` names its address (as ``filename``)."""
     socks: list[socket.socket] = []
     try:
-        for address in [UnixAddress(path), *([tcp] if tcp else [])]:
+        addresses: list[UnixAddress | TcpAddress] = [UnixAddress(path), *([tcp] if tcp else [])]
+        for address in addresses:
             try:
                 socks.append(_unix_listener(path) if isinstance(address, UnixAddress) else _tcp_listener(address))
             except OSError as exc:

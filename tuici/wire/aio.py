@@ -11,8 +11,22 @@ from ..statedir import StateDir
 from .addresses import Endpoint, UnixAddress, endpoint_for, socket_path
 from .errors import NoDispatcher, ProtocolError, RefusedError
 from .framing import HEADER, MAX_FRAME, body_length, decode, encode, expect
-from .messages import (CancelRequest, Event, Hello, JobOutput, Message, Notice, NoticeKind, Refused, Reply,
-                       RerunRequest, StatusReply, StatusRequest, Subscribe, Welcome)
+from .messages import (
+    CancelRequest,
+    Event,
+    Hello,
+    JobOutput,
+    Message,
+    Notice,
+    NoticeKind,
+    Refused,
+    Reply,
+    RerunRequest,
+    StatusReply,
+    StatusRequest,
+    Subscribe,
+    Welcome,
+)
 
 READ_LIMIT = 256 * 1024  # asyncio pauses a socket at 2x this; readexactly() still takes whole frames
 
