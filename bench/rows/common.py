@@ -1,20 +1,25 @@
 """What the rows share: their sizes and context, the TOML of a job, starting a cluster and warming it up,
-starting `tuici serve`, and history written as a dispatcher records it."""
+the loop of spaced-out jobs (job-overhead and environments), starting `tuici serve`, and history written
+as a dispatcher records it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import subprocess
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import psutil
 
 from .. import limits
-from ..harness import PY, Cluster, Procs, Profiler, Repo
+from ..harness import PY, BenchError, Cluster, Procs, Profiler, Repo
+
+if TYPE_CHECKING:
+    from tuici.wire import JobInfo
 
 
 # ---------------------------------------------------------------------- sizes and context
@@ -126,6 +131,23 @@ def _warm_up(cluster: Cluster, repo: Repo, runners: int) -> None:
     for _ in range(runners - 1):
         sha, _ = repo.commit()
         cluster.wait_jobs([sha], timeout=120)
+
+
+def _spaced_jobs(ctx: Context, cluster: Cluster, repo: Repo, timeout: float,
+                 what: str = "") -> list[tuple[JobInfo, float]]:
+    """``sizes.overhead_jobs`` spaced-out commits (``sizes.gap`` apart, plus up to 0.1 s of jitter), each waited
+    for until its job has passed: (the job, the wall time its `git commit` returned) for each."""
+    s = ctx.sizes
+    done = []
+    for _ in range(s.overhead_jobs):
+        sha, returned = repo.commit()
+        time.sleep(0.05)
+        job = cluster.wait_jobs([sha], timeout=timeout, interval=0.03)[sha]
+        if job.state != "passed":
+            raise BenchError(f"{what}job {job.id} ended {job.state}: {job.error}")
+        done.append((job, returned))
+        time.sleep(s.gap + random.uniform(0, 0.1))
+    return done
 
 
 def _profiled(ctx: Context, row: str, cluster: Cluster, names: list[str]) -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from .. import limits
 from ..harness import BenchError, Figure, Repo, make_wheel, summarize
-from .common import Context, _cluster, _warm_up, toml
+from .common import Context, _cluster, _spaced_jobs, _warm_up, toml
 
 
 COLD_DEPENDENCIES = "six idna iniconfig packaging pluggy"
@@ -22,17 +20,10 @@ def _job_walls(ctx: Context, tag: str, config: str, runner_args: tuple[str, ...]
     s = ctx.sizes
     repo = Repo(ctx.tmp / f"{tag}-repo", config, files=s.files)
     cluster = _cluster(ctx, tag, repo, 1, runner_args=runner_args)
-    walls = []
     try:
         _warm_up(cluster, repo, 1)
-        for _ in range(s.overhead_jobs):
-            sha, _ = repo.commit()
-            time.sleep(0.05)
-            job = cluster.wait_jobs([sha], timeout=120, interval=0.03)[sha]
-            if job.state != "passed":
-                raise BenchError(f"{tag}: job {job.id} ended {job.state}: {job.error}")
-            walls.append((job.finished_at - job.started_at) * 1000)
-            time.sleep(s.gap + random.uniform(0, 0.1))
+        walls = [(job.finished_at - job.started_at) * 1000
+                 for job, _ in _spaced_jobs(ctx, cluster, repo, timeout=120, what=f"{tag}: ")]
     finally:
         cluster.stop()
     return walls

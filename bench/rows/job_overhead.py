@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import random
 import subprocess
-import time
 
 from .. import limits
-from ..harness import BenchError, Figure, Repo, summarize
-from .common import Context, _cluster, _ms_spread, _profiled, _warm_up, toml
+from ..harness import Figure, Repo, summarize
+from .common import Context, _cluster, _ms_spread, _profiled, _spaced_jobs, _warm_up, toml
 
 
 def job_overhead(ctx: Context) -> list[Figure]:
@@ -19,16 +17,10 @@ def job_overhead(ctx: Context) -> list[Figure]:
     try:
         _warm_up(cluster, repo, s.runners)
         _profiled(ctx, "job-overhead", cluster, ["dispatcher", "r1"])
-        for i in range(s.overhead_jobs):
-            sha, returned = repo.commit()
-            time.sleep(0.05)
-            job = cluster.wait_jobs([sha], timeout=60, interval=0.03)[sha]
-            if job.state != "passed":
-                raise BenchError(f"job {job.id} ended {job.state}: {job.error}")
+        for job, returned in _spaced_jobs(ctx, cluster, repo, timeout=60):
             walls.append((job.finished_at - job.started_at) * 1000)
             durations.append(job.duration_s * 1000)
             commit_to_done.append((job.finished_at - returned) * 1000)
-            time.sleep(s.gap + random.uniform(0, 0.1))
         ctx.profiler.stop()
         shas = [l for l in reversed(subprocess.run(["git", "log", "--format=%H", "-12"], cwd=repo.path,
                                                    capture_output=True, text=True).stdout.split())]
