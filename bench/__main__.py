@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(sizes=args.sizes, tmp=tmp, procs=procs, profiler=profiler, say=say, quick=args.quick)
     machine = machine_info()
     meta = {"command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "bench_pid": os.getpid(), "tuici_path": tuici_root(), "load_start": load_text(), "sizes": asdict(args.sizes), "row_load": {}, "rows": args.rows}
+            "bench_pid": os.getpid(), "tuici_path": tuici_root(), "load_start": load_text(),
+            "sizes": asdict(args.sizes), "row_load": {}, "rows": args.rows}
     say(f"temp dir {tmp}; rows {', '.join(args.rows)}; load {meta['load_start']}")
     figures: list[Figure] = []
     started = time.monotonic()

@@ -17,7 +17,8 @@ import pytest
 from tuici.supervisor import MARK
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ["commit-latency", "job-overhead", "environments", "real-suite", "backlog", "log-throughput", "idle", "startup", "scale",
+ROWS = ["commit-latency", "job-overhead", "environments", "real-suite", "backlog", "log-throughput", "idle", "startup",
+        "scale",
         "control-center"]
 
 

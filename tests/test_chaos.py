@@ -2,8 +2,8 @@
 
 The chaos run is seeded (``TUICI_CHAOS_SEED``): the commits, which of them fail, and the sequence of kill
 intervals and victims repeat exactly; only real process timing varies. It is bounded to about two minutes;
-``TUICI_SOAK=1`` runs a much longer one. Whatever is killed, every commit ends with exactly one result, the right one, with every attempt
-accounted for and its whole log stored, and nothing is left running.
+``TUICI_SOAK=1`` runs a much longer one. Whatever is killed, every commit ends with exactly one result, the right
+one, with every attempt accounted for and its whole log stored, and nothing is left running.
 """
 
 from __future__ import annotations

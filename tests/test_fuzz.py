@@ -355,8 +355,8 @@ def attacks(draw, token: str, taken_name: str, job_ids: list[int]) -> tuple[str,
         return kind, b"".join(p.encode(m) for m in [hello, *msgs])
     role = draw(st.sampled_from(["control", "runner", "observer"]))
     hello = p.Hello(role=role, token=token, name="fuzz" if role == "runner" else "", pid=os.getpid())
-    bodies = draw(st.lists(mutated_bodies(LIVE_SAMPLES) | st.binary(max_size=60) | msgpack_values.map(msgspec.msgpack.encode),
-                           min_size=1, max_size=3))
+    body = mutated_bodies(LIVE_SAMPLES) | st.binary(max_size=60) | msgpack_values.map(msgspec.msgpack.encode)
+    bodies = draw(st.lists(body, min_size=1, max_size=3))
     return kind, p.encode(hello) + b"".join(frame(b) for b in bodies)
 
 

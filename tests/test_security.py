@@ -673,7 +673,7 @@ def test_hostile_names_from_a_peer_cannot_escape_or_inject(repo, tmp_path, clust
     commits = [repo.commit(f"c{i}", files={f"c{i}.txt": "x"}, config=toml_command('echo "branch=$TUICI_BRANCH"'))
                for i in range(2)]
     reporter = p.Hello(role="observer", token=token)
-    for branch, sha in zip(["../../x;rm -rf x", "$(touch pwned) `touch pwned`"], commits):
+    for branch, sha in zip(["../../x;rm -rf x", "$(touch pwned) `touch pwned`"], commits, strict=False):
         answer = _exchange(_raw(cluster.address), reporter, p.CommitsSeen(branch=branch, tip=sha, commits=[
             p.CommitInfo(sha=sha, branch=branch, author="$(touch pwned)", subject="; touch pwned")]))
         assert [type(m) for m in answer] == [p.Welcome, p.TipsAck]
@@ -696,7 +696,7 @@ def test_hostile_names_from_a_peer_cannot_escape_or_inject(repo, tmp_path, clust
         assert [type(m) for m in _exchange(sock)] == [p.Welcome]  # and then cut off
     assert "invalid message" in cluster.component_log("dispatcher")
     for prefix in ("--exec=touch pwned", "../../x", "$(touch pwned)"):
-        reply = cluster.control(lambda c: c.rerun(prefix))
+        reply = cluster.control(lambda c, prefix=prefix: c.rerun(prefix))
         assert not reply.ok and "no commit matches" in reply.message
     assert len(cluster.jobs()) == before
     # The store took nothing bad and still takes writes: a real commit goes through.

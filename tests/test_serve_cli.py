@@ -33,7 +33,8 @@ def test_serve_runs_everything_prints_json_events_and_leaves_nothing_behind_on_s
     assert serve.wait(20) == 0
     assert tuici_processes() == []
     kinds = [e.get("kind") for e in events(serve)]
-    assert {"process.started", "runner.joined", "commit.seen", "job.queued", "job.started", "job.finished"} <= set(kinds)
+    wanted = {"process.started", "runner.joined", "commit.seen", "job.queued", "job.started", "job.finished"}
+    assert wanted <= set(kinds)
     seqs = [e["seq"] for e in events(serve) if "seq" in e]
     assert seqs == sorted(set(seqs))
 

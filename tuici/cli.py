@@ -276,7 +276,8 @@ def cmd_dispatcher(args) -> None:
         asyncio.run(run_dispatcher(state, tcp, heartbeat_timeout=args.heartbeat_timeout,
                                    max_attempts=args.max_attempts, repo_url=repo, tls=tls, socks=socks))
     except OSError as exc:
-        raise CommandError(f"cannot listen on {exc.filename or args.listen or state.socket}: {exc.strerror or exc}") from None
+        where = exc.filename or args.listen or state.socket
+        raise CommandError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
 
 def cmd_observer(args) -> None:

@@ -35,7 +35,7 @@ def commit_latency(ctx: Context) -> list[Figure]:
                 ctx.say(f"commit-latency: {i + 1}/{s.latency_commits}, last {samples[-1]:.0f} ms")
             time.sleep(s.gap + random.uniform(0, 0.1))
         ctx.profiler.stop()
-        shas = [l.split()[0] for l in reversed(
+        shas = [line.split()[0] for line in reversed(
             subprocess.run(["git", "log", "--format=%H %s", "-12"], cwd=repo.path, capture_output=True,
                            text=True).stdout.splitlines())]
     finally:

@@ -15,7 +15,6 @@ from .._tty import Frame, Terminal
 from ..harness import PY, Figure, Repo, RssSampler, cpu_seconds, git, summarize, wait_for
 from .common import Context, _cluster, _leftovers, _ms_spread, _prefill, _profiled_pids, toml
 
-
 UI_SIZE = (120, 40)  # columns and rows of the terminal the apps are measured in
 UI_ROWS = 200  # finished commits under the one whose job prints, in the keypress figure
 FLOOD_LINE = "flood {:09d} the quick brown fox jumps over the lazy dog\n"
@@ -67,7 +66,7 @@ def _presses(term: Terminal, home: tuple[int, int], count: int) -> list[float]:
     for i in range(count + count % 2):
         key, want = (b"j", (row + 1, col)) if i % 2 == 0 else (b"k", (row, col))
         typed = term.press(key)
-        frame = term.wait(lambda f: want in f.cells(bare_app.MARKER), typed, 10, f"the selection at {want}")
+        frame = term.wait(lambda f, want=want: want in f.cells(bare_app.MARKER), typed, 10, f"the selection at {want}")
         samples.append((frame.at - typed) * 1000)
         time.sleep(random.uniform(0.02, 0.08))
     return samples

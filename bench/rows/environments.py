@@ -11,7 +11,6 @@ from .. import limits
 from ..harness import BenchError, Figure, Repo, make_wheel, summarize
 from .common import Context, _cluster, _spaced_jobs, _warm_up, toml
 
-
 COLD_DEPENDENCIES = "six idna iniconfig packaging pluggy"
 
 

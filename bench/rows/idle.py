@@ -38,7 +38,7 @@ def idle_cost(ctx: Context) -> list[Figure]:
         base_engine, base_sup = cpu_seconds(engine), cpu_seconds([serve.pid])
         per0 = {name: cpu_seconds([pid]) for name, pid in roles.items()}
         last, win = base_engine, []
-        for w in range(windows):
+        for _ in range(windows):
             time.sleep(step)
             now = cpu_seconds(engine)
             win.append((now - last) / step * 100)

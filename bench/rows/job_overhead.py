@@ -22,7 +22,7 @@ def job_overhead(ctx: Context) -> list[Figure]:
             durations.append(job.duration_s * 1000)
             commit_to_done.append((job.finished_at - returned) * 1000)
         ctx.profiler.stop()
-        shas = [l for l in reversed(subprocess.run(["git", "log", "--format=%H", "-12"], cwd=repo.path,
+        shas = [sha for sha in reversed(subprocess.run(["git", "log", "--format=%H", "-12"], cwd=repo.path,
                                                    capture_output=True, text=True).stdout.split())]
     finally:
         ctx.profiler.stop()
@@ -34,7 +34,8 @@ def job_overhead(ctx: Context) -> list[Figure]:
     details = {
         "job_wall_ms (dispatcher: assigned -> result recorded)": summarize(walls),
         "command_duration_ms (as the runner measured it)": summarize(durations),
-        "runner_prepare_and_delivery_ms (wall - duration)": summarize(w - d for w, d in zip(walls, durations)),
+        "runner_prepare_and_delivery_ms (wall - duration)":
+            summarize(w - d for w, d in zip(walls, durations, strict=True)),
         "commit_to_result_ms": summarize(commit_to_done),
         "limits_ms": {"sh_true_direct": true, "git_checkout_clean": g_co},
         "files": s.files,

@@ -8,7 +8,6 @@ from .. import limits
 from ..harness import BenchError, Figure, Repo, RssSampler, summarize
 from .common import Context, _cluster, _profiled, _warm_up, toml
 
-
 LOG_LINE = "tuici log throughput line: the quick brown fox jumps over the lazy dog 0123456789"
 
 

@@ -9,7 +9,6 @@ import time
 from ..harness import PY, BenchError, Figure, Repo, summarize
 from .common import Context, _cluster, _plain_env, _profiled, _warm_up, toml
 
-
 SUITE_TEMPLATE = '''\
 import hashlib
 import json
@@ -121,7 +120,8 @@ def real_suite(ctx: Context) -> list[Figure]:
     rs = summarize(ratios)
     ratio = rs["p50"]  # the median pair: each pair's runs are seconds apart, so drift cancels within it
     details = {"direct_s": sd, "commit_to_result_s": st, "command_in_runner_s": summarize(in_runner),
-               "tuici_own_s (commit_to_result - command_in_runner)": summarize(t - c for t, c in zip(viatuici, in_runner)),
+               "tuici_own_s (commit_to_result - command_in_runner)":
+                   summarize(t - c for t, c in zip(viatuici, in_runner, strict=True)),
                "pair_ratios": rs, "ratio_of_medians": round(st["p50"] / sd["p50"], 4), "pairs": pairs}
     return [Figure("real-suite", "real suite: via tuici / direct", "ratio", ratio, "<= 1.05", ratio <= 1.05,
                    spread=f"median of {rs['n']} pairs (min {rs['min']:.3f}, max {rs['max']:.3f}); "

@@ -79,6 +79,7 @@ def scale(ctx: Context) -> list[Figure]:
                                         f"machine quiet after {settled:.1f} s",
                limit=f"{startup_ms['p50'] + rtt['p50']:.0f} ms = interpreter + tuici.cli imports "
                      f"{startup_ms['p50']:.0f} (bare python {bare['p50']:.0f}) + RTT {rtt['p50']:.2f}",
-               stats=st, details={"status_request_in_process_ms": rp, "json_bytes": size, "waited_for_quiet_s": round(settled, 2),
+               stats=st, details={"status_request_in_process_ms": rp, "json_bytes": size,
+                                  "waited_for_quiet_s": round(settled, 2),
                                   "history_note": "history pre-filled through tuici.store.Store for real commits"}),
     ]

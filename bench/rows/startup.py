@@ -74,7 +74,8 @@ def startup(ctx: Context) -> list[Figure]:
                st["p50"], "<= 1 s", st["p50"] <= 1,
                spread=f"min {st['min']:.2f}, max {st['max']:.2f}, n={st['n']}",
                limit=f"{max(chain, cpu_bound) / 1000:.2f} s: serve's interpreter with its imports, then "
-                     f"{s.startup_runners + 2} more at once ({chain / 1000:.2f} s in sequence, {cpu_bound / 1000:.2f} s "
+                     f"{s.startup_runners + 2} more at once ({chain / 1000:.2f} s in sequence, "
+                     f"{cpu_bound / 1000:.2f} s "
                      f"on {limits.cores()} cores); bare `python -c pass` {imports['python -c pass']['p50']:.0f} ms",
                stats=st, details={"imports_ms": imports, "seen_on_stdout_s": summarize(seen_times),
                                   "stop_s": summarize(stops), "processes_left_after_stop": leaks}),
