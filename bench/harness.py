@@ -6,6 +6,10 @@ Every process the bench starts gets its own session (process group) and the
 ``TUICI_SUPERVISOR`` mark in its environment, and is stopped by pid in a ``finally``.
 The bench process makes itself a child subreaper, so anything orphaned below it is
 re-parented to it and swept at the end.
+
+What the test suite does the same way is in ``bench.shared``, which ``tests/conftest.py`` imports too
+(polling, git, a repository's set-up, waiting for a process, peak memory). What stays here
+differs on purpose: see ``Procs``, ``Repo``, ``Cluster`` and ``child_env``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import platform
 import signal
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -30,6 +33,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import psutil
+
+from . import shared
+from .shared import killpg as _killpg
 
 try:  # the mark tuici's supervisor and the test fixtures look for
     from tuici.supervisor import MARK
@@ -60,6 +66,8 @@ def tuici_root() -> str:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every process the bench starts. Apart from the tests' on purpose (they set
+    PYTHONUNBUFFERED, to read logs as they are written): the bench measures tuici as a user runs it."""
     # PYTHONDONTWRITEBYTECODE (set on some build machines) would make every process recompile tuici's source:
     # measure tuici as installed, with its bytecode cached, as on a user's machine. And no PYTHONUNBUFFERED:
     # a runner passes its environment on to the test command, which would then write unbuffered, unlike the
@@ -72,16 +80,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` until truthy, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what} (last: {str(last)[:200]})")
-        time.sleep(interval)
+    """Poll ``predicate`` until truthy, at most ``timeout`` seconds (``shared.wait_for``, failing the row)."""
+    return shared.wait_for(predicate, timeout, interval, what, error=BenchError)
 
 
 # ---------------------------------------------------------------------- statistics
@@ -126,7 +126,11 @@ def timed_run(argv: list[str], **kwargs) -> float:
 
 
 class Procs:
-    """Every process the bench starts, each in its own session, stopped by pid."""
+    """Every process the bench starts, each in its own session, stopped by pid.
+
+    Apart from the tests' per-cluster process table on purpose: one registry for the whole run, so that the
+    profiler, the pty apps and ``tuici serve`` are stopped like the components, groups are signalled
+    together and waited for against one deadline, and ``__main__`` stops whatever a failed row left."""
 
     def __init__(self, logdir: Path):
         self.logdir = logdir
@@ -172,27 +176,13 @@ class Procs:
         deadline = time.monotonic() + grace
         for name in names:
             proc = self.procs.pop(name)
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _killpg(proc.pid, signal.SIGKILL)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+            shared.wait_or_kill(proc, max(0.1, deadline - time.monotonic()))
             _killpg(proc.pid, signal.SIGKILL)  # anything left in its group
 
     def stop_all(self) -> None:
         self.stop([n for n in self.procs if not n.endswith("dispatcher")])
         self.stop(list(self.procs))
         sweep_descendants()
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def sweep_descendants() -> None:
@@ -218,25 +208,24 @@ def sweep_descendants() -> None:
 
 
 def git(cwd: Path, *args: str, input: bytes | None = None) -> str:
-    res = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True, check=False)
-    if res.returncode != 0:
-        raise BenchError(f"git {' '.join(args[:3])} failed: {res.stderr.decode(errors='replace').strip()}")
-    return res.stdout.decode().strip()
+    """``shared.git``, failing the row."""
+    return shared.git(cwd, *args, input=input, error=BenchError)
 
 
 FILE_BODY = "".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(40))  # ~2 KB
 
 
 class Repo:
-    """A real repository in a temp dir: ``files`` tracked files plus a ``tuici.toml``."""
+    """A real repository in a temp dir: ``files`` tracked files plus a ``tuici.toml``.
+
+    Apart from the tests' ``GitRepo`` on purpose (both start with ``shared.init_repo``): its commits are
+    what a row times (one tracked file changed, the wall time `git commit` returned), and it makes
+    thousands of commits in one `git fast-import`."""
 
     def __init__(self, path: Path, config: str, files: int = 10, extra: dict[str, str] | None = None):
         self.path = path
         path.mkdir(parents=True)
-        git(path, "init", "-q", "-b", "main")
-        for key, value in (("user.email", "bench@example.com"), ("user.name", "Bench"),
-                           ("commit.gpgsign", "false")):
-            git(path, "config", key, value)
+        shared.init_repo(path, "Bench", "bench@example.com", error=BenchError)
         self.files = []
         for i in range(files):
             rel = f"src/d{i // 50:03d}/f{i:05d}.txt"
@@ -336,7 +325,13 @@ class Ctl:
 
 
 class Cluster:
-    """Dispatcher, observer and runners for one repository, as `python -m tuici ...` processes."""
+    """Dispatcher, observer and runners for one repository, as `python -m tuici ...` processes.
+
+    Apart from the tests' ``Cluster`` on purpose: its components are processes of the run's ``Procs`` (the
+    bench's own children, named by row, profiled by py-spy, stopped with the rest when a row fails), the
+    dispatcher listens on its Unix socket only, as `tuici serve` runs it (the tests' also serves TCP and
+    keeps its port across restarts), with tuici's defaults (the tests shorten the heartbeat timeout and set
+    the attempts), and one control connection is kept open for the many status requests a row makes."""
 
     def __init__(self, procs: Procs, repo: Repo, workdir: Path, tag: str, heartbeat_timeout: float | None = None):
         self.procs = procs
@@ -431,32 +426,11 @@ class Cluster:
 # ---------------------------------------------------------------------- sampling
 
 
-class RssSampler:
-    """Peak resident set size of some processes, sampled on a thread."""
+class RssSampler(shared.PeakRss):
+    """Peak resident set size of some processes (``{name: pid}``), sampled on a thread every 20 ms."""
 
     def __init__(self, pids: dict[str, int], interval: float = 0.02):
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.peak = {name: 0 for name in pids}
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name, proc in self.procs.items():
-                try:
-                    self.peak[name] = max(self.peak[name], proc.memory_info().rss)
-                except psutil.Error:
-                    pass
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        super().__init__(pids, interval)
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:

@@ -3,6 +3,10 @@
 Every process a test starts is stopped by pid in the fixture's ``finally``; the test
 session is a child subreaper, so even grandchildren orphaned by a SIGKILL are found
 (by the TUICI_SUPERVISOR mark in their environment) and killed.
+
+What the bench does the same way comes from ``bench.shared`` (polling, git, a repository's set-up, waiting
+for a process, peak memory); the bench's own ``Cluster`` and ``Repo`` differ on purpose (see
+``bench.harness``).
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from bench import shared
+from bench.shared import git, wait_for  # noqa: F401 (tests import them from here)
+from bench.shared import wait_or_kill as _wait_or_kill
 from tuici import wire as p
 from tuici.statedir import StateDir
 from tuici.supervisor import MARK, become_subreaper, kill_descendants
@@ -49,20 +55,13 @@ def _private_cache(tmp_path_factory):
     yield
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
 class GitRepo:
     """A real repository in a temp dir, with helpers to commit and branch."""
 
     def __init__(self, path: Path):
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        git(path, "init", "-q", "-b", "main")
-        git(path, "config", "user.email", "dev@example.com")
-        git(path, "config", "user.name", "Dev")
-        git(path, "config", "commit.gpgsign", "false")
+        shared.init_repo(path, "Dev", "dev@example.com")
         self._n = 0
 
     def git(self, *args: str) -> str:
@@ -113,18 +112,6 @@ def _env() -> dict[str, str]:
 def tcp_address(state: StateDir) -> str | None:
     """The TCP address the dispatcher of ``state`` serves on besides its Unix socket, if any."""
     return next((a for a in state.addresses() if not a.startswith("unix:")), None)
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; fail with ``message`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {message} (last: {last!r})")
 
 
 class Cluster:
@@ -221,14 +208,6 @@ class Cluster:
 
     def component_log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
-
-
-def _wait_or_kill(proc: subprocess.Popen, timeout: float = 10) -> None:
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 @pytest.fixture
@@ -332,33 +311,12 @@ def tuici_processes() -> list[psutil.Process]:
     return list(found.values())
 
 
-class PeakRss:
-    """The highest resident memory of some processes, sampled in a thread for as long as the block runs."""
+class PeakRss(shared.PeakRss):
+    """The highest resident memory of some processes (``peak[pid]``), sampled every 50 ms in a thread for as
+    long as the block runs."""
 
     def __init__(self, *pids: int, interval: float = 0.05):
-        import threading
-
-        self.procs = {pid: psutil.Process(pid) for pid in pids}
-        self.peak = {pid: proc.memory_info().rss for pid, proc in self.procs.items()}
-        self.interval = interval
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._done.wait(self.interval):
-            for pid, proc in self.procs.items():
-                try:
-                    self.peak[pid] = max(self.peak[pid], proc.memory_info().rss)
-                except psutil.Error:
-                    pass
-
-    def __enter__(self) -> "PeakRss":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
+        super().__init__({pid: pid for pid in pids}, interval)
 
 
 def job_processes(sha: str) -> list[psutil.Process]:
