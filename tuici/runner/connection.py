@@ -33,6 +33,11 @@ log = logging.getLogger("tuici.runner")
 SandboxMode = Literal["auto", "on", "off"]
 
 HEARTBEAT_INTERVAL = 1.0
+# The longest a runner waits between two tries to reach its dispatcher. A runner holding a job must be back
+# within the restart grace of a dispatcher that restarted (its heartbeat timeout: 5 s, 2 s in the tests), or
+# the job is run again; with the jittered doubling up to 5 s, one try that failed just before the dispatcher
+# came up could keep a runner away for 3 s more.
+RECONNECT_CAP = 1.0
 # A command printing a little at a time (pytest: a dot per test) cost a message, and a wake-up of the dispatcher
 # and of every viewer, per print: ~1 ms of CPU each, on the cores the tests run on. While the job runs, less
 # than OUTPUT_TRICKLE of new output waits up to OUTPUT_LINGER for more before it is sent; the result never waits.
@@ -88,7 +93,7 @@ class Runner:
             raise ComponentError(f"{self.workdir} is in use by another runner") from None
         self.places = await asyncio.to_thread(self._places)
         try:
-            await p.reconnect(self._connect, self.stopping)
+            await p.reconnect(self._connect, self.stopping, cap=RECONNECT_CAP)
         finally:
             if self.job is not None:
                 self.job.cancel()
