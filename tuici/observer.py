@@ -23,7 +23,6 @@ import watchfiles
 
 from . import config as cfg
 from . import wire as p
-from .errors import ComponentError
 from .statedir import find_git_dir
 
 log = logging.getLogger("tuici.observer")
@@ -333,19 +332,11 @@ class Observer:
 
     async def _connect(self) -> bool:
         """One session with the dispatcher, if it answers; whether it did."""
-        try:
-            conn, welcome = await p.handshake(
-                self.endpoint,
-                p.Hello(role="observer", token=self.endpoint.token, pid=os.getpid(), repo_url=self.source.url),
-            )
-        except p.RefusedError as exc:
-            if exc.permanent:
-                raise ComponentError(f"dispatcher refused us: {exc}") from None
-            log.warning("dispatcher refused us: %s", exc)
+        hello = p.Hello(role="observer", token=self.endpoint.token, pid=os.getpid(), repo_url=self.source.url)
+        joined = await p.join(self.endpoint, hello, log)
+        if joined is None:
             return False
-        except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
-            log.info("cannot reach dispatcher at %s: %s", self.endpoint, exc)
-            return False
+        conn, welcome = joined
         log.info("connected to dispatcher %s; it knows %d branch tips", self.endpoint, len(welcome.tips))
         try:
             await self._session(conn, dict(welcome.tips))

@@ -119,16 +119,10 @@ class Runner:
 
     async def _connect(self) -> bool:
         """One session with the dispatcher, if it takes us; whether it did."""
-        try:
-            conn, welcome = await p.handshake(self.endpoint, self._hello())
-        except p.RefusedError as exc:
-            if exc.permanent:
-                raise ComponentError(f"dispatcher refused us: {exc}") from None
-            log.warning("dispatcher refused us: %s", exc)
+        joined = await p.join(self.endpoint, self._hello(), log)
+        if joined is None:
             return False
-        except (OSError, asyncio.TimeoutError, p.ProtocolError) as exc:
-            log.info("cannot reach dispatcher at %s: %s", self.endpoint, exc)
-            return False
+        conn, welcome = joined
         self.name = welcome.name or self.name
         log.info("registered with dispatcher %s as %s", self.endpoint, self.name)
         await self._session(conn, welcome)

@@ -77,9 +77,9 @@ from .messages import (
 )
 
 if TYPE_CHECKING:
-    from .aio import READ_LIMIT, Connection, Control, handshake, read_message, reconnect
+    from .aio import READ_LIMIT, Connection, Control, handshake, join, read_message, reconnect
 
-_AIO = frozenset({"READ_LIMIT", "Connection", "Control", "handshake", "read_message", "reconnect"})
+_AIO = frozenset({"READ_LIMIT", "Connection", "Control", "handshake", "join", "read_message", "reconnect"})
 
 __all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "Branch", "BranchGone", "Bye",
     "CancelJob", "CancelRequest", "CommitInfo", "CommitsSeen", "Connection", "Control", "Endpoint", "Event",
@@ -88,9 +88,9 @@ __all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "Bra
     "PROTOCOL_VERSION", "ProtocolError", "Query", "READ_LIMIT", "Refused", "RefusedError", "Reply", "ReportedCommit",
     "RerunRequest", "ResultAck", "Role", "RunnerInfo", "RunnerState", "SUN_PATH_MAX", "Sha", "StatusJson",
     "StatusReply", "StatusRequest", "Subscribe", "TcpAddress", "Timestamp", "TipsAck", "UnixAddress", "Welcome",
-    "address_of", "client_tls", "connect", "decode", "encode", "endpoint_for", "expect", "handshake", "listeners",
-    "parse_address", "read_message", "read_message_blocking", "reconnect", "remove_socket_file", "server_tls",
-    "socket_path", "to_json", "to_json_bytes"]
+    "address_of", "client_tls", "connect", "decode", "encode", "endpoint_for", "expect", "handshake", "join",
+    "listeners", "parse_address", "read_message", "read_message_blocking", "reconnect", "remove_socket_file",
+    "server_tls", "socket_path", "to_json", "to_json_bytes"]
 
 
 def __getattr__(name: str) -> Any:

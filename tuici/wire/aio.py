@@ -4,9 +4,11 @@ and the control center use (the one-shot commands use ``blocking.Query``, which 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import AsyncIterator, Awaitable, Callable
 
+from ..errors import ComponentError
 from ..statedir import StateDir
 from .addresses import Endpoint, UnixAddress, endpoint_for, socket_path
 from .errors import NoDispatcher, ProtocolError, RefusedError
@@ -120,6 +122,20 @@ async def handshake(endpoint: Endpoint, hello: Hello, timeout: float = 5.0) -> t
     except ProtocolError:
         await conn.close()
         raise
+
+
+async def join(endpoint: Endpoint, hello: Hello, log: logging.Logger) -> tuple[Connection, Welcome] | None:
+    """A component's handshake, tried again and again: None when the dispatcher cannot be reached or refused us
+    for now (the reason logged); ``ComponentError`` when it refused us for good."""
+    try:
+        return await handshake(endpoint, hello)
+    except RefusedError as exc:
+        if exc.permanent:
+            raise ComponentError(f"dispatcher refused us: {exc}") from None
+        log.warning("dispatcher refused us: %s", exc)
+    except (OSError, asyncio.TimeoutError, ProtocolError) as exc:
+        log.info("cannot reach dispatcher at %s: %s", endpoint, exc)
+    return None
 
 
 async def reconnect(attempt: Callable[[], Awaitable[bool]], stopping: asyncio.Event | None = None,
