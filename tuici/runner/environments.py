@@ -19,10 +19,13 @@ import fcntl
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("tuici.runner")
 
 DEFAULT_LIMIT = 10 * 1024**3  # bytes of environments and package caches kept, over every repository
 # ``envs/<key>.ready``, written once an environment's setup succeeded: its size in bytes. Beside the environment,
@@ -150,6 +153,13 @@ class EnvCache:
 
     def discard(self, spec: EnvSpec) -> None:
         _remove_tree(self.env_dir(spec))
+
+    def evict_quietly(self) -> None:
+        """``evict``, for a background thread: a failure is logged, not raised into nothing."""
+        try:
+            self.evict()
+        except OSError:
+            log.exception("cannot bring the environment cache under its limit")
 
     def evict(self) -> list[Path]:
         """Remove the least recently used environments and package caches while over the limit; what went."""

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -211,11 +212,12 @@ class Job:
                 await asyncio.to_thread(envs.finish, spec)
                 self._section(f"setup passed in {took:.1f} s")
                 await asyncio.to_thread(lease.share)  # others may use it now, none may remove or remake it
+                # The cache grew: bring it back under its limit, in the background (it walks the caches).
+                threading.Thread(target=envs.evict_quietly, name="evict", daemon=True).start()
             self.lease, kept = lease, True
         finally:
             if not kept:
                 lease.close()
-        asyncio.get_running_loop().run_in_executor(None, envs.evict)
         return True
 
     async def _setup(self, config: cfg.RepoConfig, view: View, env: dict[str, str], exposed: list[Path],
