@@ -13,6 +13,7 @@ from typing import Callable, Literal, NoReturn
 
 import msgspec
 
+from . import testcases
 from . import wire as p
 from .errors import AlreadyRunning, CommandError, NotARepository, SupervisorError, TuiciError
 from .sanitize import StreamCleaner, one_line
@@ -22,7 +23,8 @@ from .wire import NoDispatcher, Query, endpoint_for
 # Each command imports what only it needs: `tuici status` never loads asyncio (~25 ms) nor a component.
 
 COMPONENTS = ("dispatcher", "observer", "runner")  # what a supervisor starts
-QUERIES = ("status", "log", "rerun", "cancel")  # one request to a dispatcher, printed
+QUERIES = ("status", "log", "rerun", "cancel", "tests", "history", "flaky")  # one request to a dispatcher, printed
+HISTORY_STRIP = 20  # outcomes on the branch shown for each failing or flaky test
 
 
 
@@ -151,6 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a sha or unique prefix) again, ahead of every other job.")
     rr.add_argument("commit", metavar="COMMIT")
     _repo_arg(rr)
+
+    ts = sub.add_parser("tests", help="list a job's test cases, failures first",
+                        description="List the test cases JOB reported (from its JUnit XML), failures first, each "
+                                    "failing one with the commit that broke it (or the range of untested commits "
+                                    "it broke in) and its last outcomes on the branch, each passing one that "
+                                    "failed on the previous tested commit with the commit that fixed it.")
+    ts.add_argument("job", type=int, metavar="JOB")
+    _repo_arg(ts)
+    ts.add_argument("--failed", action="store_true", help="only the tests that failed or erred")
+    ts.add_argument("--json", action="store_true",
+                    help='print [{"name", "outcome", "duration_s", "message", "details", "flaky", "broken_by", '
+                         '"fixed_by", "history"}]')
+
+    hs = sub.add_parser("history", help="a test's outcomes across the commits of a branch",
+                        description="Print TEST's outcome in each tested commit of a branch, newest first. TEST is "
+                                    "a test's name (pytest's node id), or a part of it that names one test alone.")
+    hs.add_argument("test", metavar="TEST")
+    _repo_arg(hs)
+    hs.add_argument("--branch", metavar="B", default="", help="the branch (default: the one the test last ran on)")
+    hs.add_argument("--limit", type=int, default=0, metavar="N", help="the newest N outcomes only")
+    hs.add_argument("--json", action="store_true", help='print [{"commit", "job", "outcome", "duration_s", "flaky"}]')
+
+    fl = sub.add_parser("flaky", help="tests seen both passing and failing on one commit",
+                        description="List the tests seen flaky (failed, then passed on retry: retry_failed; or "
+                                    "failed and passed in jobs of the same commit), the latest first.")
+    _repo_arg(fl)
+    fl.add_argument("--json", action="store_true",
+                    help='print [{"name", "jobs", "commits", "last_seen", "last_commit", "last_job", "branch"}]')
 
     c = sub.add_parser("cancel", help="cancel a queued or running job",
                        description="Cancel JOB: a queued one is dropped, a running one is killed on its runner.")
@@ -413,6 +443,87 @@ def _simple(repo: str, request: p.Message) -> int:
     return 0 if reply.ok else 1
 
 
+def _answer(repo: str, request: p.Message) -> list[p.Message]:
+    """Every piece of the dispatcher's answer; a ``Reply`` (an unknown job, a name that fits no test or many)
+    is its refusal."""
+    with Query(endpoint_for(StateDir.for_repo(repo))) as query:
+        answer = list(query.pieces(request))
+    if isinstance(answer[0], p.Reply):
+        raise CommandError(answer[0].message)
+    return answer
+
+
+def _print_json(items: list) -> None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(p.to_json_bytes(items) + b"\n")
+
+
+def _change(change: p.Change, what: str) -> str:
+    """Where a test broke (``what``: broken) or was fixed, in words."""
+    if change.commit is not None:
+        return f"{what} by {change.commit[:10]}"
+    if not change.after:
+        return f"{'failing' if what == 'broken' else 'passing'} since {change.since[:10]} (none before on record)"
+    return (f"{what} between {change.after[:10]} and {change.since[:10]} ({change.untested} untested "
+            f"commit{'s' if change.untested != 1 else ''} in between)")
+
+
+def cmd_tests(args) -> None:
+    pieces = [p.expect(piece, p.TestsReply) for piece in _answer(
+        args.repo, p.TestsRequest(job_id=args.job, failed_only=args.failed, history=HISTORY_STRIP))]
+    tests = [case for piece in pieces for case in piece.tests]
+    if args.json:
+        _print_json(tests)
+        return
+    job = pieces[0].job
+    if job is not None:
+        counts: dict[str, int] = {}
+        for case in tests:
+            counts[case.outcome] = counts.get(case.outcome, 0) + 1
+        flaky = sum(1 for case in tests if case.flaky)
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items(), key=lambda item: -item[1]))
+        print(f"job {job.id} {job.state} · {job.commit[:10]} {one_line(job.branch)} · "
+              f"{summary or 'no test results'}{f' · {flaky} flaky' if flaky else ''}")
+    for case in tests:
+        label = "flaky" if case.flaky else case.outcome
+        print(f"{label:<8} {one_line(case.name)}  ({case.duration_s:.2f} s)")
+        notes = []
+        if case.message and (case.outcome in testcases.FAILING or case.flaky):
+            notes.append(("first failure: " if case.flaky else "") + one_line(case.message)[:200])
+        blame = [_change(change, what) for change, what in ((case.broken_by, "broken"), (case.fixed_by, "fixed"))
+                 if change is not None]
+        if blame or case.history:
+            notes.append(" · ".join(blame + ([f"history {case.history}"] if case.history else [])))
+        for note in notes:
+            print(f"{'':<9}{note}")
+
+
+def cmd_history(args) -> None:
+    pieces = [p.expect(piece, p.HistoryReply) for piece in _answer(
+        args.repo, p.HistoryRequest(test=args.test, branch=args.branch, limit=max(0, args.limit)))]
+    entries = [entry for piece in pieces for entry in piece.entries]
+    if args.json:
+        _print_json(entries)
+        return
+    print(f"{one_line(pieces[0].test)} on {one_line(pieces[0].branch)}, newest first")
+    for e in entries:
+        print(f"  {e.commit[:10]}  job {e.job:<6} {'flaky' if e.flaky else e.outcome:<8} {e.duration_s:8.2f} s")
+
+
+def cmd_flaky(args) -> None:
+    tests = [test for piece in _answer(args.repo, p.FlakyRequest())
+             for test in p.expect(piece, p.FlakyReply).tests]
+    if args.json:
+        _print_json(tests)
+        return
+    print(f"flaky tests ({len(tests)}), latest first")
+    for t in tests:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.last_seen))
+        print(f"  {one_line(t.name)}  {t.jobs} job{'s' if t.jobs != 1 else ''} on {t.commits} "
+              f"commit{'s' if t.commits != 1 else ''}, last {when} in job {t.last_job} "
+              f"({t.last_commit[:10]} {one_line(t.branch)})")
+
+
 def cmd_log(args) -> None:
     state = StateDir.for_repo(args.repo)
     path = state.job_log(args.job)
@@ -449,5 +560,6 @@ def cmd_demo(args) -> None:
 Command = Callable[[argparse.Namespace], "int | None"]  # an exit status (None: 0)
 COMMANDS: dict[str, Command] = {
     "serve": cmd_serve, "dispatcher": cmd_dispatcher, "observer": cmd_observer, "runner": cmd_runner,
-    "status": cmd_status, "log": cmd_log, "rerun": cmd_rerun, "cancel": cmd_cancel, "demo": cmd_demo,
+    "status": cmd_status, "log": cmd_log, "rerun": cmd_rerun, "cancel": cmd_cancel, "tests": cmd_tests,
+    "history": cmd_history, "flaky": cmd_flaky, "demo": cmd_demo,
 }

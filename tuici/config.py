@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_COMMAND = ["python", "-m", "pytest"]
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_CACHE_KEY = ["pyproject.toml", "requirements*.txt", "uv.lock", "setup.cfg", "setup.py"]
+MAX_RETRY_FAILED = 10
 MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is an error, not something to read into memory
 
 
@@ -35,6 +36,7 @@ class RepoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     python: str | None = None  # the interpreter that virtualenv is made from (default: tuici's own)
     cache_key: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_CACHE_KEY))
     network: bool = True  # false: the job's own network namespace, with only loopback
+    retry_failed: int = 0  # run the failing tests again (by pytest node id) up to this many times
 
     @property
     def argv(self) -> list[str]:
@@ -84,6 +86,8 @@ def _check(data: dict, filename: str) -> RepoConfig:
         raise ConfigError(f"{filename}: key 'python': must name an interpreter")
     if any(not pattern or "\0" in pattern for pattern in config.cache_key):
         raise ConfigError(f"{filename}: key 'cache_key': patterns must be non-empty")
+    if not 0 <= config.retry_failed <= MAX_RETRY_FAILED:
+        raise ConfigError(f"{filename}: key 'retry_failed': must be a whole number from 0 to {MAX_RETRY_FAILED}")
     if not 0 < config.timeout < math.inf:
         raise ConfigError(f"{filename}: key 'timeout': must be a positive, finite number of seconds")
     for name, value in config.env.items():

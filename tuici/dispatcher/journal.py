@@ -15,7 +15,7 @@ from typing import Any, Callable
 import msgspec
 
 from .. import wire as p
-from ..store import Batch, Snapshot, Store
+from ..store import Batch, JobTests, Snapshot, Store
 
 log = logging.getLogger("tuici.dispatcher")
 
@@ -59,6 +59,11 @@ class Journal:
 
     def save_attempt(self, a: p.AttemptInfo) -> None:
         self._pending.attempts[(a.job_id, a.attempt)] = a
+        self._schedule_flush()
+
+    def save_tests(self, tests: JobTests) -> None:
+        """A finished job's test cases: saved right after the job (``save_job``), they go in its transaction."""
+        self._pending.tests.append(tests)
         self._schedule_flush()
 
     def save_meta(self, key: str, value: str) -> None:
@@ -125,4 +130,5 @@ def _merge(first: Batch, second: Batch) -> Batch:
     first.attempts.update(second.attempts)
     first.events += second.events
     first.meta.update(second.meta)
+    first.tests += second.tests
     return first

@@ -374,6 +374,8 @@ class Scheduler:
         job.duration_s = msg.duration_s
         job.passed, job.failed, job.skipped = msg.passed, msg.failed, msg.skipped
         job.env, job.env_reused = msg.env, msg.env_reused
+        job.failed_tests = msg.failed_tests[:p.MAX_LISTED_TESTS]
+        job.flaky_tests = msg.flaky_tests[:p.MAX_LISTED_TESTS]
         job.error = msg.error or (f"timed out after {msg.duration_s:.0f} s" if msg.timed_out else "")
         self._finish(job, state, outcome, job.error)
         return None
@@ -485,6 +487,7 @@ class Scheduler:
         job.started_at, job.finished_at = self.clock.time(), None
         job.exit_code = job.duration_s = job.passed = job.failed = job.skipped = None
         job.error, job.env, job.env_reused = "", "", False
+        job.failed_tests, job.flaky_tests = [], []
         runner.info.state, runner.info.job = "busy", job.id
         a = p.AttemptInfo(job_id=job.id, attempt=job.attempts, runner=runner.info.name, started_at=job.started_at)
         self.attempts[(job.id, job.attempts)] = a

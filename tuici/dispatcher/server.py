@@ -1,7 +1,8 @@
 """The dispatcher's asyncio layer: listening sockets, handshakes, roles and streams.
 
 It feeds what peers send to the ``Scheduler`` and carries out what that asks for (``_carry_out``): records go to
-the ``Journal``, output to ``JobLogs``, messages to runners' connections.
+the ``Journal``, output to ``JobLogs``, messages to runners' connections. Test cases are held by ``testresults``
+until their job's result, and stored with it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from dataclasses import dataclass, field
 from .. import wire as p
 from ..errors import AlreadyRunning
 from ..statedir import StateDir
-from ..store import Store
+from ..store import JobTests, Store
 from . import scheduler as s
 from .joblogs import JobLogs
 from .journal import Journal
 from .status import Status
+from .testresults import Incoming, Queries
 
 log = logging.getLogger("tuici.dispatcher")
 
@@ -150,6 +152,8 @@ class Dispatcher:
         self.journal = Journal(Store(state.db), on_durable=self._wake_subscribers)
         self.logs = JobLogs(self.state)
         self.status = Status(self.sched)
+        self.incoming = Incoming()
+        self.queries = Queries(self.journal.store, self.sched.jobs.get)
         self.conns: dict[str, p.Connection] = {}  # connected runners' connections, by name
         self.subscribers: set[Subscriber] = set()
         self._servers: list[asyncio.base_events.Server] = []
@@ -317,6 +321,7 @@ class Dispatcher:
         finally:
             self._handlers.discard(asyncio.current_task())
             if runner is not None and self.conns.get(runner.info.name) is conn:
+                self.incoming.drop(runner.info.name)
                 self._runner_gone(runner, "connection closed")
             await conn.close()
 
@@ -411,6 +416,8 @@ class Dispatcher:
                 self.sched.heartbeat(runner)
             elif isinstance(msg, p.Output):
                 await self._output(runner, msg)
+            elif isinstance(msg, p.TestCases):
+                self.incoming.add(runner.info.name, msg)
             elif isinstance(msg, p.JobResult):
                 await conn.send(await self._result(runner, msg))
                 self._dispatch()
@@ -435,10 +442,15 @@ class Dispatcher:
                 sub.offer(p.JobOutput(job_id=msg.job_id, offset=offset, data=data))
 
     async def _result(self, runner: s.Runner, msg: p.JobResult) -> p.ResultAck:
+        cases = self.incoming.take(runner.info.name, msg)
         rejected = self.sched.result(runner, msg)
         if rejected is not None:
             return p.ResultAck(job_id=msg.job_id, attempt=msg.attempt, accepted=False, reason=rejected)
         self._carry_out()
+        job = self.sched.jobs[msg.job_id]
+        if cases and job.state in ("passed", "failed") and job.finished_at is not None:
+            # In the job's own transaction (its SaveJob is pending): its finished event is published with them.
+            self.journal.save_tests(JobTests(job.id, job.commit, job.branch, job.finished_at, cases))
         await self.journal.durable()
         self.sched.result_durable(runner)
         self._carry_out()
@@ -471,6 +483,10 @@ class Dispatcher:
                 if reply.ok and reply.job is not None and reply.job.state == "cancelled":  # no longer queued
                     await self.journal.durable()
                 await conn.send(reply)
+            elif isinstance(msg, (p.TestsRequest, p.HistoryRequest, p.FlakyRequest)):
+                for answer in await self.queries.answer(msg):
+                    conn.send_nowait(answer)
+                    await conn.writer.drain()
             elif isinstance(msg, p.Notice):
                 self.journal.publish(msg.kind, {"message": f"{msg.name}: {msg.message}"})
                 await conn.send(p.Reply(ok=True))

@@ -2,7 +2,8 @@
 
 A job's output goes to a local spool file first and is sent from there, so a
 dispatcher that goes away loses nothing: on reconnect the runner resends from the
-offset the dispatcher reports, then delivers the result it has been holding.
+offset the dispatcher reports, then delivers the result it has been holding, its
+test cases in pieces ahead of it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from .. import testcases
 from .. import wire as p
 from ..errors import ComponentError
 from ..procs import become_subreaper
@@ -51,6 +53,7 @@ class ActiveJob:
     spool: Path
     size: int = 0
     result: p.JobResult | None = None
+    cases: list[p.TestCase] = field(default_factory=list)  # sent in pieces ahead of the result
     control: Control = field(default_factory=Control)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # the result is in
@@ -230,6 +233,9 @@ class Runner:
                         sent += len(data)
                 continue
             if job.result is not None and not result_sent:
+                for piece, start in enumerate(range(0, len(job.cases), testcases.CASES_PER_PIECE)):
+                    await conn.send(p.TestCases(job_id=job.assign.job_id, attempt=job.assign.attempt, piece=piece,
+                                                cases=job.cases[start:start + testcases.CASES_PER_PIECE]))
                 await conn.send(job.result)
                 result_sent = True
             await job.changed.wait()
@@ -262,11 +268,15 @@ class Runner:
             log.exception("job %s failed in the runner", a.job_id)
             out = Outcome(error=f"the runner could not handle the job: {type(exc).__name__}: {exc}")
         duration = time.monotonic() - started
-        passed, failed, skipped = out.counts if out.counts else (None, None, None)
+        counts = out.junit.counts if out.junit is not None else None
+        passed, failed, skipped = counts if counts else (None, None, None)
+        job.cases = out.junit.cases if out.junit is not None else []
+        listed = testcases.summary(job.cases)
         job.result = p.JobResult(job_id=a.job_id, attempt=a.attempt, exit_code=out.exit_code, duration_s=duration,
                                  log_size=job.size, passed=passed, failed=failed, skipped=skipped,
                                  error=out.error, cancelled=job.control.cancelled, timed_out=out.timed_out,
-                                 env=out.env, env_reused=out.env_reused)
+                                 env=out.env, env_reused=out.env_reused, test_cases=len(job.cases),
+                                 failed_tests=listed.failed_tests, flaky_tests=listed.flaky_tests)
         job.ended.set()
         job.changed.set()
         # Once the result is on its way: the environment's lock, the checkout, the job's /tmp.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -19,13 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .. import config as cfg
+from .. import testcases
 from .. import wire as p
 from ..errors import JobError
 from ..lazy import LazyModule
 from ..procs import die_with_parent, kill_all_descendants, kill_group
 from . import landlock
 from .environments import EnvCache, EnvSpec, Lease, matching_files
-from .junit import junit_counts
+from .junit import JunitReport, read_junit
 from .sandbox import ROOT, Binding, Sandbox
 from .workspace import Workspace
 
@@ -38,6 +40,10 @@ KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL, for a job that timed ou
 DRAIN = 1.0  # seconds the output of what a command left running may still be read after it exited
 # Inherited settings that would point a job with its own environment at the developer's Python instead.
 SHELL_PYTHON = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONSTARTUP", "PYTHONUSERBASE")
+
+# A retry (``retry_failed``) names each failing test on its command line: past this many, a job's failures are not
+# flakes, and the retry would be as long as the run.
+MAX_RETRIED = 1000
 
 # Sockets of the user's session that would let the code under test act as the user outside the sandbox.
 AGENT_SOCKETS = ("SSH_AUTH_SOCK", "DBUS_SESSION_BUS_ADDRESS", "GPG_AGENT_INFO", "DOCKER_HOST", "XDG_RUNTIME_DIR")
@@ -66,7 +72,7 @@ class Outcome:
     exit_code: int | None = None
     timed_out: bool = False
     error: str = ""
-    counts: tuple[int, int, int] | None = None
+    junit: JunitReport | None = None  # its test cases and counts, after any retries
     env: str = ""
     env_reused: bool = False
 
@@ -105,6 +111,10 @@ class Job:
         self.spec: EnvSpec | None = None
         self.keeps_pytest_cache = False
         self.lease: Lease | None = None
+        self.addopts = ""  # pytest's options as the job's environment sets them, before tuici's --junitxml
+        # The test ids in the JUnit XML, resolved against the commit's files (listed once, when first needed).
+        self.node_ids = testcases.NodeIds(
+            lambda: [path for _mode, _obj, path in self.workspace.tracked(self.a.commit)])
 
     def say(self, text: str) -> None:
         self.write(f"tuici: {text}\n".encode())
@@ -144,7 +154,7 @@ class Job:
             self.say(f"no sandbox: {self.places.unsandboxed_because}")
             if not config.network:
                 self.say("network = false needs the sandbox: this job has the network")
-        junit = f"{view.junit}/{a.job_id}.xml"
+        junit = self._junit_name()
         if config.setup is not None:
             tracked = await asyncio.to_thread(self.workspace.tracked, a.commit)
             self.spec = EnvSpec(repo=a.repo_url, branch=a.branch, python=config.python or _default_python(),
@@ -156,7 +166,7 @@ class Job:
                                packages=str(await asyncio.to_thread(envs.package_dir, self.spec)))
         if not sandboxed and self.keeps_pytest_cache:
             await asyncio.to_thread(_link, checkout / ".pytest_cache", self._pytest_cache())
-        env = self._environ(config, view, junit)
+        env = self._environ(config, view, f"{view.junit}/{junit}")
         exposed = self._exposed(env)
         if exposed:
             self.say("visible read-only, as an interpreter on PATH lives where the sandbox hides: "
@@ -177,7 +187,55 @@ class Job:
             self.write(f"\ntuici: timed out after {config.timeout:g} s; killed\n".encode())
         elif sections and not self.control.cancelled:
             self._section(f"tests ended in {took:.1f} s, exit code {out.exit_code}")
-        out.counts = await asyncio.to_thread(junit_counts, [self.workspace.junit / f"{a.job_id}.xml"])
+        out.junit = await asyncio.to_thread(read_junit, self.workspace.junit / junit, self.node_ids)
+        if config.retry_failed and out.junit is not None and out.exit_code != 0 and not out.timed_out:
+            await self._retry_failed(config, view, env, sandbox, out.junit, out)
+
+    # ------------------------------------------------------------------ retries
+
+    def _junit_name(self, retry: int = 0) -> str:
+        """The JUnit XML file of the run (0) or of retry ``retry``, in the job's JUnit dir."""
+        return f"{self.a.job_id}.xml" if not retry else f"{self.a.job_id}-retry{retry}.xml"
+
+    async def _retry_failed(self, config: cfg.RepoConfig, view: View, env: dict[str, str], sandbox: Sandbox | None,
+                            junit: JunitReport, out: Outcome) -> None:
+        """Run the failing tests again, by node id, up to ``retry_failed`` times, in the same sandbox and
+        checkout: a test that passes this time is flaky. If none fails in the end, the job passes (and its log,
+        its result and `tuici tests` list the flaky ones)."""
+        code = out.exit_code
+        for retry in range(1, config.retry_failed + 1):
+            failing = testcases.to_retry(junit.cases)
+            if not failing or self.control.cancelled:
+                break
+            if junit.truncated or not all(testcases.is_node_id(name) for name in failing):
+                self.say("retry_failed: the failing tests are not all pytest node ids (path.py::test); not retried")
+                break
+            if len(failing) > MAX_RETRIED:
+                self.say(f"retry_failed: {len(failing)} tests failed, more than the {MAX_RETRIED} a retry runs; "
+                         "not retried")
+                break
+            self._section(f"retry {retry} of {config.retry_failed}: {len(failing)} failed "
+                          f"test{'s' if len(failing) > 1 else ''}")
+            name = self._junit_name(retry)
+            retry_env = {**env, **_junit_env(self.addopts, f"{view.junit}/{name}")}
+            argv = ["python", "-m", "pytest", *failing]
+            self.write(f"$ {shlex.join(argv)}\n".encode())
+            code, timed_out = await self._command(argv, self.workspace.checkout, view.source, retry_env, sandbox)
+            if timed_out:
+                out.timed_out = True
+                self.write(f"\ntuici: timed out after {config.timeout:g} s; killed\n".encode())
+                return
+            retried = await asyncio.to_thread(read_junit, self.workspace.junit / name, self.node_ids)
+            junit.cases = testcases.after_retry(junit.cases, retried.cases if retried is not None else [])
+            still = len(testcases.to_retry(junit.cases))
+            self._section(f"retry {retry}: {len(failing) - still} passed, {still} still failing, exit code {code}")
+        if not testcases.to_retry(junit.cases) and code == 0:
+            out.exit_code = 0
+        flaky = [case.name for case in junit.cases if case.flaky]
+        if flaky:
+            shown = ", ".join(flaky[:p.MAX_LISTED_TESTS]) + (f" and {len(flaky) - p.MAX_LISTED_TESTS} more"
+                                                              if len(flaky) > p.MAX_LISTED_TESTS else "")
+            self.say(f"flaky: {len(flaky)} test{'s' if len(flaky) > 1 else ''} failed, then passed on retry: {shown}")
 
     # ------------------------------------------------------------------ environment
 
@@ -332,10 +390,9 @@ class Job:
             for name in AGENT_SOCKETS:  # hidden in the sandbox: pointing at them would only mislead
                 env.pop(name, None)
         env.update(config.env)
-        addopts = env.get("PYTEST_ADDOPTS", "")
+        self.addopts = env.get("PYTEST_ADDOPTS", "")
         env.update(CI="true", TUICI_COMMIT=a.commit, TUICI_BRANCH=a.branch, TUICI_JOB_ID=str(a.job_id),
-                   TUICI_ATTEMPT=str(a.attempt), TUICI_JUNIT_XML=junit,
-                   PYTEST_ADDOPTS=f"{addopts} --junitxml={junit}".strip())
+                   TUICI_ATTEMPT=str(a.attempt), **_junit_env(self.addopts, junit))
         return env
 
     def _section(self, title: str) -> None:
@@ -491,6 +548,11 @@ def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _junit_env(addopts: str, junit: str) -> dict[str, str]:
+    """Where a run writes its JUnit XML: told to pytest (after the options already set) and to any other tool."""
+    return {"TUICI_JUNIT_XML": junit, "PYTEST_ADDOPTS": f"{addopts} --junitxml={junit}".strip()}
 
 
 def _session_dirs() -> tuple[Path, ...]:

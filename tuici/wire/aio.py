@@ -191,6 +191,23 @@ class Control:
                 await self.close()
                 raise
 
+    async def pieces(self, msg: Message) -> list[Message]:
+        """As ``blocking.Query.pieces``: the whole answer to ``msg``, every piece of it."""
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await self._connect()
+            try:
+                answer = [await self._conn.request(msg)]
+                while getattr(answer[-1], "more", False):
+                    reply = await self._conn.recv()
+                    if reply is None:
+                        raise ConnectionError("dispatcher closed the connection")
+                    answer.append(reply)
+                return answer
+            except (OSError, ConnectionError):
+                await self.close()
+                raise
+
     async def status(self, limit: int = 0) -> StatusReply:
         return expect(await self.request(StatusRequest(limit=limit)), StatusReply)
 

@@ -1,4 +1,5 @@
-"""Requests to a dispatcher over a blocking socket, for the one-shot commands (status, log, rerun, cancel).
+"""Requests to a dispatcher over a blocking socket, for the one-shot commands (status, log, rerun, cancel,
+tests, history, flaky).
 
 They need no event loop, and without asyncio's import a command answers ~30 ms sooner. ``aio.Control``
 is the asyncio counterpart, for ``serve`` and the control center.
@@ -6,7 +7,7 @@ is the asyncio counterpart, for ``serve`` and the control center.
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from .addresses import Endpoint, TcpAddress, connect
 from .errors import NoDispatcher, ProtocolError, RefusedError
@@ -62,6 +63,15 @@ class Query:
         if isinstance(reply, Refused):
             raise RefusedError(reply.reason, reply.permanent)
         return reply
+
+    def pieces(self, msg: Message) -> Iterator[Message]:
+        """Send ``msg`` and yield its answer as it comes, piece after piece while each says there is ``more``
+        (an answer of one piece, such as a ``Reply`` saying why not, is the only one)."""
+        reply = self.request(msg)
+        yield reply
+        while getattr(reply, "more", False):
+            reply = self._receive()
+            yield reply
 
     def status(self, limit: int = 0) -> StatusReply:
         return expect(self.request(StatusRequest(limit=limit)), StatusReply)

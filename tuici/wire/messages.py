@@ -11,8 +11,9 @@ from typing import Annotated, Literal, Union
 import msgspec
 
 # Bumped whenever a message changes shape in a way the other side's decoder would refuse; the dispatcher refuses
-# a hello of another version. 2: ``Refused.permanent``.
-PROTOCOL_VERSION = 2
+# a hello of another version. 2: ``Refused.permanent``. 3: test cases (``TestCases``, the tests, history and
+# flaky requests, the jobs' ``failed_tests`` and ``flaky_tests``).
+PROTOCOL_VERSION = 3
 
 Role = Literal["runner", "observer", "control"]
 JobState = Literal["queued", "running", "passed", "failed", "error", "cancelled"]
@@ -39,6 +40,14 @@ Branch = Annotated[str, msgspec.Meta(pattern=r"\A[^\x00-\x1f\x7f]+\Z")]
 # Unix seconds, finite: SQLite would store a NaN as NULL and refuse the whole batch it is in.
 Timestamp = Annotated[float, msgspec.Meta(ge=-1e11, le=1e11)]
 Offset = Annotated[int, msgspec.Meta(ge=0)]
+
+# A test's result, as a JUnit XML file says it (see ``tuici.testcases``): the file is written by the code under
+# test, so every text in it is bounded here too, and checked where it comes in (the dispatcher's decoder).
+TestOutcome = Literal["passed", "failed", "error", "skipped", "xfailed", "xpassed"]
+MAX_TEST_NAME = 2000
+MAX_TEST_MESSAGE = 1000
+MAX_TEST_DETAILS = 4000
+MAX_LISTED_TESTS = 20  # names a job lists of its failed tests, and of its flaky ones
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
@@ -83,6 +92,8 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
     priority: int = 0  # dispatch order: the highest first, then the lowest id; a rerun goes above every other
     env: str = ""  # the key of the environment ``setup`` made (none without setup)
     env_reused: bool = False  # whether that environment was reused rather than made for this job
+    failed_tests: list[str] = []  # the first MAX_LISTED_TESTS tests that failed (or erred)
+    flaky_tests: list[str] = []  # the first MAX_LISTED_TESTS that failed, then passed when retried
 
 
 class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -103,6 +114,66 @@ class AttemptInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     ended_at: float | None = None
     outcome: AttemptOutcome = ""
     reason: str = ""
+
+
+class TestCase(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """One test's result in a job: its id (pytest's node id where the JUnit XML allows), how it ended, and for a
+    failure the message and the first lines of its traceback."""
+
+    __test__ = False  # not a test class, whatever pytest makes of its name
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEST_NAME)]
+    outcome: TestOutcome
+    duration_s: Annotated[float, msgspec.Meta(ge=0, le=1e9)] = 0.0
+    message: Annotated[str, msgspec.Meta(max_length=MAX_TEST_MESSAGE)] = ""
+    details: Annotated[str, msgspec.Meta(max_length=MAX_TEST_DETAILS)] = ""
+    flaky: bool = False  # failed, then passed when retried (``retry_failed``)
+
+
+class Change(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """Where a test's outcome changed on its branch (from passing to failing, or back): between ``after``, the
+    last tested commit with the old outcome ("" when none is on record), and ``since``, the first tested commit
+    with the new one. ``commit`` is the commit that changed it, once known: ``since``, when no commit between
+    the two went untested; else null, and ``untested`` commits (a bisect's range) are in question."""
+
+    commit: str | None
+    since: str
+    after: str = ""
+    untested: int = 0
+
+
+class TestReport(TestCase, omit_defaults=False):
+    """A job's test case as `tuici tests` lists it: with where it broke or was fixed, and its latest outcomes on
+    the branch (``history``: one letter each, oldest first, this job's last; . passed, F failed, E error,
+    s skipped, x xfailed, X xpassed, - not run), for the failing and flaky ones when asked for."""
+
+    broken_by: Change | None = None
+    fixed_by: Change | None = None
+    history: str = ""
+
+
+class HistoryEntry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A test's outcome in one job of its branch."""
+
+    commit: str
+    job: int
+    outcome: TestOutcome
+    duration_s: float
+    flaky: bool = False
+
+
+class FlakyTest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A test seen both passing and failing on the same commit (on retry, or in a rerun)."""
+
+    __test__ = False
+
+    name: str
+    jobs: int  # jobs in which it was seen flaky
+    commits: int  # on how many commits
+    last_seen: float  # when it last was (unix seconds)
+    last_commit: str
+    last_job: int
+    branch: str
 
 
 class HeldJob(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -207,6 +278,22 @@ class JobResult(_Msg, tag="result"):
     timed_out: bool = False
     env: str = ""
     env_reused: bool = False
+    test_cases: int = 0  # TestCases the runner sent ahead of this result, in pieces
+    failed_tests: list[str] = []
+    flaky_tests: list[str] = []
+
+
+class TestCases(_Msg, tag="test_cases"):
+    """A piece of a job's test cases, sent ahead of its result (``JobResult.test_cases`` counts them all):
+    ``TESTS_PER_PIECE`` at most, so a suite of any size goes in frames well below the limit. Piece 0 starts
+    over (a runner that reconnected sends them all again)."""
+
+    __test__ = False
+
+    job_id: int
+    attempt: int
+    piece: Annotated[int, msgspec.Meta(ge=0)]
+    cases: list[TestCase]
 
 
 class ResultAck(_Msg, tag="result_ack"):
@@ -270,6 +357,49 @@ class StatusReply(_Msg, tag="status_reply"):
     attempts: list[AttemptInfo] = []
 
 
+class TestsRequest(_Msg, tag="tests"):
+    """A job's test cases, failures first; answered by ``TestsReply`` pieces, or a ``Reply`` saying why not."""
+
+    __test__ = False
+
+    job_id: int
+    failed_only: bool = False
+    history: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0  # outcomes on the branch per failing or flaky test
+
+
+class TestsReply(_Msg, tag="tests_reply"):
+    __test__ = False
+
+    tests: list[TestReport]
+    job: JobInfo | None = None  # in the first piece
+    more: bool = False  # another piece follows
+
+
+class HistoryRequest(_Msg, tag="history"):
+    """A test's outcomes on a branch, newest first. ``test`` is its name, or a part of it that names one test
+    alone; ``branch`` defaults to the one it last ran on."""
+
+    test: str
+    branch: str = ""
+    limit: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: every one
+
+
+class HistoryReply(_Msg, tag="history_reply"):
+    test: str  # the full name
+    branch: str
+    entries: list[HistoryEntry]
+    more: bool = False
+
+
+class FlakyRequest(_Msg, tag="flaky"):
+    pass
+
+
+class FlakyReply(_Msg, tag="flaky_reply"):
+    tests: list[FlakyTest]
+    more: bool = False
+
+
 class RerunRequest(_Msg, tag="rerun"):
     commit: str  # full sha or unique prefix
 
@@ -295,8 +425,9 @@ class Reply(_Msg, tag="reply"):
 Message = Union[
     Hello, Welcome, Refused,
     CommitsSeen, BranchGone, TipsAck,
-    Heartbeat, Bye, Assign, CancelJob, Output, JobResult, ResultAck,
+    Heartbeat, Bye, Assign, CancelJob, Output, TestCases, JobResult, ResultAck,
     Subscribe, Event, JobOutput, StatusRequest, StatusReply, StatusJson, RerunRequest, CancelRequest, Notice, Reply,
+    TestsRequest, TestsReply, HistoryRequest, HistoryReply, FlakyRequest, FlakyReply,
 ]
 
 _json_encoder = msgspec.json.Encoder()
