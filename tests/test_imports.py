@@ -1,8 +1,8 @@
 """Import hygiene: the one-shot commands stay quick because they load only what they need.
 
-`tuici status` (and log, rerun, cancel) is run by scripts and hooks, often in a loop: Textual, GitPython,
-asyncio and psutil would add ~150 ms to every call. The lazy imports that keep them out are easy to break
-without noticing; this test notices.
+`tuici status` (and log, rerun, cancel, tests, history, flaky) is run by scripts and hooks, often in a loop:
+Textual, GitPython, asyncio and psutil would add ~150 ms to every call. The lazy imports that keep them out are
+easy to break without noticing; this test notices.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from conftest import _env
 HEAVY = ("textual", "git", "asyncio", "psutil", "watchfiles", "uv")
 
 @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["log", "1"], ["rerun", "HEAD"],
-                                     ["cancel", "1"]])
+                                     ["cancel", "1"], ["tests", "1"], ["tests", "1", "--json"],
+                                     ["history", "test_x"], ["flaky"], ["flaky", "--json"]])
 def test_one_shot_commands_load_no_heavy_module(repo, cluster, command):
     """Against a running dispatcher, so that each command goes all the way (a reply, or the dispatcher's no)."""
     # -X importtime names every module as it is imported, on stderr, even when the command ends with os._exit.

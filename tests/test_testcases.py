@@ -231,6 +231,16 @@ class TestBlame:
         earlier = [(at(2), {"a"}), (at(1), {"a"})]
         assert testcases.broken_by(["a"], at(3), earlier, no_gaps)["a"] == p.Change(commit=None, since="c1")
 
+    def test_as_tuici_tests_says_it(self):
+        from tuici.cli import _change
+
+        sha = [f"{n}" * 40 for n in range(4)]
+        assert _change(p.Change(commit=sha[1], since=sha[1], after=sha[0]), "broken") == f"broken by {sha[1][:10]}"
+        assert _change(p.Change(commit=None, since=sha[3], after=sha[0], untested=2), "fixed") == (
+            f"fixed between {sha[0][:10]} and {sha[3][:10]} (2 untested commits in between)")
+        assert _change(p.Change(commit=None, since=sha[2]), "broken") == (
+            f"failing since {sha[2][:10]} (none before on record)")
+
     def test_fixed_by_and_the_history_strip(self):
         fixed = testcases.fixed_by(["a", "b"], at(3), (at(2), {"a"}), no_gaps)
         assert fixed == {"a": p.Change(commit="c3", since="c3", after="c2")}

@@ -40,9 +40,9 @@ def status_schema() -> str:
         else:
             lines.append(f"  {field.name:<10}{field.type.__name__}")
     lines.append(textwrap.fill(
-        "Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code, a priority of 0) "
-        "are left out. Queued jobs run highest priority first, then oldest; env is the key of the environment "
-        "setup made.", 110))
+        "Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code, a priority of 0, "
+        "empty lists) are left out. Queued jobs run highest priority first, then oldest; env is the key of the "
+        "environment setup made; failed_tests and flaky_tests name up to 20 tests each.", 110))
     return "\n".join(lines)
 
 
