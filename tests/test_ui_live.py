@@ -243,3 +243,25 @@ class TestStartUp:
         finally:
             await app.stop_backend()
         assert all(proc.poll() is None for proc in cluster.procs.values())
+
+
+class TestTestsView:
+    async def test_t_lists_a_real_jobs_tests_and_enter_shows_a_failure_in_its_log(self, tmp_path):
+        repo = make_repo(tmp_path, toml_command("python -m pytest -p no:cacheprovider tests", timeout=60))
+        suite = "def test_good():\n    pass\n\ndef test_bad():\n    assert 1 + 1 == 3\n"
+        sha = repo.commit("a failing test", files={"tests/test_live.py": suite})
+        async with control_center(repo) as (app, pilot):
+            await until(pilot, lambda: job_state(app, sha) == "failed", 60, message="the job to fail")
+            app.commits.table.select_key(sha)
+            await pilot.press("t")
+            await until(pilot, lambda: app.tests.cases, message="the job's tests")
+            assert [(case.name, case.outcome) for case in app.tests.cases] == [
+                ("tests/test_live.py::test_bad", "failed"), ("tests/test_live.py::test_good", "passed")]
+            assert app.tests.cases[0].history == "F" and app.tests.cases[0].broken_by is not None
+            await until(pilot, lambda: app.log_view.line_count > 10, message="the job's log")
+            await pilot.press("enter")
+            lines = repo.state.job_log(app.tests.job.id).read_text().splitlines()
+            heading = next(n for n, line in enumerate(lines) if line.strip("_ ") == "test_bad")
+            await until(pilot, lambda: app.log_view.scroll_y == min(heading, app.log_view.max_scroll_y),
+                        message="the output at test_bad's failure")
+            assert not app.log_view.follow

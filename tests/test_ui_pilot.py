@@ -14,7 +14,17 @@ from tuici.ui.components.status_bar import StatusBar
 from tuici.ui.launch import config_problem, run_app
 from tuici.ui.settings import load_settings
 
-from ui_fixtures import NOW, SHAS, RecordedBackend, frozen_clock, isolated_config, make_app, requests_done, settle  # noqa: F401
+from ui_fixtures import (  # noqa: F401
+    NOW,
+    SHAS,
+    RecordedBackend,
+    failing_log_lines,
+    frozen_clock,
+    isolated_config,
+    make_app,
+    requests_done,
+    settle,
+)
 
 SIZE = (120, 36)
 
@@ -81,8 +91,8 @@ class TestActions:
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
             titles = {command.title for command in app.get_system_commands(app.screen)}
-        assert {"Add runner", "Kill runner", "Rerun", "Cancel", "Show output", "Follow output", "Filter commits",
-                "Help", "Quit", "Theme"} <= titles
+        assert {"Add runner", "Kill runner", "Rerun", "Cancel", "Show output", "Show tests", "Follow output",
+                "Filter commits", "Help", "Quit", "Theme"} <= titles
 
 
 class TestFilter:
@@ -99,6 +109,46 @@ class TestFilter:
             await pilot.press("escape")
             assert len(app.commits.table.keys) == len(SHAS)
             assert app.focused is app.commits.table
+
+
+class TestTestsView:
+    async def test_t_shows_the_selected_jobs_tests_failures_first_and_hides_them(self, tmp_path):
+        app, backend = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.commits.table.select_key(SHAS[1])
+            await pilot.press("t")
+            await settle(pilot)
+            assert app.tests.display and app.focused is app.tests.table
+            assert app.output.job is not None and app.output.job.id == 2  # its output beside it
+            shown = [app.tests.cases[key] for key in app.tests.table.keys]
+            assert [(case.name, case.outcome) for case in shown[:2]] == [
+                ("tests/test_login.py::test_login_form", "failed"),
+                ("tests/test_session.py::TestSession::test_expiry[short]", "error")]
+            assert shown[2].flaky and len(shown) == 42
+            await pilot.press("slash", *"session")
+            assert [app.tests.cases[key].name for key in app.tests.table.keys] == [shown[1].name]
+            await pilot.press("escape")
+            assert len(app.tests.table.keys) == 42 and app.focused is app.tests.table
+            await pilot.press("t")
+            assert not app.tests.display and app.focused is app.commits.table
+        assert backend.requests == [("tests", 2)]
+
+    async def test_enter_on_a_failure_shows_its_report_in_the_output(self, tmp_path):
+        app, _ = make_app(tmp_path)
+        lines = failing_log_lines()
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.commits.table.select_key(SHAS[1])
+            await pilot.press("t", "enter")
+            await settle(pilot)
+            log = app.log_view
+            heading = next(n for n, line in enumerate(lines) if line.strip("_ ") == "test_login_form")
+            assert log.scroll_y == min(heading, log.max_scroll_y) and not log.follow
+            await pilot.press("j", "enter")
+            await settle(pilot)
+            heading = next(n for n, line in enumerate(lines) if "ERROR at setup of TestSession.test_expiry" in line)
+            assert log.scroll_y == heading and not log.follow
 
 
 class TestOutput:

@@ -58,6 +58,12 @@ class TestOutputPanel:
                             run_before=select_commit(SHAS[4], "enter", "shift+tab", "pageup"))
 
 
+class TestTestsView:
+    def test_failures_first_with_their_history_and_the_commit_that_broke_them(self, snap_compare, tmp_path):
+        app, _ = make_app(tmp_path)
+        assert snap_compare(app, terminal_size=WIDE, run_before=select_commit(SHAS[1], "t"))
+
+
 class TestHelpScreen:
     def test_lists_every_key(self, snap_compare, tmp_path):
         app, _ = make_app(tmp_path)

@@ -101,6 +101,46 @@ def recorded_events() -> list[p.Event]:
     return [p.Event(seq=seq, ts=NOW, **{"kind": kind, **fields}) for seq, (kind, fields) in enumerate(kinds, 1)]
 
 
+FORM_FIELDS = ["email", "password", "remember_me", "next_url", "csrf_token", "locale", "timezone", "theme", "avatar",
+               "display_name", "phone", "country", "zip", "city", "street", "birthday", "newsletter", "terms",
+               "referrer", "company", "title", "website", "bio", "github", "twitter", "linkedin", "pronouns",
+               "language", "currency", "units", "signature", "backup_email", "recovery_code", "totp", "sms",
+               "push", "webauthn", "api_key", "ssh_key"]
+
+
+def recorded_tests() -> dict[int, list[p.TestReport]]:
+    """What job 2 (feature/login: 40 passed, 2 failed) reported, as the dispatcher sends it: failures first."""
+    return {2: [
+        p.TestReport(name="tests/test_login.py::test_login_form", outcome="failed", duration_s=0.04,
+                     message="AssertionError: assert 'Sign in' in ''", details="def test_login_form(client):\n>   ...",
+                     broken_by=p.Change(commit=SHAS[1], since=SHAS[1], after=SHAS[0]), history="..........F"),
+        p.TestReport(name="tests/test_session.py::TestSession::test_expiry[short]", outcome="error", duration_s=0.01,
+                     message="failed on setup with \"KeyError: 'SECRET'\"",
+                     broken_by=p.Change(commit=None, since=SHAS[1], after=SHAS[0], untested=3), history="--........E"),
+        p.TestReport(name="tests/test_login.py::test_captcha", outcome="passed", duration_s=1.52, flaky=True,
+                     message="TimeoutError: captcha service did not answer", history="...F......."),
+        *(p.TestReport(name=f"tests/test_forms.py::test_field[{field}]", outcome="passed", duration_s=0.002 * n)
+          for n, field in enumerate(FORM_FIELDS)),
+    ]}
+
+
+def failing_log_lines() -> list[str]:
+    """Job 2's log: pytest's progress, then its report of each failure."""
+    lines = ["tuici: runner-1 testing 2222222222 (feature/login), attempt 1", "$ python -m pytest"]
+    lines += [f"tests/test_forms.py::test_field[{field}] PASSED" for field in FORM_FIELDS]
+    lines += ["", "==================================== ERRORS ====================================",
+              "_________________ ERROR at setup of TestSession.test_expiry[short] _________________"]
+    lines += [f"    fixture line {n}" for n in range(20)] + ["E   KeyError: 'SECRET'"]
+    lines += ["=================================== FAILURES ===================================",
+              "_______________________________ test_login_form ________________________________"]
+    lines += [f"    traceback line {n}" for n in range(20)] + ["E   AssertionError: assert 'Sign in' in ''"]
+    lines += ["=========================== short test summary info ============================",
+              "FAILED tests/test_login.py::test_login_form - AssertionError: assert 'Sign in' in ''",
+              "ERROR tests/test_session.py::TestSession::test_expiry[short] - KeyError: 'SECRET'",
+              "======================== 2 failed, 40 passed in 74.50s ========================="]
+    return lines
+
+
 def running_log_lines(count: int = 300) -> list[str]:
     """What job 5 has printed so far: pytest-like lines, some coloured, one with a control sequence to strip."""
     lines = ["tuici: runner-1 testing 5555555555 (main), attempt 1", "$ python -m pytest"]
@@ -153,6 +193,10 @@ class RecordedBackend(Backend):
         self.requests.append(("cancel", job_id))
         return p.Reply(ok=True, message=f"job {job_id} is being cancelled")
 
+    async def tests(self, job_id: int) -> list[p.TestReport]:
+        self.requests.append(("tests", job_id))
+        return recorded_tests().get(job_id, [])
+
     async def add_runner(self) -> str:
         raise BackendError("the recorded backend starts no processes")
 
@@ -176,20 +220,24 @@ def make_app(tmp_path: Path, theme: str | None = "tuici-dark", events: list[p.Ev
     logs.mkdir(exist_ok=True)
     (logs / "5.log").write_text("\n".join(running_log_lines()) + "\n")
     (logs / "1.log").write_text("tuici: runner-1 testing 1111111111 (main), attempt 1\n42 passed, 1 skipped\n")
+    (logs / "2.log").write_text("\n".join(failing_log_lines()) + "\n")
     backend = RecordedBackend(logs, events, **kwargs)
     return ControlCenter(backend, theme=theme, clock=frozen_clock), backend
 
 
 async def settle(pilot, timeout: float = 10.0) -> None:
-    """Wait until the replay is applied and the output panel has read what it shows."""
+    """Wait until the replay is applied, and the output and tests panels have read what they show."""
     app: ControlCenter = pilot.app
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     await asyncio.wait_for(app.backend.replayed.wait(), timeout)
+
+    def reading() -> bool:
+        return any(w.group in ("tests", "log-find") and not w.is_finished for w in app.workers)
     while loop.time() < deadline:
         app.flush()
         await pilot.pause()
-        if not app.pending and app.log_view.settled:
+        if not app.pending and app.log_view.settled and not reading():
             await pilot.pause()
             if app.log_view.settled:
                 return

@@ -24,7 +24,6 @@ from .wire import NoDispatcher, Query, endpoint_for
 
 COMPONENTS = ("dispatcher", "observer", "runner")  # what a supervisor starts
 QUERIES = ("status", "log", "rerun", "cancel", "tests", "history", "flaky")  # one request to a dispatcher, printed
-HISTORY_STRIP = 20  # outcomes on the branch shown for each failing or flaky test
 
 
 
@@ -470,7 +469,7 @@ def _change(change: p.Change, what: str) -> str:
 
 def cmd_tests(args) -> None:
     pieces = [p.expect(piece, p.TestsReply) for piece in _answer(
-        args.repo, p.TestsRequest(job_id=args.job, failed_only=args.failed, history=HISTORY_STRIP))]
+        args.repo, p.TestsRequest(job_id=args.job, failed_only=args.failed, history=testcases.HISTORY_STRIP))]
     tests = [case for piece in pieces for case in piece.tests]
     if args.json:
         _print_json(tests)

@@ -23,6 +23,7 @@ PASSING = frozenset({"passed", "xpassed"})
 LETTERS: dict[p.TestOutcome, str] = {"passed": ".", "failed": "F", "error": "E", "skipped": "s", "xfailed": "x",
                                      "xpassed": "X"}
 NOT_RUN = "-"
+HISTORY_STRIP = 20  # outcomes on the branch shown for each failing or flaky test (`tuici tests`, the tests view)
 TRACEBACK_LINES = 30  # of a failure's traceback, the first lines are kept
 # A piece of a job's test cases: with every text at its cap (MAX_TEST_NAME, ..., a few bytes of msgpack each),
 # still far below the frame limit (tests/test_testcases.py checks it).

@@ -12,7 +12,7 @@ from textual.binding import Binding, BindingType
 
 SCOPES = {
     "app": "Anywhere",
-    "table": "In a table (commits, queue, runners)",
+    "table": "In a table (commits, queue, runners, tests)",
     "log": "In the output",
     "screen": "Moving around",
 }
@@ -52,11 +52,14 @@ ACTIONS: tuple[Action, ...] = (
     Action("rerun", "r", "rerun", "Rerun", "Test the selected commit again, at the front of the queue."),
     Action("cancel", "c", "cancel_job", "Cancel", "Cancel the selected job, queued or running."),
     Action("show-output", "enter", "show_output", "Output", "Show the selected job's output.", title="Show output"),
+    Action("tests", "t", "toggle_tests", "Tests",
+           "Show the selected job's test cases beside its output, failures first (t again hides them); Enter on "
+           "one shows its failure in the output.", title="Show tests"),
     Action("follow", "f", "follow", "Follow", "Follow the output as it arrives (End in the output also does).",
            title="Follow output"),
     Action("filter", "slash", "filter", "Filter",
-           "Filter commits by text; branch:NAME and author:NAME narrow to one field. Escape clears it.",
-           key_display="/", title="Filter commits"),
+           "Filter commits by text; branch:NAME and author:NAME narrow to one field. In the tests, filter them by "
+           "name or outcome. Escape clears it.", key_display="/", title="Filter commits"),
     Action("help", "question_mark", "help", "Help", "List every key.", key_display="?"),
     Action("quit", "q", "quit", "Quit",
            "Quit, stopping every process this control center started (it asks first if jobs are running)."),

@@ -8,6 +8,7 @@ workers that report back; the UI thread only draws.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ from .components.output import LogView, OutputPanel
 from .components.queue import QueuePanel
 from .components.runners import RunnerRow, RunnersPanel
 from .components.status_bar import StatusBar, StatusInfo
+from .components.tests import TestsPanel
 from .feed import Connection, Feed, Heartbeats, Snapshot, Update
+from .logindex import failure_heading, find_line
 from .model import Model
 from .settings import Settings, SettingsError, load_settings, save_settings
 
@@ -130,7 +133,9 @@ class ControlCenter(App[None]):
             with Vertical(id="side"):
                 yield QueuePanel(self.model, self.clock, id="queue")
                 yield RunnersPanel(self.model, self.backend.processes, self.clock, id="runners")
-        yield OutputPanel(id="output")
+        with Horizontal(id="bottom"):
+            yield TestsPanel(id="tests")
+            yield OutputPanel(id="output")
         yield StatusBar(id="status")
         yield Footer(compact=True, show_command_palette=False)  # ctrl+p is on the help screen
 
@@ -145,6 +150,10 @@ class ControlCenter(App[None]):
     @property
     def runners(self) -> RunnersPanel:
         return self.query_one(RunnersPanel)
+
+    @property
+    def tests(self) -> TestsPanel:
+        return self.query_one(TestsPanel)
 
     @property
     def output(self) -> OutputPanel:
@@ -217,6 +226,11 @@ class ControlCenter(App[None]):
             shown = self.output.job
             if shown is not None and (shown.id in changes.jobs or changes.reset) and shown.id in self.model.jobs:
                 self.output.update_job(self.model.jobs[shown.id])
+            listed = self.tests.job
+            if self.tests.display and listed is not None and (listed.id in changes.jobs or changes.reset):
+                job = self.model.jobs.get(listed.id)
+                if job is not None and job.state != listed.state:  # it ended (or started again): its tests changed
+                    self._load_tests(job)
             self._update_status()
 
     def _announce(self, event: ProcessEvent) -> None:
@@ -261,8 +275,8 @@ class ControlCenter(App[None]):
     # ------------------------------------------------------------------ what is selected
 
     def _focused_panel(self) -> str:
-        """commits, queue, runners or output: where the keys act."""
-        for panel in (self.commits, self.queue_panel, self.runners, self.output):
+        """commits, queue, runners, tests or output: where the keys act."""
+        for panel in (self.commits, self.queue_panel, self.runners, self.tests, self.output):
             if panel.has_focus_within and panel.id is not None:
                 return panel.id
         return "commits"
@@ -277,6 +291,8 @@ class ControlCenter(App[None]):
         elif panel == "runners":
             runner = self.runners.selected
             job_id = None if runner is None else runner.job
+        elif panel == "tests":
+            job_id = None if self.tests.job is None else self.tests.job.id
         else:
             job_id = None if self.output.job is None else self.output.job.id
         return None if job_id is None else self.model.jobs.get(job_id)
@@ -371,17 +387,78 @@ class ControlCenter(App[None]):
         self._in_background(cancel(), f"cancel job {job.id}")
 
     def action_show_output(self) -> None:
+        if self._focused_panel() == "tests":
+            self._show_failure()
+            return
         job = self.selected_job()
         if job is None:
             self.notify("No job for this selection yet.", severity="warning")
             return
         self.output.show_job(job, self.backend.job_log(job.id))
+        if self.tests.display:
+            self._load_tests(job)
+
+    def action_toggle_tests(self) -> None:
+        """Show the selected job's tests beside its output, or hide them."""
+        if self.tests.display:
+            self.tests.display = False
+            if self.tests.has_focus_within:
+                self.commits.table.focus()
+            return
+        job = self.selected_job()
+        if job is None:
+            self.notify("No job for this selection yet.", severity="warning")
+            return
+        if self.output.job is None or self.output.job.id != job.id:
+            self.output.show_job(job, self.backend.job_log(job.id))
+        self.tests.display = True
+        self.tests.table.focus()
+        self._load_tests(job)
+
+    def _load_tests(self, job: p.JobInfo) -> None:
+        """Ask for the job's tests in a worker; the newest request wins."""
+        self.tests.awaiting(job)
+
+        async def load() -> None:
+            try:
+                cases = await self.backend.tests(job.id)
+            except BackendError as exc:
+                self.notify(f"Could not load the tests of job {job.id}: {exc}", severity="error", markup=False)
+                cases = []
+            if self.tests.job is not None and self.tests.job.id == job.id:
+                self.tests.show(self.model.jobs.get(job.id, job), cases)
+        self.run_worker(load(), group="tests", exclusive=True)
+
+    def _show_failure(self) -> None:
+        """Scroll the output to where the log reports the selected test's failure."""
+        case, job = self.tests.selected_case, self.tests.job
+        if case is None or job is None:
+            return
+        path = self.backend.job_log(job.id)
+        if self.output.job is None or self.output.job.id != job.id:
+            self.output.show_job(job, path)
+
+        async def find() -> None:
+            try:
+                line = await asyncio.to_thread(find_line, path, failure_heading(case.name))
+            except OSError as exc:
+                self.notify(f"Cannot read the log of job {job.id}: {exc}", severity="error", markup=False)
+                return
+            if line is None:
+                self.notify(f"The log of job {job.id} has no report of {case.name}.", severity="warning",
+                            markup=False)
+                return
+            self.log_view.go_to_line(line)
+        self.run_worker(find(), group="log-find", exclusive=True)
 
     def action_follow(self) -> None:
         self.log_view.action_follow()
 
     def action_filter(self) -> None:
-        self.commits.open_filter()
+        if self._focused_panel() == "tests":
+            self.tests.open_filter()
+        else:
+            self.commits.open_filter()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
+from .. import testcases
 from .. import wire as p
 from ..errors import NoToken, SupervisorError
 from ..statedir import StateDir
@@ -68,6 +69,10 @@ class Backend(ABC):
 
     @abstractmethod
     async def cancel(self, job_id: int) -> p.Reply: ...
+
+    @abstractmethod
+    async def tests(self, job_id: int) -> list[p.TestReport]:
+        """The job's test cases, failures first, the failing and flaky ones with their history strip."""
 
     @abstractmethod
     async def add_runner(self) -> str:
@@ -247,6 +252,13 @@ class LiveBackend(Backend):
 
     async def cancel(self, job_id: int) -> p.Reply:
         return await self._request(lambda control: control.cancel(job_id))
+
+    async def tests(self, job_id: int) -> list[p.TestReport]:
+        request = p.TestsRequest(job_id=job_id, history=testcases.HISTORY_STRIP)
+        answer = await self._request(lambda control: control.pieces(request))
+        if isinstance(answer[0], p.Reply):
+            raise BackendError(answer[0].message)
+        return [case for piece in answer for case in p.expect(piece, p.TestsReply).tests]
 
     def _supervisor(self) -> Supervisor:
         if self.supervisor is None:

@@ -39,6 +39,17 @@ RUNNER_BADGES: dict[str, Badge] = {
     "stopping": Badge("◌", "stopping", "queued"),
 }
 
+# A test case's outcome (``flaky``: failed, then passed on retry).
+TEST_BADGES: dict[str, Badge] = {
+    "passed": Badge("✔", "passed", "pass"),
+    "failed": Badge("✘", "failed", "fail"),
+    "error": Badge("!", "error", "errored"),
+    "skipped": Badge("↷", "skipped", "cancelled"),
+    "xfailed": Badge("↷", "xfailed", "cancelled"),
+    "xpassed": Badge("✔", "xpassed", "pass"),
+    "flaky": Badge("≈", "flaky", "errored"),
+}
+
 # Health of a supervised process (dispatcher, observer) and of our connection to the dispatcher.
 HEALTH_BADGES: dict[str, Badge] = {
     "up": Badge("●", "up", "pass"),
@@ -112,3 +123,24 @@ def test_counts(job: p.JobInfo | None) -> str:
 
 def short_sha(sha: str) -> str:
     return sha[:7]
+
+
+def test_badge(case: p.TestCase) -> Badge:
+    return TEST_BADGES["flaky" if case.flaky else case.outcome]
+
+
+def test_duration(seconds: float) -> str:
+    """A test's duration: ``40ms`` below a second, else as ``duration``."""
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else duration(seconds)
+
+
+def change_short(change: p.Change | None) -> str:
+    """Where a test's outcome changed, in a column: the commit, else the range of untested commits (``a..b``),
+    else since when (nothing before on record)."""
+    if change is None:
+        return ""
+    if change.commit is not None:
+        return short_sha(change.commit)
+    if change.after:
+        return f"{short_sha(change.after)}..{short_sha(change.since)}"
+    return f"since {short_sha(change.since)}"

@@ -118,6 +118,24 @@ class LogIndex:
             self._fh = None
 
 
+def failure_heading(name: str) -> re.Pattern[str]:
+    """The line where pytest's report of test ``name`` (a node id) begins: its failure, its error in setup or
+    teardown, or its module's collection error, headed ``____ Class.test[param] ____``."""
+    parts = name.split("::")
+    head = re.escape(".".join(parts[1:]) if len(parts) > 1 else parts[0])
+    return re.compile(rf"_+ (?:ERROR at (?:setup|teardown) of |ERROR collecting )?{head} _+")
+
+
+def find_line(path: Path, pattern: re.Pattern[str]) -> int | None:
+    """The number of the first line of the file at ``path`` that ``pattern`` matches whole (shown as
+    ``display_line`` shows it), or None. Reads the whole file: call it from a worker thread."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh):
+            if pattern.fullmatch(display_line(raw.rstrip(b"\n")).plain.strip()):
+                return number
+    return None
+
+
 def display_line(raw: bytes) -> Text:
     """One line of test output as it would look in a terminal, without anything but colour."""
     raw = raw[:MAX_LINE_BYTES]

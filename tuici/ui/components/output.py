@@ -65,6 +65,7 @@ class LogView(ScrollView, can_focus=True):
         self._live = False
         self._width = 0
         self._auto_scrolling = False
+        self._target: int | None = None  # a line to show at the top once the index reaches it
 
     def on_mount(self) -> None:
         self.set_interval(POLL_INTERVAL, self._poll)
@@ -96,6 +97,7 @@ class LogView(ScrollView, can_focus=True):
             self._executor.submit(self._index.close)
         self._index = LogIndex(path)
         self._live = live
+        self._target = None
         self._width = 0
         self._apply(IndexState())
         self.follow = True
@@ -149,9 +151,27 @@ class LogView(ScrollView, can_focus=True):
             for block in range(max(0, old.lines - 1) // STRIDE, state.lines // STRIDE + 1):
                 self._blocks.discard(block)  # the block that held the last line has grown
         self._resize(Size(self._width, state.lines))
-        if self.follow:
+        if self._target is not None:
+            self._reach_target()
+        elif self.follow:
             self._scroll_to_end()
         self.refresh()
+
+    def go_to_line(self, line: int) -> None:
+        """Show ``line`` at the top, and stop following; as soon as the log is indexed that far."""
+        self._target = line
+        self.follow = False
+        self._reach_target()
+
+    def _reach_target(self) -> None:
+        if self._target is None or self._target >= self._state.lines:
+            return
+        self._auto_scrolling = True  # the user did not scroll: following stays as it was set
+        try:
+            self.scroll_to(y=self._target, animate=False, force=True)
+        finally:
+            self._auto_scrolling = False
+        self._target = None
 
     def _resize(self, size: Size) -> None:
         """Set the virtual size without laying out the whole screen again, as assigning it would: a log
@@ -192,6 +212,7 @@ class LogView(ScrollView, can_focus=True):
             self.follow = True
 
     def action_follow(self) -> None:
+        self._target = None
         self.follow = True
         self._scroll_to_end()
 

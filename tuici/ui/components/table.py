@@ -33,6 +33,7 @@ class Column:
     flex: bool = False  # takes the width left over
     drop: int = 0  # in a narrow table the highest goes first; 0 never goes
     right: bool = False  # right-aligned (numbers)
+    keep_end: bool = False  # a text too long loses its start, not its end (a test's id: its name is last)
 
 
 K = TypeVar("K", bound=Hashable)  # what a row stands for: a commit's sha, a job's id, a runner's name
@@ -193,7 +194,8 @@ class RecordTable(ScrollView, Generic[K], can_focus=True):
                 marker = False
             else:
                 segments.append(Segment(" ", base))
-            fitted = _fit(text, column_width, self.columns[index].right)
+            column = self.columns[index]
+            fitted = _fit(text, column_width, column.right, column.keep_end)
             segments.append(Segment(fitted, base + self._style(style_name)))
         return Strip(segments).adjust_cell_length(width, base)
 
@@ -220,10 +222,15 @@ class RecordTable(ScrollView, Generic[K], can_focus=True):
         return line
 
 
-def _fit(text: str, width: int, right: bool) -> str:
-    """``text`` in exactly ``width`` cells: cut with an ellipsis, or padded."""
+def _fit(text: str, width: int, right: bool, keep_end: bool = False) -> str:
+    """``text`` in exactly ``width`` cells: cut with an ellipsis (at its end, or at its start), or padded."""
     length = cell_len(text)
     if length > width:
+        if keep_end and width > 1:
+            tail = text[-(width - 1):]
+            while cell_len(tail) > width - 1:
+                tail = tail[1:]
+            return set_cell_size("…" + tail, width)
         return set_cell_size(text, width - 1) + "…" if width > 1 else set_cell_size(text, width)
     padding = " " * (width - length)
     return padding + text if right else text + padding
