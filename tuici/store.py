@@ -237,14 +237,16 @@ class Store:
         this, branch = Tested(row[0], job_id, row[2]), row[1]
         only = f" AND t.outcome IN {FAILING_CODES}" if failed_only else ""
         cases = {
-            test_id: TestReport(name=name, outcome=OUTCOMES[outcome], duration_s=duration, flaky=bool(flaky),
-                                message=message or "", details=details or "")
-            for test_id, name, outcome, duration, flaky, message, details in db.execute(
-                "SELECT t.test_id, n.name, t.outcome, t.duration, t.flaky, f.message, f.details FROM job_tests t "
-                "JOIN test_names n ON n.id = t.test_id "
-                "LEFT JOIN test_failures f ON f.job_id = t.job_id AND f.test_id = t.test_id "
-                f"WHERE t.job_id = ?{only}", (job_id,))
+            test_id: TestReport(name=name, outcome=OUTCOMES[outcome], duration_s=duration, flaky=bool(flaky))
+            for test_id, name, outcome, duration, flaky in db.execute(
+                "SELECT t.test_id, n.name, t.outcome, t.duration, t.flaky FROM job_tests t "
+                f"JOIN test_names n ON n.id = t.test_id WHERE t.job_id = ?{only}", (job_id,))
         }
+        for test_id, message, details in db.execute(
+                "SELECT test_id, message, details FROM test_failures WHERE job_id = ?", (job_id,)):
+            case = cases.get(test_id)
+            if case is not None:
+                case.message, case.details = message or "", details or ""
         earlier = self._tested_before(branch, this)
         between = _Between(db, branch)
         failing = [key for key, case in cases.items() if case.outcome in testcases.FAILING]

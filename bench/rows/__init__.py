@@ -20,6 +20,7 @@ from .log_throughput import log_throughput
 from .real_suite import real_suite
 from .scale import scale
 from .startup import startup
+from .tests_storage import tests_storage
 
 __all__ = ["ROWS", "Context", "Sizes"]
 
@@ -34,4 +35,5 @@ ROWS: dict[str, Callable[[Context], list[Figure]]] = {
     "startup": startup,
     "scale": scale,
     "control-center": control_center,
+    "tests-storage": tests_storage,
 }

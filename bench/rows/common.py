@@ -52,13 +52,16 @@ class Sizes:
     ui_presses: int = 200  # keys pressed meanwhile (j and k in turn)
     ui_history: int = 10_000  # commits in history for the control center's first frame
     ui_starts: int = 5  # control-center starts timed to their first frame, per way of starting
+    tests_cases: int = 50_000  # test cases one job reports (tests-storage)
+    tests_repeats: int = 3  # such jobs
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(files=50, latency_commits=5, gap=0.1, overhead_jobs=5, suite_seconds=0.3, suite_repeats=1,
                    backlog_commits=20, backlog_runners="2", log_mb=5, log_repeats=1, idle_seconds=2.0,
                    idle_runners=2, startup_runners=2, startup_repeats=1, scale_runners=4, scale_history=200,
-                   scale_sleep=0.5, status_repeats=2, ui_presses=12, ui_history=200, ui_starts=1)
+                   scale_sleep=0.5, status_repeats=2, ui_presses=12, ui_history=200, ui_starts=1,
+                   tests_cases=2000, tests_repeats=1)
 
     def override(self, key: str, value: str) -> None:
         kinds = {f.name: f.type for f in fields(self)}
