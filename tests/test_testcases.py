@@ -199,7 +199,11 @@ class TestRetries:
         assert after[1:] == cases[1:]  # failed again; skipped is no pass; d was not retried
         s = testcases.summary(after)
         assert (s.passed, s.failed, s.skipped, s.failed_tests, s.flaky_tests) == (2, 2, 0, ["b", "c"], ["a"])
-        assert sorted(after, key=testcases.order_key)[:3] == [after[1], after[2], after[0]]
+        reports = [p.TestReport(**msgspec.structs.asdict(case)) for case in after]
+        reports[3].fixed_by = p.Change(commit="c", since="c", after="b")
+        reports.append(p.TestReport(name="0", outcome="passed"))
+        ordered = sorted(reports, key=testcases.order_key)
+        assert [case.name for case in ordered] == ["b", "c", "a", "d", "0"]  # failed, error, flaky, fixed, the rest
 
     def test_only_node_ids_are_retried(self):
         assert testcases.is_node_id("tests/test_x.py::test_a[1]")

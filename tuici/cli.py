@@ -488,7 +488,8 @@ def cmd_tests(args) -> None:
         print(f"{label:<8} {one_line(case.name)}  ({case.duration_s:.2f} s)")
         notes = []
         if case.message and (case.outcome in testcases.FAILING or case.flaky):
-            notes.append(("first failure: " if case.flaky else "") + one_line(case.message)[:200])
+            first_line = case.message.strip().split("\n", 1)[0]
+            notes.append(("first failure: " if case.flaky else "") + one_line(first_line)[:200])
         blame = [_change(change, what) for change, what in ((case.broken_by, "broken"), (case.fixed_by, "fixed"))
                  if change is not None]
         if blame or case.history:

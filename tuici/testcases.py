@@ -194,9 +194,11 @@ def summary(cases: Collection[p.TestCase]) -> Summary:
                    flaky_tests=[case.name for case in cases if case.flaky][:p.MAX_LISTED_TESTS])
 
 
-def order_key(case: p.TestCase) -> tuple[int, str]:
-    """Failures first (failed, then errors), then the flaky, then the rest; by name within each."""
-    rank = 0 if case.outcome == "failed" else 1 if case.outcome == "error" else 2 if case.flaky else 3
+def order_key(case: p.TestReport) -> tuple[int, str]:
+    """Failures first (failed, then errors), then the flaky, then those just fixed, then the rest; by name within
+    each."""
+    rank = (0 if case.outcome == "failed" else 1 if case.outcome == "error" else 2 if case.flaky
+            else 3 if case.fixed_by is not None else 4)
     return rank, case.name
 
 
