@@ -205,6 +205,14 @@ class TestRetries:
         ordered = sorted(reports, key=testcases.order_key)
         assert [case.name for case in ordered] == ["b", "c", "a", "d", "0"]  # failed, error, flaky, fixed, the rest
 
+    def test_serve_says_which_tests_were_flaky(self):
+        from tuici.serve import describe
+
+        job = p.JobInfo(id=3, commit="a" * 40, branch="main", state="passed", passed=5, failed=0, skipped=0,
+                        flaky_tests=[f"t{n}" for n in range(4)])
+        line = describe(p.Event(seq=1, ts=0, kind="job.finished", job=job))
+        assert line.endswith("5 passed, 0 failed, 0 skipped (4 flaky: t0, t1, t2, …)")
+
     def test_only_node_ids_are_retried(self):
         assert testcases.is_node_id("tests/test_x.py::test_a[1]")
         for name in ("tests/test_x.py", "com.example.Foo::bar", "/abs/test_x.py::t", "-x.py::t"):

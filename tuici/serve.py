@@ -123,6 +123,9 @@ def describe(event: p.Event) -> str:
             parts.append(f"({j.duration_s:.2f} s)")
         if j.passed is not None:
             parts.append(f"{j.passed} passed, {j.failed} failed, {j.skipped} skipped")
+        if j.flaky_tests:
+            parts.append(f"({len(j.flaky_tests)}{'+' if len(j.flaky_tests) >= p.MAX_LISTED_TESTS else ''} flaky: "
+                         f"{', '.join(j.flaky_tests[:3])}{', …' if len(j.flaky_tests) > 3 else ''})")
     elif event.commit is not None:
         c = event.commit
         parts.append(f"{c.sha[:10]} {c.branch} {c.author}: {c.subject}")
