@@ -183,6 +183,10 @@ def test_a_piece_of_cases_at_every_cap_fits_in_a_frame():
     with pytest.raises(p.ProtocolError):  # and the decoder refuses more text than the caps
         p.decode(msgspec.msgpack.encode({**msgspec.to_builtins(piece), "cases": [
             {**msgspec.to_builtins(case), "details": "d" * (p.MAX_TEST_DETAILS + 1)}]}))
+    result = p.JobResult(job_id=1, attempt=1, exit_code=1, duration_s=1, log_size=0,
+                         failed_tests=["t"] * (p.MAX_LISTED_TESTS + 1))
+    with pytest.raises(p.ProtocolError):  # nor a result listing more tests than a job lists
+        p.decode(p.encode(result)[4:])
 
 
 class TestRetries:

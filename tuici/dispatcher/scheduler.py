@@ -374,8 +374,7 @@ class Scheduler:
         job.duration_s = msg.duration_s
         job.passed, job.failed, job.skipped = msg.passed, msg.failed, msg.skipped
         job.env, job.env_reused = msg.env, msg.env_reused
-        job.failed_tests = msg.failed_tests[:p.MAX_LISTED_TESTS]
-        job.flaky_tests = msg.flaky_tests[:p.MAX_LISTED_TESTS]
+        job.failed_tests, job.flaky_tests = msg.failed_tests, msg.flaky_tests
         job.error = msg.error or (f"timed out after {msg.duration_s:.0f} s" if msg.timed_out else "")
         self._finish(job, state, outcome, job.error)
         return None

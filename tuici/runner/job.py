@@ -1,4 +1,4 @@
-"""One job, from its commit to its verdict: checkout, config, environment, sandbox, command, JUnit counts.
+"""One job, from its commit to its verdict: checkout, config, environment, sandbox, command, test cases and retries.
 
 Everything here runs off the runner's event loop (git, the disk, locks: in threads) except the waiting, so the
 runner keeps heartbeating and streaming output whatever a job does; and any exception while handling a job

@@ -48,6 +48,8 @@ MAX_TEST_NAME = 2000
 MAX_TEST_MESSAGE = 1000
 MAX_TEST_DETAILS = 4000
 MAX_LISTED_TESTS = 20  # names a job lists of its failed tests, and of its flaky ones
+ListedTests = Annotated[list[Annotated[str, msgspec.Meta(max_length=MAX_TEST_NAME)]],
+                        msgspec.Meta(max_length=MAX_LISTED_TESTS)]
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
@@ -278,9 +280,9 @@ class JobResult(_Msg, tag="result"):
     timed_out: bool = False
     env: str = ""
     env_reused: bool = False
-    test_cases: int = 0  # TestCases the runner sent ahead of this result, in pieces
-    failed_tests: list[str] = []
-    flaky_tests: list[str] = []
+    test_cases: Annotated[int, msgspec.Meta(ge=0)] = 0  # TestCases the runner sent ahead of this result, in pieces
+    failed_tests: ListedTests = []
+    flaky_tests: ListedTests = []
 
 
 class TestCases(_Msg, tag="test_cases"):
