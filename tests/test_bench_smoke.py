@@ -19,7 +19,7 @@ from tuici.supervisor import MARK
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ["commit-latency", "job-overhead", "environments", "real-suite", "backlog", "log-throughput", "idle", "startup",
         "scale",
-        "control-center"]
+        "control-center", "tests-storage"]
 
 
 @pytest.mark.timeout(300)

@@ -48,6 +48,7 @@ def report_inputs_tried():
 _commit = p.CommitInfo(sha=SHA, branch="main", author="Dev", subject="s", time=1.5)
 _job = p.JobInfo(id=1, commit=SHA, branch="main", state="passed", runner="r1", attempts=1, exit_code=0)
 _runner = p.RunnerInfo(name="r1", host="h", pid=1, state="idle")
+_case = p.TestCase(name="t.py::t", outcome="failed", duration_s=0.5, message="m", details="d")
 SAMPLES: list[p.Message] = [
     p.Hello(role="runner", token="t", name="n", host="h", pid=3, held=[p.HeldJob(job_id=1, attempt=1)]),
     p.Welcome(version=1, repo_url="/r", tips={"main": SHA}, log_offsets={1: 5}, name="n"),
@@ -59,7 +60,8 @@ SAMPLES: list[p.Message] = [
     p.Assign(job_id=1, attempt=1, commit=SHA, branch="main", repo_url="/r"),
     p.CancelJob(job_id=1),
     p.Output(job_id=1, attempt=1, offset=0, data=b"out"),
-    p.JobResult(job_id=1, attempt=1, exit_code=0, duration_s=0.5, log_size=3, passed=1, failed=0, skipped=0),
+    p.JobResult(job_id=1, attempt=1, exit_code=0, duration_s=0.5, log_size=3, passed=1, failed=0, skipped=0,
+                flaky_tests=["t.py::t"]),
     p.ResultAck(job_id=1, attempt=1, accepted=True),
     p.Subscribe(after_seq=3, output=True),
     p.Event(seq=1, ts=1.0, kind="job.finished", commit=_commit, job=_job, runner=_runner, message="m"),
@@ -69,6 +71,16 @@ SAMPLES: list[p.Message] = [
                   attempts=[p.AttemptInfo(job_id=1, attempt=1, runner="r1", started_at=1.0)]),
     p.RerunRequest(commit="0123"), p.CancelRequest(job_id=1),
     p.Notice(kind="process.started", name="x"), p.Reply(ok=True, message="m"),
+    p.TestCases(job_id=1, attempt=1, piece=0, cases=[_case]),
+    p.TestsRequest(job_id=1, failed_only=True, history=20),
+    p.TestsReply(tests=[p.TestReport(name="t.py::t", outcome="failed", message="m", history=".F",
+                                     broken_by=p.Change(commit=SHA, since=SHA, after=SHA))], job=_job, more=True),
+    p.HistoryRequest(test="t", branch="main", limit=3),
+    p.HistoryReply(test="t.py::t", branch="main", entries=[p.HistoryEntry(commit=SHA, job=1, outcome="passed",
+                                                                          duration_s=0.1)]),
+    p.FlakyRequest(),
+    p.FlakyReply(tests=[p.FlakyTest(name="t.py::t", jobs=2, commits=1, last_seen=1.0, last_commit=SHA, last_job=1,
+                                    branch="main")]),
 ]
 TAGS = sorted({type(m).__struct_config__.tag for m in SAMPLES})
 # Against a live dispatcher: nothing a control client may legitimately do to the test's jobs (cancel, rerun a
