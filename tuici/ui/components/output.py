@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.text import Text
 from textual import on
@@ -262,6 +263,9 @@ class LogView(ScrollView, can_focus=True):
             return  # another log, or another search, meanwhile
         self.match = found
         if found is not None:
+            if found.column + cell_len(needle) > self._width:  # its line may not be read yet: room to scroll to it
+                self._width = found.column + cell_len(needle)
+                self._resize(Size(self._width, self._state.lines))
             width = self.scrollable_content_region.width
             x = self.scroll_x if self.scroll_x <= found.column < self.scroll_x + width else found.column - width // 3
             self.scroll_to(x=max(0, x), y=max(0, found.line - self.scrollable_content_region.height // 2),
