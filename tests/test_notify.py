@@ -12,7 +12,7 @@ import psutil
 from tuici import wire as p
 from tuici.notify import Notification, notification_for, osc_notification
 
-from conftest import GitRepo, events, toml_command, wait_for
+from conftest import GitRepo, events, toml_command, tuici, wait_for
 
 
 def hook_script(path: Path, body: str) -> Path:
@@ -107,7 +107,9 @@ def test_a_bad_notify_command_names_the_file_and_the_key_and_nothing_runs(tmp_pa
     wait_for(lambda: "config.toml: key 'notify_command': must not be an empty list" in
              cluster.component_log("dispatcher"), message="the error")
     assert "retention and notify_command are off" in cluster.component_log("dispatcher")
-    assert cluster.status().runners == []  # it serves
+    assert "(retention off: .git/tuici/config.toml has a mistake" in tuici("status", cwd=repo.path).stdout
+    gc = tuici("gc", cwd=repo.path, check=False)
+    assert gc.returncode == 1 and "config.toml is not valid" in gc.stdout
 
 
 def test_serve_shows_a_desktop_notification_with_notify_send(tmp_path, serve_factory):

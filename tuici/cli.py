@@ -435,8 +435,10 @@ def cmd_status(args) -> None:
 
 def describe_history(history: p.History) -> str:
     days = f"{history.keep_days:g} days" if history.keep_days else "for ever"
-    return (f"{history.logs} job logs, {format_size(history.log_bytes)} (kept {days}, at most "
-            f"{format_size(history.keep_bytes)}); database {format_size(history.db_bytes)}")
+    kept = (f"kept {days}, at most {format_size(history.keep_bytes)}" if history.keep_bytes
+            else "retention off: .git/tuici/config.toml has a mistake, the dispatcher's log says which")
+    return (f"{history.logs} job logs, {format_size(history.log_bytes)} ({kept}); "
+            f"database {format_size(history.db_bytes)}")
 
 
 def cmd_gc(args) -> int:

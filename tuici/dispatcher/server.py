@@ -343,11 +343,13 @@ class Dispatcher:
             return p.GcReply(logs=len(ids), log_bytes=freed, events=events, history=await self.history())
 
     async def history(self) -> p.History:
+        """What the history takes, and the retention in force (none, keep_bytes 0, while the settings are bad)."""
         log_bytes, logs = self.sched.kept_logs()
-        config = self.config or LocalConfig()
+        config = self.config
+        keep_days = config.keep_days if config is not None and config.keep_days < float("inf") else 0.0
         return p.History(
             logs=logs, log_bytes=log_bytes, db_bytes=await self.journal.store.run(self.journal.store.size),
-            keep_days=config.keep_days if config.keep_days < float("inf") else 0.0, keep_bytes=config.keep_bytes,
+            keep_days=keep_days, keep_bytes=config.keep_bytes if config is not None else 0,
             events_from=self.journal.pruned_through + 1, last_gc=self.last_gc,
         )
 
