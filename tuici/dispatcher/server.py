@@ -560,14 +560,17 @@ class Dispatcher:
         self.subscribers.add(sub)
         closed = asyncio.ensure_future(conn.reader.read(1))
         try:
-            if sub.cursor < self.journal.pruned_through:
-                # Retention deleted events this subscriber has not seen: the state as it is now, instead of a gap.
-                history = await self.history()
-                sub.cursor = self.journal.seq
-                conn.send_nowait(self.status.reply(sub.cursor, 0, history))
             while not closed.done():
                 sub.wake.clear()
-                events = await self.journal.events_after(sub.cursor)
+                deleted = sub.cursor < self.journal.pruned_through
+                events = [] if deleted else await self.journal.events_after(sub.cursor)
+                if deleted or events and events[0].seq != sub.cursor + 1:
+                    # Retention deleted events this subscriber has not seen (it resumed from before them, or fell
+                    # that far behind): the state as it is now, instead of a gap. (Events are numbered one by one.)
+                    history = await self.history()
+                    sub.cursor = self.journal.seq
+                    conn.send_nowait(self.status.reply(sub.cursor, 0, history))
+                    continue
                 for event in events:
                     conn.send_nowait(event)
                     sub.cursor = event.seq
