@@ -423,6 +423,8 @@ def test_retention_deletes_logs_older_than_keep_days_oldest_first(sched, clock):
     jobs = finished_jobs(sched, clock, [10] * 5)  # finished 5, 4, 3, 2 and 1 days ago
     pruned = sched.prune(keep_days=2.5, keep_bytes=10**9)
     assert [j.id for j in pruned] == [jobs[0].id, jobs[1].id, jobs[2].id]
+    assert sched.effects() == [] and not any(j.log_deleted for j in jobs)  # until the files are gone
+    sched.logs_deleted(pruned)
     assert all(j.log_deleted for j in pruned) and not jobs[3].log_deleted
     assert [e for e in sched.effects() if isinstance(e, s.SaveJob)] == [s.SaveJob(j) for j in pruned]
     assert sched.kept_logs() == (20, 2) and sched.prune(keep_days=2.5, keep_bytes=10**9) == []
@@ -436,5 +438,6 @@ def test_retention_deletes_the_oldest_logs_past_keep_bytes_but_never_a_queued_or
     sched.output_written(runner, p.Output(job_id=running.id, attempt=1, offset=0, data=b""), b"x" * 5000)
     pruned = sched.prune(keep_days=30, keep_bytes=5400)  # the running job's 5000 count: 400 bytes are left
     assert [j.id for j in pruned] == [j.id for j in jobs[:3]]
+    sched.logs_deleted(pruned)
     assert not running.log_deleted and not queued.log_deleted and not jobs[3].log_deleted
     assert [j.id for j in sched.prune(keep_days=30, keep_bytes=1)] == [jobs[3].id]  # never the running one

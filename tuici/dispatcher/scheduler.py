@@ -447,7 +447,7 @@ class Scheduler:
     def prune(self, keep_days: float, keep_bytes: int) -> list[p.JobInfo]:
         """The finished jobs whose logs retention deletes, oldest first: each that finished over ``keep_days``
         ago, then the next oldest while the logs kept (running jobs' included) hold over ``keep_bytes``. Never a
-        queued or running job's. They are marked ``log_deleted`` and saved; the caller deletes the files."""
+        queued or running job's. The caller deletes the files, then calls ``logs_deleted``."""
         cutoff = self.clock.time() - keep_days * DAY
         total, _ = self.kept_logs()
         finished = sorted((j for j in self.jobs.values() if j.state in p.FINAL_STATES and not j.log_deleted),
@@ -457,10 +457,14 @@ class Scheduler:
             if (job.finished_at or job.queued_at) >= cutoff and total <= keep_bytes:
                 break  # this one and every younger one stay
             total -= job.log_size
-            job.log_deleted = True
-            self._save(job)
             pruned.append(job)
         return pruned
+
+    def logs_deleted(self, jobs: list[p.JobInfo]) -> None:
+        """Retention deleted these jobs' logs (finished jobs stay finished: nothing changed them meanwhile)."""
+        for job in jobs:
+            job.log_deleted = True
+            self._save(job)
 
     def kept_logs(self) -> tuple[int, int]:
         """(bytes, number) of the job logs not deleted by retention, as the job records count them."""

@@ -328,7 +328,10 @@ class Dispatcher:
         async with self._gc_lock:
             jobs = self.sched.prune(config.keep_days, config.keep_bytes)
             ids = [job.id for job in jobs]
-            freed = await self.logs.delete(ids) if ids else 0  # before the records say so: a crash leaves no file
+            # The files first: a dispatcher that dies in between has records that still count them (the next run
+            # deletes them again, missing files skipped), never files that no record counts.
+            freed = await self.logs.delete(ids) if ids else 0
+            self.sched.logs_deleted(jobs)
             self._carry_out()
             if ids:
                 await self.journal.store.run(self.journal.store.forget_jobs, ids)
