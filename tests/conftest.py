@@ -255,15 +255,15 @@ def tuici(*args: str, cwd, check: bool = True, **env: str) -> subprocess.Complet
 
 @pytest.fixture
 def serve_factory(tmp_path: Path):
-    """`tuici serve --json` on a repository, with more arguments; each stopped with SIGTERM at the end (and
-    whatever it left behind killed)."""
+    """`tuici serve --json` on a repository, with more arguments (and variables added to its environment); each
+    stopped with SIGTERM at the end (and whatever it left behind killed)."""
     started: list[subprocess.Popen] = []
 
-    def start(repo: GitRepo, *args: str) -> subprocess.Popen:
+    def start(repo: GitRepo, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         out_path = tmp_path / f"serve{len(started)}.out"
         with open(out_path, "wb") as out, open(out_path.with_suffix(".err"), "wb") as err:
             proc = subprocess.Popen([sys.executable, "-m", "tuici", "serve", str(repo.path), "--json", *args],
-                                    stdout=out, stderr=err, env=_env(), start_new_session=True)
+                                    stdout=out, stderr=err, env={**_env(), **(env or {})}, start_new_session=True)
         proc.out_path = out_path
         started.append(proc)
         return proc

@@ -70,6 +70,7 @@ SAMPLES: list[p.Message] = [
     p.StatusReply(repo_url="/r", last_seq=1, commits=[_commit], jobs=[_job], runners=[_runner],
                   attempts=[p.AttemptInfo(job_id=1, attempt=1, runner="r1", started_at=1.0)]),
     p.RerunRequest(commit="0123"), p.CancelRequest(job_id=1),
+    p.GcRequest(), p.GcReply(logs=1, log_bytes=3, events=2, history=p.History(logs=1, log_bytes=3, keep_days=30.0)),
     p.Notice(kind="process.started", name="x"), p.Reply(ok=True, message="m"),
     p.TestCases(job_id=1, attempt=1, piece=0, cases=[_case]),
     p.TestsRequest(job_id=1, failed_only=True, history=20),

@@ -306,3 +306,138 @@ def test_after_a_restart_running_jobs_no_runner_came_back_for_are_queued_again(s
     sched.expire()
     assert running.state == "queued" and kept.state == "running"
     assert sched.attempts[(1, 1)].outcome == "lost"
+
+
+# ---------------------------------------------------------------------- a branch broken or fixed
+
+
+def finish(sched: s.Scheduler, runner: s.Runner, job: p.JobInfo, exit_code: int | None = 0, **fields) -> list[s.Effect]:
+    """Run ``job`` on ``runner`` to its result; the effects of that result."""
+    sched.dispatch()
+    assert runner.info.job == job.id
+    sched.effects()
+    sched.result(runner, result(job, exit_code=exit_code, **fields))
+    effects = sched.effects()
+    sched.result_durable(runner)
+    sched.effects()
+    return effects
+
+
+def branch_events(effects: list[s.Effect]) -> list[tuple[str, int, str]]:
+    return [(e.kind, e.fields["job"].id, e.fields["message"]) for e in effects
+            if isinstance(e, s.Publish) and e.kind.startswith("branch.") and e.kind != "branch.deleted"]
+
+
+def test_a_branch_that_turns_from_passing_to_failing_and_back_is_published_broken_then_fixed(sched):
+    runner = join(sched, "r1")
+    good, bad, again, fixed = commit(sched, 1, 2, 3, 4)
+    assert branch_events(finish(sched, runner, good)) == []  # a first verdict: nothing changed
+    [(kind, job_id, message)] = branch_events(finish(sched, runner, bad, exit_code=1))
+    assert (kind, job_id) == ("branch.broken", bad.id)
+    assert message == f"main fails at {sha(2)[:10]} (job 2); it passed at {sha(1)[:10]} (job 1)"
+    assert branch_events(finish(sched, runner, again, exit_code=1)) == []  # still failing
+    [(kind, job_id, message)] = branch_events(finish(sched, runner, fixed))
+    assert (kind, job_id) == ("branch.fixed", fixed.id) and message.startswith("main passes again at")
+
+
+def test_a_branch_event_carries_the_commit_and_the_job_as_they_were(sched):
+    runner = join(sched, "r1")
+    good, bad = commit(sched, 1, 2)
+    finish(sched, runner, good)
+    effects = finish(sched, runner, bad, exit_code=1, failed=3)
+    [event] = [e for e in effects if isinstance(e, s.Publish) and e.kind == "branch.broken"]
+    assert event.fields["commit"] == sched.commits[sha(2)]
+    assert event.fields["job"].failed == 3 and event.fields["job"] is not bad  # a copy
+
+
+def test_an_older_commits_late_result_does_not_change_the_branch(sched):
+    """Jobs finish out of order: the newer commit's verdict stands."""
+    first, second = join(sched, "first"), join(sched, "second")
+    old, new = commit(sched, 1, 2)
+    sched.dispatch()
+    assert (first.info.job, second.info.job) == (old.id, new.id)
+    sched.result(second, result(new, exit_code=0))
+    sched.result(first, result(old, exit_code=1))
+    assert branch_events(sched.effects()) == [] and sched.verdicts["main"].job_id == new.id
+
+
+def test_a_rerun_of_the_tip_that_passes_fixes_the_branch(sched):
+    runner = join(sched, "r1")
+    good, flaky = commit(sched, 1, 2)
+    finish(sched, runner, good)
+    finish(sched, runner, flaky, exit_code=1)
+    rerun = sched.rerun(sha(2)).job
+    assert [kind for kind, _, _ in branch_events(finish(sched, runner, rerun))] == ["branch.fixed"]
+
+
+def test_error_and_cancelled_are_no_verdict_and_branches_are_judged_apart(sched):
+    runner = join(sched, "r1")
+    good, broken_setup, cancelled = commit(sched, 1, 2, 3)
+    other = commit(sched, 4, branch="feature")[0]
+    finish(sched, runner, good)
+    assert branch_events(finish(sched, runner, broken_setup, exit_code=None, error="setup failed")) == []
+    sched.cancel(cancelled.id)
+    assert branch_events(finish(sched, runner, other, exit_code=1)) == []  # feature's first verdict
+    assert sched.verdicts["main"].job_id == good.id and sched.verdicts["feature"].state == "failed"
+
+
+def test_verdicts_are_rebuilt_from_the_store_so_a_restart_publishes_only_new_changes(clock):
+    jobs = [p.JobInfo(id=1, commit=sha(1), branch="main", state="passed", finished_at=10.0),
+            p.JobInfo(id=2, commit=sha(2), branch="main", state="failed", finished_at=20.0)]
+    sched = s.Scheduler(clock=clock)
+    sched.load(Snapshot(meta={}, commits=[p.CommitInfo(sha=sha(n), branch="main") for n in (1, 2)], tips={},
+                        jobs=[(job, 0) for job in jobs], attempts=[], last_seq=0))
+    assert sched.effects() == [] and sched.verdicts["main"].state == "failed"
+    runner = join(sched, "r1")
+    [fix] = commit(sched, 3)
+    assert [kind for kind, _, _ in branch_events(finish(sched, runner, fix))] == ["branch.fixed"]
+
+
+def test_a_deleted_branch_forgets_its_verdict(sched):
+    runner = join(sched, "r1")
+    [bad] = commit(sched, 1, branch="topic")
+    finish(sched, runner, bad, exit_code=1)
+    sched.branch_gone("topic")
+    [good] = commit(sched, 2, branch="topic")  # a new branch of the same name
+    assert branch_events(finish(sched, runner, good)) == []
+
+
+# ---------------------------------------------------------------------- retention
+
+
+def finished_jobs(sched: s.Scheduler, clock: Clock, sizes: list[int], every: float = s.DAY) -> list[p.JobInfo]:
+    """Jobs that finished ``every`` seconds apart, oldest first, with logs of ``sizes`` bytes."""
+    runner = join(sched, "r-history")
+    jobs = commit(sched, *range(100, 100 + len(sizes)))
+    for job, size in zip(jobs, sizes, strict=True):
+        sched.dispatch()
+        sched.output_written(runner, p.Output(job_id=job.id, attempt=1, offset=0, data=b""), b"x" * size)
+        sched.result(runner, result(job))
+        sched.result_durable(runner)
+        clock.now += every
+    sched.effects()
+    return jobs
+
+
+def test_retention_deletes_logs_older_than_keep_days_oldest_first(sched, clock):
+    jobs = finished_jobs(sched, clock, [10] * 5)  # finished 5, 4, 3, 2 and 1 days ago
+    pruned = sched.prune(keep_days=2.5, keep_bytes=10**9)
+    assert [j.id for j in pruned] == [jobs[0].id, jobs[1].id, jobs[2].id]
+    assert sched.effects() == [] and not any(j.log_deleted for j in jobs)  # until the files are gone
+    sched.logs_deleted(pruned)
+    assert all(j.log_deleted for j in pruned) and not jobs[3].log_deleted
+    assert [e for e in sched.effects() if isinstance(e, s.SaveJob)] == [s.SaveJob(j) for j in pruned]
+    assert sched.kept_logs() == (20, 2) and sched.prune(keep_days=2.5, keep_bytes=10**9) == []
+
+
+def test_retention_deletes_the_oldest_logs_past_keep_bytes_but_never_a_queued_or_running_jobs(sched, clock):
+    jobs = finished_jobs(sched, clock, [100, 200, 300, 400], every=60)
+    running, queued = commit(sched, 1, 2)
+    sched.dispatch()
+    runner = sched.runners[running.runner]
+    sched.output_written(runner, p.Output(job_id=running.id, attempt=1, offset=0, data=b""), b"x" * 5000)
+    pruned = sched.prune(keep_days=30, keep_bytes=5400)  # the running job's 5000 count: 400 bytes are left
+    assert [j.id for j in pruned] == [j.id for j in jobs[:3]]
+    sched.logs_deleted(pruned)
+    assert not running.log_deleted and not queued.log_deleted and not jobs[3].log_deleted
+    assert [j.id for j in sched.prune(keep_days=30, keep_bytes=1)] == [jobs[3].id]  # never the running one

@@ -8,12 +8,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tuici import wire as p
 from tuici.ui import settings as settings_module
 from tuici.ui.backend import BackendError
 from tuici.ui.feed import Connection, Feed, Snapshot
-from tuici.ui.logindex import STRIDE, LogIndex
+from tuici.ui.logindex import STRIDE, LogIndex, display_line
 from tuici.ui.model import Model
 from tuici.ui.themes import load_theme_file, load_themes, theme_dirs
 
@@ -194,6 +196,48 @@ class TestLogIndex:
         index.scan()
         (line,) = index.read_block(0)
         assert line.plain == "red" and line.spans[0].style.color.number == 1  # ANSI red
+
+    FRAGMENTS = [b"FAILED", b"fai", b"led", b"Failed", b"\x1b[31m", b"\x1b[0m", b"\x1b]0;t\x07", b"\t", b"\r", b"\x01",
+                 b" ", b"x", "\u00e9".encode(), b"\xff", "\u0085".encode()]
+
+    @settings(derandomize=True, database=None, deadline=None, max_examples=150,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.lists(st.sampled_from(FRAGMENTS), max_size=8).map(b"".join), min_size=1, max_size=300))
+    def test_a_search_finds_exactly_the_lines_whose_shown_text_matches(self, tmp_path, lines):
+        """Whatever the bytes (colour, controls, tabs, carriage returns, bad UTF-8), n finds the lines whose text
+        as drawn holds the needle, each once, in order, and wraps round to the first."""
+        path = tmp_path / "search.log"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        index = LogIndex(path)
+        while index.scan()[1]:
+            pass
+        for needle in ("failed", "Failed", "ai", "x x"):
+            fold = needle == needle.lower()
+            expected = [n for n, raw in enumerate(lines)
+                        if needle in (display_line(raw).plain.lower() if fold else display_line(raw).plain)]
+            found, match = [], index.find(needle, -1)
+            while match is not None and not match.wrapped:
+                found.append(match.line)
+                match = index.find(needle, match.line)
+            assert found == expected, needle
+            if expected:
+                assert match is not None and match.line == expected[0]  # round to the first
+                assert index.find(needle, expected[0], forward=False).line == expected[-1]
+
+    def test_a_match_split_by_colour_or_controls_is_found_in_a_block_of_plain_lines(self, tmp_path):
+        """Each odd line alone in a block of plain ones, where the block's bytes do not hold the needle."""
+        odd = {70: b"\x1b[31mFAI\x1b[0mLED", 140: b"FA\x01ILED", 210: b"\xc2\x85FA\xc2\x85ILED", 280: b"FAIL\rFAILED",
+               350: b"\x1b]0;FAILED\x07not this one", 420: b"tab\tFAILED"}
+        path = tmp_path / "job.log"
+        path.write_bytes(b"".join(odd.get(n, b"plain line") + b"\n" for n in range(500)))
+        index = LogIndex(path)
+        while index.scan()[1]:
+            pass
+        found, match = [], index.find("failed", -1)
+        while match is not None and not match.wrapped:
+            found.append((match.line, match.column))
+            match = index.find("failed", match.line)
+        assert found == [(70, 0), (140, 0), (210, 0), (280, 0), (420, 8)]
 
     def test_a_missing_log_is_no_error(self, tmp_path):
         index = LogIndex(tmp_path / "not-yet.log")

@@ -12,9 +12,10 @@ from tuici.ui.components.confirm import ConfirmScreen
 from tuici.ui.components.help import HelpScreen
 from tuici.ui.components.status_bar import StatusBar
 from tuici.ui.launch import config_problem, run_app
-from tuici.ui.settings import load_settings
+from tuici.ui.settings import load_settings, settings_file
 
 from ui_fixtures import (  # noqa: F401
+    COMMITS,
     NOW,
     SHAS,
     RecordedBackend,
@@ -22,6 +23,7 @@ from ui_fixtures import (  # noqa: F401
     frozen_clock,
     isolated_config,
     make_app,
+    recorded_events,
     requests_done,
     settle,
 )
@@ -196,6 +198,125 @@ class TestOutput:
             assert last.text.strip() == "line 999999 of a very long log"
 
 
+class TestOutputSearch:
+    async def open_job_5(self, pilot, app) -> None:
+        await settle(pilot)
+        app.commits.table.select_key(SHAS[4])  # job 5: 300 lines, FAILED on every 17th test (lines 18, 35 … 290)
+        await pilot.press("enter")
+        await settle(pilot)
+        app.log_view.focus()
+
+    @staticmethod
+    def on_screen(log, line: int) -> bool:
+        return log.scroll_y <= line < log.scroll_y + log.scrollable_content_region.height
+
+    async def test_slash_searches_the_output_and_n_and_N_go_to_the_next_and_previous_match(self, tmp_path):
+        app, _ = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await self.open_job_5(pilot, app)
+            log = app.log_view
+            await pilot.press("slash")
+            assert app.focused.id == "log-search"
+            await pilot.press(*"failed", "enter")  # lower case: any case; from the top of the view (at the end)
+            await settle(pilot)
+            assert app.focused is log and log.search == "failed"
+            assert (log.match.line, log.match.column, log.match.wrapped) == (290, 36, False)
+            assert "line 291 of 300" in str(app.output.border_subtitle)
+            await pilot.press("n")  # past the last match: round to the first
+            await settle(pilot)
+            assert (log.match.line, log.match.wrapped) == (18, True) and self.on_screen(log, 18) and not log.follow
+            await pilot.press("n")
+            await settle(pilot)
+            assert (log.match.line, log.match.wrapped) == (35, False) and self.on_screen(log, 35)
+            await pilot.press("N", "N")
+            await settle(pilot)
+            assert (log.match.line, log.match.wrapped) == (290, True) and self.on_screen(log, 290)
+
+    async def test_a_capital_matches_only_itself_and_nothing_found_says_so(self, tmp_path):
+        app, _ = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await self.open_job_5(pilot, app)
+            await pilot.press("slash", *"Failed", "enter")
+            await settle(pilot)
+            assert app.log_view.match is None and "not found" in str(app.output.border_subtitle)
+
+    async def test_escape_clears_the_search_and_slash_in_a_table_still_filters_commits(self, tmp_path):
+        app, _ = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await self.open_job_5(pilot, app)
+            await pilot.press("slash", *"PASSED", "enter")
+            await settle(pilot)
+            assert app.log_view.match is not None
+            await pilot.press("slash", "escape")
+            assert app.log_view.search == "" and app.log_view.match is None and app.focused is app.log_view
+            app.commits.table.focus()
+            await pilot.press("slash", *"branch:login")
+            assert app.commits.table.keys == [SHAS[7], SHAS[1]]
+
+    async def test_a_match_far_to_the_right_is_scrolled_into_view(self, tmp_path):
+        app, _ = make_app(tmp_path)
+        (tmp_path / "logs" / "1.log").write_text("short\n" * 50 + "x" * 500 + " needle\n" + "short\n" * 50)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.commits.table.select_key(SHAS[0])
+            await pilot.press("enter")
+            await settle(pilot)
+            app.log_view.focus()
+            await pilot.press("slash", *"needle", "enter")
+            await settle(pilot)
+            log = app.log_view
+            assert log.match.line == 50 and log.scroll_x <= 501 < log.scroll_x + log.scrollable_content_region.width
+
+
+class TestKeys:
+    async def test_y_copies_the_selected_commits_sha(self, tmp_path):
+        app, _ = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.commits.table.select_key(SHAS[2])
+            await pilot.press("y")
+            assert app.clipboard == SHAS[2]
+
+    async def test_a_keymap_in_the_settings_rebinds_actions_and_bad_entries_are_named(self, tmp_path):
+        settings = settings_file()
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        settings.write_text('theme = "tuici-dark"\n[keymap]\nrerun = "R"\ncancel = "r"\nbogus = "z"\n'
+                            'follow = "a"\ncopy-sha = 5\nhelp = "ctrl+nope"\n')
+        app, backend = make_app(tmp_path)
+        async with app.run_test(size=SIZE, notifications=True) as pilot:
+            await settle(pilot)
+            app.commits.table.select_key(SHAS[4])  # running job 5
+            await pilot.press("R")  # rerun, where r was
+            await pilot.press("r")  # cancel, where c was
+            await pilot.press("c")  # nothing now
+            await requests_done(pilot)
+            messages = [n.message for n in app._notifications]
+            await pilot.press("question_mark")
+            shown = [str(widget.render()) for widget in app.screen.query(".help-key, .help-id")]
+        assert backend.requests == [("rerun", SHAS[4]), ("cancel", 5)]
+        for key, problem in (("bogus", "no action has this id"), ("follow", "'a' is the key of add-runner already"),
+                             ("copy-sha", "must be a string of keys"), ("help", "'ctrl+nope' is not a key")):
+            assert any(f"{settings}: key 'keymap.{key}': {problem}" in m for m in messages), key
+        assert shown[shown.index("rerun") - 1] == "R" and shown[shown.index("cancel") - 1] == "r"
+
+
+class TestAlerts:
+    async def test_a_branch_that_breaks_is_a_toast_naming_it(self, tmp_path):
+        events = recorded_events()
+        broken = events[-1].job  # job 10, a rerun of the failed commit 9
+        failed = p.JobInfo(id=broken.id, commit=broken.commit, branch="main", state="failed", failed=1, attempts=1)
+        seq = events[-1].seq
+        events += [p.Event(seq=seq + 1, ts=NOW, kind="job.finished", job=failed),
+                   p.Event(seq=seq + 2, ts=NOW, kind="branch.broken", job=failed, commit=COMMITS[8],
+                           message="main fails at 9999999999 (job 10); it passed at 1111111111 (job 1)")]
+        app, _ = make_app(tmp_path, events=events)
+        async with app.run_test(size=SIZE, notifications=True) as pilot:
+            await settle(pilot)
+            toasts = [(n.title, n.message, n.severity) for n in app._notifications]
+        assert ("main is broken", "9999999999 Retry the flaky network test (failed, 1 failed, job 10)", "error") \
+            in toasts
+
+
 class TestManyCommits:
     async def test_ten_thousand_commits_fill_the_table_newest_first(self, tmp_path):
         events = []
@@ -222,6 +343,17 @@ class TestThemes:
         assert load_settings().theme == "tuici-light"
         app, _ = make_app(tmp_path, theme=None)
         assert app.theme == "tuici-light"
+
+    async def test_saving_the_theme_keeps_the_rest_of_the_settings_file(self, tmp_path):
+        settings_file().parent.mkdir(parents=True, exist_ok=True)
+        settings_file().write_text('# mine\ntheme = "nord"\n\n[keymap]\nrerun = "R"\n')
+        app, _ = make_app(tmp_path, theme=None)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.theme = "tuici-light"
+            await requests_done(pilot)
+        assert settings_file().read_text() == '# mine\ntheme = "tuici-light"\n\n[keymap]\nrerun = "R"\n'
+        assert load_settings().keymap == {"rerun": "R"}
 
     async def test_theme_overrides_the_saved_choice_without_replacing_it(self, tmp_path):
         app, _ = make_app(tmp_path)

@@ -64,6 +64,13 @@ class TestTestsView:
         assert snap_compare(app, terminal_size=WIDE, run_before=select_commit(SHAS[1], "t"))
 
 
+class TestOutputSearch:
+    def test_matches_highlighted_and_the_current_one_marked(self, snap_compare, tmp_path):
+        app, _ = make_app(tmp_path)
+        keys = ["enter", "shift+tab", "slash", *"case_02", "enter", "n", "n"]
+        assert snap_compare(app, terminal_size=WIDE, run_before=select_commit(SHAS[4], *keys))
+
+
 class TestHelpScreen:
     def test_lists_every_key(self, snap_compare, tmp_path):
         app, _ = make_app(tmp_path)

@@ -17,13 +17,17 @@ from . import testcases
 from . import wire as p
 from .errors import AlreadyRunning, CommandError, NotARepository, SupervisorError, TuiciError
 from .sanitize import StreamCleaner, one_line
+from .sizes import format_size, parse_size
 from .statedir import StateDir, find_git_dir, resolve_token
 from .wire import NoDispatcher, Query, endpoint_for
 
 # Each command imports what only it needs: `tuici status` never loads asyncio (~25 ms) nor a component.
 
 COMPONENTS = ("dispatcher", "observer", "runner")  # what a supervisor starts
-QUERIES = ("status", "log", "rerun", "cancel", "tests", "history", "flaky")  # one request to a dispatcher, printed
+# one request to a dispatcher, printed
+QUERIES = ("status", "log", "rerun", "cancel", "tests", "history", "flaky", "gc")
+LOG_MAX_BYTES = 10 * 1024 * 1024  # a component log is rotated at this size...
+LOG_BACKUPS = 2  # ...and this many old ones are kept (<component>.log.1, .2)
 
 
 
@@ -36,6 +40,8 @@ def status_schema() -> str:
             text = f"  {field.name:<10}[{{{_fields(typing.get_args(field.type)[0])}}}]".replace(": ", ":\0")
             wrapped = textwrap.fill(text, 110, subsequent_indent=" " * 14, break_on_hyphens=False)
             lines.append(wrapped.replace("\0", " "))  # a field and its values kept on one line
+        elif isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
+            lines.append(f"  {field.name:<10}{{{_fields(field.type)}}}")
         else:
             lines.append(f"  {field.name:<10}{field.type.__name__}")
     lines.append(textwrap.fill(
@@ -65,6 +71,13 @@ def _dispatcher_opts(parser: argparse.ArgumentParser) -> None:
                         help="give up on a job (state error) after N lost attempts (default 3)")
 
 
+def _log_file_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-file", type=Path, metavar="FILE",
+                        help=f"log to FILE, rotated at {LOG_MAX_BYTES >> 20} MiB ({LOG_BACKUPS} old ones kept as "
+                             "FILE.1, FILE.2), stdout and stderr with it (how serve starts its components); "
+                             "default: stderr")
+
+
 def _client_opts(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dispatcher", required=True, metavar="ADDRESS",
                         help="the dispatcher's address: unix:PATH (its socket, on its machine) or HOST:PORT")
@@ -73,6 +86,7 @@ def _client_opts(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", type=Path, metavar="DIR", help="a local state dir to read the token from")
     parser.add_argument("--tls-ca", metavar="FILE",
                         help="connect over TCP with TLS, trusting the dispatcher certificate signed by the CA in FILE")
+    _log_file_arg(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--insecure", action="store_true",
                    help="allow listening beyond loopback without TLS (the token then crosses the network in clear)")
     _dispatcher_opts(d)
+    _log_file_arg(d)
 
     o = sub.add_parser("observer", help="watch a repository and report new commits",
                        description="Report every new commit on the watched branches of REPO to the dispatcher, "
@@ -186,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("job", type=int, metavar="JOB")
     _repo_arg(c)
 
+    g = sub.add_parser("gc", help="apply retention now and print what it freed",
+                       description="Delete the job logs and events older than keep_days, and the oldest job logs "
+                                   "beyond keep_bytes (never a queued or running job's), as the dispatcher does at "
+                                   "start and every hour; keep_days and keep_bytes are set in "
+                                   "REPO/.git/tuici/config.toml (default 30 days, 2G).")
+    _repo_arg(g)
+
     dm = sub.add_parser("demo", help="open the control center on a sample repository",
                         description="Make a sample repository in a temporary directory, keep committing to it, "
                                     "and open the control center on it.")
@@ -215,10 +237,24 @@ def build_ui_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging() -> None:
+def setup_logging(log_file: Path | None = None, max_bytes: int = LOG_MAX_BYTES) -> None:
+    """Log to stderr, or to ``log_file``, rotated by size (a component a supervisor started: its stdout and
+    stderr are that file too, and follow it when it is rotated)."""
     import logging
+    import logging.handlers
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    class Rotating(logging.handlers.RotatingFileHandler):
+        def doRollover(self) -> None:
+            super().doRollover()
+            if self.stream is not None:  # a traceback or a stray print goes to the new file too
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(self.stream.fileno(), 1)
+                os.dup2(self.stream.fileno(), 2)
+
+    handler: logging.Handler = (logging.StreamHandler(sys.stderr) if log_file is None
+                                else Rotating(log_file, maxBytes=max_bytes, backupCount=LOG_BACKUPS))
+    logging.basicConfig(level=logging.INFO, handlers=[handler],
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
 
 
@@ -283,7 +319,7 @@ def cmd_dispatcher(args) -> None:
 
     from .dispatcher import run_dispatcher
 
-    setup_logging()
+    setup_logging(args.log_file)
     state = StateDir(args.state) if args.state else StateDir.for_repo(".")
     tcp = _tcp_address(args.listen) if args.listen else None
     if tcp is not None:
@@ -314,7 +350,7 @@ def cmd_observer(args) -> None:
 
     from .observer import Source, mirror_dir_for, run_observer
 
-    setup_logging()
+    setup_logging(args.log_file)
     endpoint, state = _endpoint(args)
     mirror = (state.path / "mirror.git") if state else mirror_dir_for(args.repo)
     source = Source(args.repo, mirror_dir=mirror)
@@ -329,10 +365,10 @@ def cmd_runner(args) -> None:
 
     from .procs import hide_memory
     from .runner import default_workdir, run_runner
-    from .runner.environments import EnvCache, parse_size
+    from .runner.environments import EnvCache
     from .statedir import cache_root
 
-    setup_logging()
+    setup_logging(args.log_file)
     endpoint, state = _endpoint(args)
     if os.environ.pop("TUICI_TOKEN", None) or args.token:  # never handed on to the code under test
         # No token file on this machine the tests could read anyway: keep the one we hold out of their reach.
@@ -410,6 +446,7 @@ def cmd_status(args) -> None:
         status = query.status()
     # Names, shas, branches and subjects come from the dispatcher: shown through one_line, never raw.
     print(f"repository {one_line(status.repo_url)}")
+    print(f"history    {describe_history(status.history)}")
     print(f"\nrunners ({len(status.runners)})")
     for r in status.runners:
         job = f"job {r.job}" if r.job else ""
@@ -424,6 +461,26 @@ def cmd_status(args) -> None:
         subject = one_line(commits[j.commit].subject) if j.commit in commits else ""
         dur = f"{j.duration_s:7.2f}s" if j.duration_s is not None else " " * 8
         print(f"  {j.id:>5} {j.state:<9} {one_line(j.commit)[:10]} {one_line(j.branch)[:20]:<20} {dur} {subject[:50]}")
+
+
+def describe_history(history: p.History) -> str:
+    days = f"{history.keep_days:g} days" if history.keep_days else "for ever"
+    kept = (f"kept {days}, at most {format_size(history.keep_bytes)}" if history.keep_bytes
+            else "retention off: .git/tuici/config.toml has a mistake, the dispatcher's log says which")
+    return (f"{history.logs} job logs, {format_size(history.log_bytes)} ({kept}); "
+            f"database {format_size(history.db_bytes)}")
+
+
+def cmd_gc(args) -> int:
+    with Query(endpoint_for(StateDir.for_repo(args.repo))) as query:
+        reply = query.request(p.GcRequest())
+    if isinstance(reply, p.Reply):
+        print(reply.message)
+        return 0 if reply.ok else 1
+    reply = p.expect(reply, p.GcReply)
+    print(f"freed {format_size(reply.log_bytes)}: {reply.logs} job logs, {reply.events} events")
+    print(f"history {describe_history(reply.history)}")
+    return 0
 
 
 def cmd_rerun(args) -> int:
@@ -561,5 +618,5 @@ Command = Callable[[argparse.Namespace], "int | None"]  # an exit status (None: 
 COMMANDS: dict[str, Command] = {
     "serve": cmd_serve, "dispatcher": cmd_dispatcher, "observer": cmd_observer, "runner": cmd_runner,
     "status": cmd_status, "log": cmd_log, "rerun": cmd_rerun, "cancel": cmd_cancel, "tests": cmd_tests,
-    "history": cmd_history, "flaky": cmd_flaky, "demo": cmd_demo,
+    "history": cmd_history, "flaky": cmd_flaky, "gc": cmd_gc, "demo": cmd_demo,
 }

@@ -10,7 +10,7 @@ import fnmatch
 import math
 import re
 import tomllib
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import msgspec
 
@@ -41,26 +41,29 @@ class RepoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def argv(self) -> list[str]:
         """The command as an argument vector: a string runs through the shell, a list does not."""
-        return _argv(self.command)
+        return command_argv(self.command)
 
     @property
     def setup_argv(self) -> list[str] | None:
-        return None if self.setup is None else _argv(self.setup)
+        return None if self.setup is None else command_argv(self.setup)
 
     def watches(self, branch: str) -> bool:
         return any(fnmatch.fnmatchcase(branch, pattern) for pattern in self.branches)
 
 
-def _argv(command: str | list[str]) -> list[str]:
+def command_argv(command: str | list[str]) -> list[str]:
+    """A string runs through /bin/sh; a list runs as is."""
     return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
 
 
 _PATH = re.compile(r"at `\$\.?(.*)`")
+T = TypeVar("T", bound=msgspec.Struct)
 
 
-def _check(data: dict, filename: str) -> RepoConfig:
+def convert(data: dict, kind: type[T], filename: str) -> T:
+    """``data`` as the struct ``kind``; a ConfigError naming the file, the key and the problem otherwise."""
     try:
-        config = msgspec.convert(data, RepoConfig)
+        return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _PATH.search(text)
@@ -70,18 +73,26 @@ def _check(data: dict, filename: str) -> RepoConfig:
             key = text.split("`")[1]
             problem = "unknown key"
         raise ConfigError(f"{filename}: key '{key}': {problem}") from None
+
+
+def check_command(command: str | list[str] | None, key: str, filename: str) -> None:
+    """ConfigError unless ``command`` (None: not given) is one that can run."""
+    if command is None:
+        return
+    if isinstance(command, str) and not command.strip():
+        raise ConfigError(f"{filename}: key '{key}': must not be empty")
+    if isinstance(command, list) and not command:
+        raise ConfigError(f"{filename}: key '{key}': must not be an empty list")
+    # What exec() cannot take would otherwise surface where it runs, not as a config error.
+    words = [command] if isinstance(command, str) else command
+    if any("\0" in word for word in words):
+        raise ConfigError(f"{filename}: key '{key}': must not contain a NUL character")
+
+
+def _check(data: dict, filename: str) -> RepoConfig:
+    config = convert(data, RepoConfig, filename)
     for key in ("command", "setup"):
-        command = getattr(config, key)
-        if command is None:
-            continue
-        if isinstance(command, str) and not command.strip():
-            raise ConfigError(f"{filename}: key '{key}': must not be empty")
-        if isinstance(command, list) and not command:
-            raise ConfigError(f"{filename}: key '{key}': must not be an empty list")
-        # What exec() cannot take would otherwise surface in the runner, not as this job's error.
-        words = [command] if isinstance(command, str) else command
-        if any("\0" in word for word in words):
-            raise ConfigError(f"{filename}: key '{key}': must not contain a NUL character")
+        check_command(getattr(config, key), key, filename)
     if config.python is not None and (not config.python.strip() or "\0" in config.python):
         raise ConfigError(f"{filename}: key 'python': must name an interpreter")
     if any(not pattern or "\0" in pattern for pattern in config.cache_key):
@@ -98,7 +109,7 @@ def _check(data: dict, filename: str) -> RepoConfig:
     return config
 
 
-def _parse_toml(text: bytes, filename: str) -> dict:
+def parse_toml(text: bytes, filename: str) -> dict:
     try:
         return tomllib.loads(text.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -111,10 +122,10 @@ def load(read: Callable[[str], bytes | None]) -> RepoConfig:
     """The config from whichever file ``read(name)`` finds (None: the file is absent)."""
     raw = read("tuici.toml")
     if raw is not None:
-        return _check(_parse_toml(raw, "tuici.toml"), "tuici.toml")
+        return _check(parse_toml(raw, "tuici.toml"), "tuici.toml")
     raw = read("pyproject.toml")
     if raw is not None:
-        section = _parse_toml(raw, "pyproject.toml").get("tool", {}).get("tuici")
+        section = parse_toml(raw, "pyproject.toml").get("tool", {}).get("tuici")
         if section is not None:
             if not isinstance(section, dict):
                 raise ConfigError("pyproject.toml: key 'tool.tuici': must be a table")

@@ -15,6 +15,7 @@ _SEQUENCES = re.compile(
     r"|\x1b[ -/]*[0-~]"                    # other escapes
     r"|\x1b"                               # a lone ESC
 )
+SEQUENCES_BYTES = re.compile(_SEQUENCES.pattern.encode())  # the same, over bytes (a log searched undecoded)
 _SGR = re.compile(r"\x1b\[[0-9;:]*m")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CONTROLS_BUT_ESC = re.compile(r"[\x00-\x08\x0b-\x1a\x1c-\x1f\x7f-\x9f]")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import time
 from pathlib import Path
 
+from . import localconfig
 from . import wire as p
+from .errors import ConfigError
+from .notify import Desktop, notification_for
 from .sanitize import StreamCleaner, one_line
 from .statedir import StateDir
 from .store import last_seq
@@ -16,6 +20,8 @@ from .supervisor import Supervisor
 from .wire import Control, NoDispatcher
 
 RETRY_DELAY = 0.2  # not backed off: the supervisor paces a dispatcher's restarts
+
+log = logging.getLogger("tuici.serve")
 
 
 async def serve(args, state: StateDir, top: Path) -> None:
@@ -43,12 +49,20 @@ async def serve(args, state: StateDir, top: Path) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     follower = None
+    desktop = None
     try:
+        try:
+            if (await asyncio.to_thread(localconfig.load, state)).notify:
+                desktop = Desktop(log)
+        except ConfigError as exc:
+            log.warning("%s; desktop notifications stay on, retention and notify_command are off", exc)
+            desktop = Desktop(log)
         # Read before the dispatcher starts: runners may register before we could ask it for its last event.
         after = last_seq(state.db)
         await supervisor.start()
         control = Control.for_state(state)
-        follower = asyncio.ensure_future(follow_events(control, out, after, include_output=args.output))
+        follower = asyncio.ensure_future(follow_events(control, out, after, include_output=args.output,
+                                                       desktop=desktop))
         for event in early:
             on_event(*event)
         await stop.wait()
@@ -56,6 +70,8 @@ async def serve(args, state: StateDir, top: Path) -> None:
         if follower is not None:
             follower.cancel()
         await asyncio.gather(*(t for t in [follower] if t), *notices, return_exceptions=True)
+        if desktop is not None:
+            await desktop.stop()
         if control is not None:
             await control.close()
         await supervisor.stop()
@@ -68,8 +84,10 @@ async def _notify(control: Control, kind: p.NoticeKind, name: str, message: str)
         pass  # the dispatcher stayed down; the supervisor's own log has it
 
 
-async def follow_events(control: Control, out: "Printer", last: int, include_output: bool = False) -> None:
-    """Print events after ``last``; after a dropped connection, resume after the last one seen."""
+async def follow_events(control: Control, out: "Printer", last: int, include_output: bool = False,
+                        desktop: Desktop | None = None) -> None:
+    """Print events after ``last``; after a dropped connection, resume after the last one seen. With
+    ``desktop``, show a desktop notification for those that call for one."""
 
     async def follow() -> bool:
         nonlocal last
@@ -77,9 +95,11 @@ async def follow_events(control: Control, out: "Printer", last: int, include_out
         try:
             async for msg in control.subscribe(after_seq=last, output=include_output):
                 answered = True
-                if isinstance(msg, p.Event):
-                    last = msg.seq
+                if isinstance(msg, (p.Event, p.StatusReply)):
+                    last = msg.seq if isinstance(msg, p.Event) else msg.last_seq
                 out.message(msg)
+                if desktop is not None and isinstance(msg, p.Event) and (notice := notification_for(msg)):
+                    desktop.show(notice)
         except (NoDispatcher, OSError, ConnectionError, p.ProtocolError):
             pass
         return answered
@@ -94,12 +114,15 @@ class Printer:
         self.as_json = as_json
         self._cleaners: dict[int, StreamCleaner] = {}  # job id -> its output's cleaner, while it runs
 
-    def message(self, msg: p.Event | p.JobOutput) -> None:
+    def message(self, msg: p.Event | p.JobOutput | p.StatusReply) -> None:
         # Test output, names and subjects are untrusted: never written to the terminal raw.
         if self.as_json:
             self._emit(p.to_json(msg))
         elif isinstance(msg, p.JobOutput):
             sys.stdout.write(self._cleaners.setdefault(msg.job_id, StreamCleaner()).feed(msg.data))
+        elif isinstance(msg, p.StatusReply):
+            self._emit(f"{time.strftime('%H:%M:%S')} events before {msg.history.events_from} were deleted by "
+                       f"retention; going on from the state at event {msg.last_seq} ({len(msg.jobs)} jobs)")
         else:
             if msg.kind == "job.finished" and msg.job is not None:
                 self._cleaners.pop(msg.job.id, None)

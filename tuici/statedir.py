@@ -63,6 +63,11 @@ class StateDir:
         return self.logs / "jobs" / f"{int(job_id)}.log"
 
     @property
+    def local_config(self) -> Path:
+        """The user's settings for this repository (see ``localconfig``): never committed, out of jobs' sight."""
+        return self.path / "config.toml"
+
+    @property
     def token_file(self) -> Path:
         return self.path / "token"
 

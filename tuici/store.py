@@ -13,11 +13,12 @@ is taken into account as soon as it is there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import msgspec
 
@@ -74,6 +75,10 @@ PASSING_CODES = "(0, 5)"  # passed, xpassed (testcases.PASSING)
 MAX_WALK = 200  # tested commits a branch's history is walked back to find where each failing test broke
 MAX_STRIPS = 500  # failing and flaky tests of a job given a history strip, at most
 _PARAMS = 500  # test ids per IN (...) list
+# Rows that belong to one job and go when retention deletes its log: the job's per-test results. Each table has a
+# ``job_id`` column.
+JOB_DETAIL_TABLES: tuple[str, ...] = ("job_tests", "test_failures", "flaky", "test_jobs")
+PRUNED_THROUGH = "events_pruned_through"  # meta: the newest event number retention deleted
 
 _enc = msgspec.msgpack.Encoder()
 _job_dec = msgspec.msgpack.Decoder(JobInfo)
@@ -140,8 +145,9 @@ class Store:
         if integrity != "ok":
             raise sqlite3.DatabaseError(f"{self.path}: database is damaged: {integrity}")
         self._db = db
+        meta = dict(db.execute("SELECT key, value FROM meta"))
         return Snapshot(
-            meta=dict(db.execute("SELECT key, value FROM meta")),
+            meta=meta,
             commits=[
                 CommitInfo(sha=r[0], branch=r[1], author=r[2], subject=r[3], time=r[4])
                 for r in db.execute("SELECT sha, branch, author, subject, time FROM commits ORDER BY seen_at, rowid")
@@ -150,14 +156,13 @@ class Store:
             jobs=[(_job_dec.decode(b), p) for b, p in db.execute("SELECT body, priority FROM jobs ORDER BY id")],
             attempts=[_attempt_dec.decode(b)
                       for (b,) in db.execute("SELECT body FROM attempts ORDER BY job_id, attempt")],
-            last_seq=db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0],
+            last_seq=_last_seq(db),
         )
 
     def write(self, batch: Batch) -> None:
         db = self._db
         assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             if batch.meta:
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", batch.meta.items())
             if batch.commits:
@@ -186,11 +191,6 @@ class Store:
                 )
             for tests in batch.tests:
                 self._write_tests(db, tests)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # SQLite ends it itself on some errors, a full disk among them
-                db.execute("ROLLBACK")
-            raise
 
     def _write_tests(self, db: sqlite3.Connection, tests: JobTests) -> None:
         """A job's cases, and the tests seen flaky by them: passed on retry in this job, or failing here and
@@ -353,6 +353,52 @@ class Store:
         ).fetchall()
         return [_event_dec.decode(b) for (b,) in rows]
 
+    def prune_events(self, before: float, limit: int) -> tuple[int, int]:
+        """Delete up to ``limit`` of the oldest events published before ``before`` (unix time), in one
+        transaction, and note the newest number deleted (``PRUNED_THROUGH``); how many went, and that number
+        (0, 0 for none). Events are
+        numbered in the order they were published, so the cut is found by bisecting on their numbers."""
+        db = self._db
+        assert db is not None
+        first, last = db.execute("SELECT MIN(seq), MAX(seq) FROM events").fetchone()
+        if first is None:
+            return 0, 0
+        lo, hi = first, min(last + 1, first + limit)
+        while lo < hi:  # the first number whose event (or the next one after it) is not older than ``before``
+            mid = (lo + hi) // 2
+            row = db.execute("SELECT body FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)).fetchone()
+            if row is not None and _event_dec.decode(row[0]).ts < before:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == first:
+            return 0, 0
+        with _transaction(db):
+            deleted = db.execute("DELETE FROM events WHERE seq < ?", (lo,)).rowcount
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (PRUNED_THROUGH, str(lo - 1)))
+        return deleted, lo - 1
+
+    def forget_jobs(self, job_ids: list[int]) -> None:
+        """Delete the rows of ``JOB_DETAIL_TABLES`` that belong to these jobs (their logs were deleted)."""
+        db = self._db
+        assert db is not None
+        if not JOB_DETAIL_TABLES or not job_ids:
+            return
+        with _transaction(db):
+            for table in JOB_DETAIL_TABLES:
+                db.executemany(f"DELETE FROM {table} WHERE job_id = ?", [(job_id,) for job_id in job_ids])
+
+    def size(self) -> int:
+        """Bytes the database takes on disk, its write-ahead log included. (Deleted rows leave free pages that
+        later writes reuse: the file stops growing rather than shrinks.)"""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -398,6 +444,23 @@ class _FailedAt:
             self.read[tested.job] = frozenset(test_id for (test_id,) in self.db.execute(
                 f"SELECT test_id FROM job_tests WHERE job_id = ? AND outcome IN {FAILING_CODES}", (tested.job,)))
         return self.read[tested.job]
+def _last_seq(db: sqlite3.Connection) -> int:
+    """The newest event's number: retention may have deleted every event, but never their numbers."""
+    newest = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+    pruned = db.execute("SELECT value FROM meta WHERE key = ?", (PRUNED_THROUGH,)).fetchone()
+    return max(newest, int(pruned[0]) if pruned else 0)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # SQLite ends it itself on some errors, a full disk among them
+            db.execute("ROLLBACK")
+        raise
 
 
 def last_seq(path: Path) -> int:
@@ -408,7 +471,7 @@ def last_seq(path: Path) -> int:
     try:
         db = sqlite3.connect(path)
         try:
-            return db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            return _last_seq(db)
         finally:
             db.close()
     except sqlite3.Error:  # no events table yet, or a damaged file: the dispatcher will say so

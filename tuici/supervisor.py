@@ -125,7 +125,8 @@ class Supervisor:
 
     async def spawn_workers(self) -> None:
         """Start the observer and the initial runners (they may connect before the dispatcher serves)."""
-        await self._spawn(self._child("observer", "observer", self._component_argv("observer", str(self.repo))))
+        await self._spawn(self._child("observer", "observer",
+                                      self._component_argv("observer", "observer", str(self.repo))))
         for _ in range(self.initial_runners):
             await self.add_runner()
 
@@ -140,7 +141,7 @@ class Supervisor:
     async def add_runner(self) -> Child:
         name = f"runner-{self._next_runner}"
         self._next_runner += 1
-        argv = self._component_argv("runner", "--name", name, "--workdir", str(self.runners_dir / name),
+        argv = self._component_argv("runner", name, "--name", name, "--workdir", str(self.runners_dir / name),
                                     *self.runner_args)
         child = self._child(name, "runner", argv)
         await self._spawn(child)
@@ -195,16 +196,17 @@ class Supervisor:
             raise SupervisorError(f"cannot listen on {exc.filename}: {exc.strerror}") from None
 
     def _dispatcher_argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "tuici", "dispatcher", "--state", str(self.state.path), "--repo", str(self.repo)]
+        argv = [sys.executable, "-m", "tuici", "dispatcher", "--state", str(self.state.path), "--repo", str(self.repo),
+                "--log-file", str(self.state.component_log("dispatcher"))]
         for sock in self._listeners:
             argv += ["--listen-fd", str(sock.fileno())]
             if sock.family != socket.AF_UNIX:
                 argv += ["--listen", str(p.address_of(sock))]
         return argv + self.dispatcher_args
 
-    def _component_argv(self, kind: str, *args: str) -> list[str]:
+    def _component_argv(self, kind: str, name: str, *args: str) -> list[str]:
         return [sys.executable, "-m", "tuici", kind, *args, "--dispatcher", self.address,
-                "--state", str(self.state.path)]
+                "--state", str(self.state.path), "--log-file", str(self.state.component_log(name))]
 
     async def _spawn(self, child: Child) -> None:
         logfile = open(self.state.component_log(child.name), "ab", buffering=0)

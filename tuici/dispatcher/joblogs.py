@@ -65,6 +65,22 @@ class JobLogs:
     def truncate(self, job_id: int) -> None:
         self._executor.submit(_truncate, self.state.job_log(job_id))
 
+    async def delete(self, job_ids: list[int]) -> int:
+        """Delete these jobs' logs (retention); the bytes that freed."""
+        return await self._run(self._delete, job_ids)
+
+    def _delete(self, job_ids: list[int]) -> int:
+        freed = 0
+        for job_id in job_ids:
+            path = self.state.job_log(job_id)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            freed += size
+        return freed
+
     async def stop(self) -> None:
         for fh in self._files.values():
             await self._run(fh.close)

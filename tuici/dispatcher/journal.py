@@ -15,11 +15,12 @@ from typing import Any, Callable
 import msgspec
 
 from .. import wire as p
-from ..store import Batch, JobTests, Snapshot, Store
+from ..store import PRUNED_THROUGH, Batch, JobTests, Snapshot, Store
 
 log = logging.getLogger("tuici.dispatcher")
 
 RING_SIZE = 10_000  # the latest durable events, kept in memory for subscribers that are not far behind
+PRUNE_SLICE = 10_000  # events deleted per transaction
 
 
 class Journal:
@@ -28,6 +29,7 @@ class Journal:
         self.on_durable = on_durable  # called whenever more events are durable
         self.seq = 0  # the last event's number
         self.durable_seq = 0  # the last durable event's number
+        self.pruned_through = 0  # events up to this number were deleted by retention
         self.recent: deque[p.Event] = deque(maxlen=RING_SIZE)
         self._pending = Batch()
         self._flush_task: asyncio.Task | None = None
@@ -36,6 +38,7 @@ class Journal:
     async def open(self) -> Snapshot:
         snap = await self.store.run(self.store.open)
         self.seq = self.durable_seq = snap.last_seq
+        self.pruned_through = int(snap.meta.get(PRUNED_THROUGH, 0))
         return snap
 
     async def close(self) -> None:
@@ -70,11 +73,24 @@ class Journal:
         self._pending.meta[key] = value
         self._schedule_flush()
 
-    def publish(self, kind: p.EventKind, fields: dict[str, Any]) -> None:
+    def publish(self, kind: p.EventKind, fields: dict[str, Any]) -> p.Event:
         """Number the event; subscribers get it once it is durable. ``fields`` must not change afterwards."""
         self.seq += 1
-        self._pending.events.append(p.Event(seq=self.seq, ts=time.time(), kind=kind, **fields))
+        event = p.Event(seq=self.seq, ts=time.time(), kind=kind, **fields)
+        self._pending.events.append(event)
         self._schedule_flush()
+        return event
+
+    async def prune_events(self, before: float) -> int:
+        """Delete the events published before ``before`` (unix time), a slice at a time so that writes go on
+        between the slices; how many went. A subscriber resuming from before them gets a snapshot instead."""
+        deleted = 0
+        while True:
+            count, through = await self.store.run(self.store.prune_events, before, PRUNE_SLICE)
+            if not count:
+                return deleted
+            deleted += count
+            self.pruned_through = through
 
     def _schedule_flush(self) -> None:
         if self._flush_task is None or self._flush_task.done():

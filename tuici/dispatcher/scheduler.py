@@ -27,10 +27,12 @@ log = logging.getLogger("tuici.dispatcher")
 CANCEL_GRACE = 10.0  # seconds a runner has to end a cancelled job before the dispatcher takes the job back
 
 Outcome = Literal["passed", "failed", "error", "cancelled", "lost", "timeout"]  # how an attempt ended
+VERDICTS = frozenset({"passed", "failed"})  # the final states that say something of the code tested
 EventKind = Literal[
-    "commit.seen", "branch.deleted", "job.queued", "job.started", "job.requeued", "job.finished",
-    "runner.joined", "runner.idle", "runner.lost", "runner.left",
+    "commit.seen", "branch.deleted", "branch.broken", "branch.fixed", "job.queued", "job.started", "job.requeued",
+    "job.finished", "runner.joined", "runner.idle", "runner.lost", "runner.left",
 ]
+DAY = 86400.0
 
 
 class Clock(Protocol):
@@ -132,6 +134,17 @@ class Runner:
     taken_back: tuple[int, int] | None = None  # (job, attempt) taken from it after a cancel: late output is dropped
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What a branch's newest tested commit gave: ``rank`` is when that commit was seen (see
+    ``Scheduler.commit_rank``), ``state`` passed or failed."""
+
+    rank: int
+    job_id: int
+    commit: str
+    state: p.JobState
+
+
 class Scheduler:
     """The queue and its runners. Each call changes them at once and leaves what the world must be told or
     made to do in ``effects()``."""
@@ -143,6 +156,8 @@ class Scheduler:
         self.repo_url = repo_url  # sent with every job
         self.clock = clock
         self.commits: dict[str, p.CommitInfo] = {}
+        self.commit_rank: dict[str, int] = {}  # sha -> the order it was seen in (a branch's newer commits rank higher)
+        self.verdicts: dict[str, Verdict] = {}  # branch -> its newest tested commit's verdict
         self.tips: dict[str, str] = {}
         self.jobs: dict[int, p.JobInfo] = {}
         self.attempts: dict[tuple[int, int], p.AttemptInfo] = {}
@@ -162,6 +177,7 @@ class Scheduler:
     def load(self, snap: Snapshot) -> None:
         for c in snap.commits:
             self.commits[c.sha] = c
+            self.commit_rank[c.sha] = len(self.commit_rank)
         self.tips = dict(snap.tips)
         for job, prio in snap.jobs:
             self.jobs[job.id] = job
@@ -173,6 +189,10 @@ class Scheduler:
                 heapq.heappush(self.queue, (-prio, job.id))
         for a in snap.attempts:
             self.attempts[(a.job_id, a.attempt)] = a
+        # Each branch's verdict as it was: only a change from now on is published.
+        judged = (j for j in self.jobs.values() if j.state in VERDICTS)
+        for job in sorted(judged, key=lambda j: (j.finished_at or 0, j.id)):
+            self._judge(job, publish=False)
         if any(j.state == "running" for j in self.jobs.values()):
             # Runners that were busy when we went down get this long to reconnect and keep their job.
             self.restart_grace_until = self.clock.monotonic() + self.heartbeat_timeout
@@ -196,6 +216,7 @@ class Scheduler:
             if commit.sha in self.commits:
                 continue
             self.commits[commit.sha] = commit
+            self.commit_rank[commit.sha] = len(self.commit_rank)
             self._effects.append(SaveCommit(commit, now))
             self._publish("commit.seen", commit=commit)
             self._new_job(commit.sha, commit.branch, priority=0)
@@ -206,6 +227,7 @@ class Scheduler:
 
     def branch_gone(self, branch: str) -> None:
         self.tips.pop(branch, None)
+        self.verdicts.pop(branch, None)
         self._effects.append(SaveTip(branch, None))
         self._publish("branch.deleted", message=branch)
 
@@ -399,6 +421,56 @@ class Scheduler:
         self._end_attempt(job, outcome, reason, job.finished_at)
         self._save(job)
         self._publish("job.finished", job=job, message=reason)
+        if state in VERDICTS:
+            self._judge(job, publish=True)
+
+    def _judge(self, job: p.JobInfo, publish: bool) -> None:
+        """Take ``job``'s verdict as its branch's, unless a newer commit of the branch has one already (jobs
+        finish out of order: an older commit's result says nothing about the branch now). A change from passed
+        to failed publishes ``branch.broken``, back ``branch.fixed``; a branch's first verdict publishes
+        nothing, and error and cancelled are no verdict on the code (tuici could not run it)."""
+        rank = self.commit_rank.get(job.commit, -1)
+        before = self.verdicts.get(job.branch)
+        if before is not None and rank < before.rank:
+            return
+        self.verdicts[job.branch] = Verdict(rank, job.id, job.commit, job.state)
+        if not publish or before is None or before.state == job.state:
+            return
+        broken = job.state == "failed"
+        was = "passed" if broken else "failed"
+        message = (f"{job.branch} {'fails' if broken else 'passes again'} at {job.commit[:10]} (job {job.id}); "
+                   f"it {was} at {before.commit[:10]} (job {before.job_id})")
+        self._publish("branch.broken" if broken else "branch.fixed", job=job, commit=self.commits.get(job.commit),
+                      message=message)
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(self, keep_days: float, keep_bytes: int) -> list[p.JobInfo]:
+        """The finished jobs whose logs retention deletes, oldest first: each that finished over ``keep_days``
+        ago, then the next oldest while the logs kept (running jobs' included) hold over ``keep_bytes``. Never a
+        queued or running job's. The caller deletes the files, then calls ``logs_deleted``."""
+        cutoff = self.clock.time() - keep_days * DAY
+        total, _ = self.kept_logs()
+        finished = sorted((j for j in self.jobs.values() if j.state in p.FINAL_STATES and not j.log_deleted),
+                          key=lambda j: (j.finished_at or j.queued_at, j.id))
+        pruned = []
+        for job in finished:
+            if (job.finished_at or job.queued_at) >= cutoff and total <= keep_bytes:
+                break  # this one and every younger one stay
+            total -= job.log_size
+            pruned.append(job)
+        return pruned
+
+    def logs_deleted(self, jobs: list[p.JobInfo]) -> None:
+        """Retention deleted these jobs' logs (finished jobs stay finished: nothing changed them meanwhile)."""
+        for job in jobs:
+            job.log_deleted = True
+            self._save(job)
+
+    def kept_logs(self) -> tuple[int, int]:
+        """(bytes, number) of the job logs not deleted by retention, as the job records count them."""
+        sizes = [j.log_size for j in self.jobs.values() if not j.log_deleted and j.log_size]
+        return sum(sizes), len(sizes)
 
     def _end_attempt(self, job: p.JobInfo, outcome: Outcome, reason: str, at: float) -> None:
         """End the job's latest attempt, unless it has ended already."""

@@ -19,8 +19,12 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from .. import localconfig
 from .. import wire as p
-from ..errors import AlreadyRunning
+from ..errors import AlreadyRunning, ConfigError
+from ..localconfig import LocalConfig
+from ..notify import Hook, Notification, notification_for
+from ..sizes import format_size
 from ..statedir import StateDir
 from ..store import JobTests, Store
 from . import scheduler as s
@@ -37,6 +41,7 @@ HELLO_TIMEOUT = 5.0  # seconds a new connection has to say hello (and over TLS, 
 # budget of failed handshakes, and while over MAX_PENDING connections (of one listening socket) wait for theirs.
 HELLO_TIMEOUT_SHORT = 1.0
 MAX_PENDING = 256
+GC_INTERVAL = 3600.0  # seconds between retention runs (the first is at start)
 
 
 @dataclass(eq=False)
@@ -163,6 +168,12 @@ class Dispatcher:
         self._lock_fd: int | None = None
         self._closing = False
         self.addresses: list[p.Address] = []
+        # The user's local settings (hook, retention), read at start; None if that file is broken: then neither
+        # runs, rather than retention with defaults the user meant to change.
+        self.config: LocalConfig | None = LocalConfig()
+        self.hook = Hook((), 0.0, logging.getLogger("tuici.notify"))
+        self._gc_lock = asyncio.Lock()
+        self.last_gc = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,6 +187,13 @@ class Dispatcher:
             raise AlreadyRunning(
                 f"a dispatcher is already running for {self.state.path} at {self.state.address()}"
             ) from None
+        try:
+            self.config = await asyncio.to_thread(localconfig.load, self.state)
+        except ConfigError as exc:
+            self.config = None
+            log.error("%s; retention and notify_command are off until it is fixed and the dispatcher restarted", exc)
+        if self.config is not None:
+            self.hook = Hook(self.config.notify_command, self.config.notify_timeout, self.hook.log)
         snap = await self.journal.open()
         self.sched.repo_url = self.sched.repo_url or snap.meta.get("repo_url", "")
         if self.sched.repo_url:
@@ -196,6 +214,7 @@ class Dispatcher:
         self.addresses.sort(key=lambda address: isinstance(address, p.TcpAddress))  # the Unix socket first
         self.state.write_addresses([str(address) for address in self.addresses])
         self._spawn(self._watch_heartbeats())
+        self._spawn(self._retain())
         log.info("dispatcher listening on %s (state %s)", ", ".join(map(str, self.addresses)), self.state.path)
 
     def _bind(self) -> list[socket.socket]:
@@ -218,6 +237,7 @@ class Dispatcher:
         for task in list(self._tasks) + list(self._handlers):
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self.hook.stop()
         await self.journal.close()
         await self.logs.stop()
         if self._lock_fd is not None:
@@ -237,7 +257,9 @@ class Dispatcher:
         for effect in self.sched.effects():
             match effect:
                 case s.Publish(kind, fields):
-                    self.journal.publish(kind, fields)
+                    notification = notification_for(self.journal.publish(kind, fields))
+                    if notification is not None:
+                        self._spawn(self._notify(notification))
                 case s.SaveJob(job):
                     self.journal.save_job(job)
                     self.status.jobs.changed(job.id)
@@ -283,6 +305,60 @@ class Dispatcher:
             await self.journal.durable()
             self.sched.drop_taken_back(runner)
             self._carry_out()
+
+    async def _notify(self, notification: Notification) -> None:
+        """Run the hook once the event is durable (as subscribers see it)."""
+        await self.journal.durable()
+        job_log = str(self.state.job_log(notification.job.id))
+        self.hook.submit(notification, notification.environment(self.sched.repo_url, job_log))
+
+    # ------------------------------------------------------------------ retention
+
+    async def _retain(self) -> None:
+        while True:
+            try:
+                await self.collect()
+            except Exception:  # a disk error, say: the next run tries again
+                log.exception("retention failed")
+            await asyncio.sleep(GC_INTERVAL)
+
+    async def collect(self) -> p.GcReply | p.Reply:
+        """Apply retention now: delete the job logs and events past ``keep_days`` and the oldest logs past
+        ``keep_bytes`` (never a queued or running job's), off the event loop; what that freed."""
+        config = self.config
+        if config is None:
+            return p.Reply(ok=False, message=f"{self.state.local_config} is not valid (the dispatcher's log says "
+                                             "why): retention is off until it is fixed and the dispatcher restarted")
+        async with self._gc_lock:
+            jobs = self.sched.prune(config.keep_days, config.keep_bytes)
+            ids = [job.id for job in jobs]
+            # The files first: a dispatcher that dies in between has records that still count them (the next run
+            # deletes them again, missing files skipped), never files that no record counts.
+            freed = await self.logs.delete(ids) if ids else 0
+            self.sched.logs_deleted(jobs)
+            self._carry_out()
+            if ids:
+                await self.journal.store.run(self.journal.store.forget_jobs, ids)
+            events = 0
+            if config.keep_days < float("inf"):
+                events = await self.journal.prune_events(self.sched.clock.time() - config.keep_days * s.DAY)
+            self.last_gc = self.sched.clock.time()
+            if ids or events:
+                message = f"deleted {len(ids)} job logs ({format_size(freed)}) and {events} events"
+                log.info("retention: %s", message)
+                self.journal.publish("history.pruned", {"message": message})
+            return p.GcReply(logs=len(ids), log_bytes=freed, events=events, history=await self.history())
+
+    async def history(self) -> p.History:
+        """What the history takes, and the retention in force (none, keep_bytes 0, while the settings are bad)."""
+        log_bytes, logs = self.sched.kept_logs()
+        config = self.config
+        keep_days = config.keep_days if config is not None and config.keep_days < float("inf") else 0.0
+        return p.History(
+            logs=logs, log_bytes=log_bytes, db_bytes=await self.journal.store.run(self.journal.store.size),
+            keep_days=keep_days, keep_bytes=config.keep_bytes if config is not None else 0,
+            events_from=self.journal.pruned_through + 1, last_gc=self.last_gc,
+        )
 
     def _wake_subscribers(self) -> None:
         for sub in self.subscribers:
@@ -464,13 +540,17 @@ class Dispatcher:
                 await self._stream(conn, msg)
                 return
             if isinstance(msg, p.StatusRequest) and msg.as_json:
-                document = self.status.json(self.journal.seq, msg.limit)
+                history = await self.history()
+                document = self.status.json(self.journal.seq, msg.limit, history)
                 for start in range(0, len(document), p.OUTPUT_CHUNK):
                     end = start + p.OUTPUT_CHUNK
                     conn.send_nowait(p.StatusJson(data=document[start:end], more=end < len(document)))
                 await conn.writer.drain()
             elif isinstance(msg, p.StatusRequest):
-                await conn.send(self.status.reply(self.journal.seq, msg.limit))
+                history = await self.history()
+                await conn.send(self.status.reply(self.journal.seq, msg.limit, history))
+            elif isinstance(msg, p.GcRequest):
+                await conn.send(await self.collect())
             elif isinstance(msg, p.RerunRequest):
                 reply = self.sched.rerun(msg.commit)
                 self._carry_out()
@@ -501,7 +581,15 @@ class Dispatcher:
         try:
             while not closed.done():
                 sub.wake.clear()
-                events = await self.journal.events_after(sub.cursor)
+                deleted = sub.cursor < self.journal.pruned_through
+                events = [] if deleted else await self.journal.events_after(sub.cursor)
+                if deleted or events and events[0].seq != sub.cursor + 1:
+                    # Retention deleted events this subscriber has not seen (it resumed from before them, or fell
+                    # that far behind): the state as it is now, instead of a gap. (Events are numbered one by one.)
+                    history = await self.history()
+                    sub.cursor = self.journal.seq
+                    conn.send_nowait(self.status.reply(sub.cursor, 0, history))
+                    continue
                 for event in events:
                     conn.send_nowait(event)
                     sub.cursor = event.seq

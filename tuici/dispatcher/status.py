@@ -51,7 +51,7 @@ class Status:
         self.jobs = JsonPrefix(lambda j: j.state in p.FINAL_STATES)
         self.attempts = JsonPrefix(lambda a: a.ended_at is not None)
 
-    def reply(self, last_seq: int, limit: int) -> p.StatusReply:
+    def reply(self, last_seq: int, limit: int, history: p.History) -> p.StatusReply:
         sched = self.sched
         jobs = list(sched.jobs.values())
         if limit:
@@ -62,18 +62,18 @@ class Status:
         return p.StatusReply(
             repo_url=sched.repo_url, last_seq=last_seq, commits=commits, jobs=jobs,
             runners=[r.info for r in sched.runners.values()],
-            attempts=[a for a in sched.attempts.values() if a.job_id in ids],
+            attempts=[a for a in sched.attempts.values() if a.job_id in ids], history=history,
         )
 
-    def json(self, last_seq: int, limit: int) -> bytes:
+    def json(self, last_seq: int, limit: int, history: p.History) -> bytes:
         """``reply`` as the JSON document `status --json` prints; the long lists mostly from ``JsonPrefix``."""
         if limit:
-            return p.to_json_bytes(self.reply(last_seq, limit))
+            return p.to_json_bytes(self.reply(last_seq, limit, history))
         sched = self.sched
         # Each list goes in as one msgspec.Raw (a JSON array), which the encoder copies in as it is.
         # (typed as the lists they encode to: msgspec writes a Raw wherever a value goes)
         return p.to_json_bytes(p.StatusReply(
             repo_url=sched.repo_url, last_seq=last_seq, commits=cast(Any, self.commits.array(sched.commits)),
             jobs=cast(Any, self.jobs.array(sched.jobs)), runners=[r.info for r in sched.runners.values()],
-            attempts=cast(Any, self.attempts.array(sched.attempts)),
+            attempts=cast(Any, self.attempts.array(sched.attempts)), history=history,
         ))

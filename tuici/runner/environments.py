@@ -44,15 +44,6 @@ def find_uv() -> str | None:
         return shutil.which("uv")
 
 
-def parse_size(text: str) -> int:
-    """``10G``, ``500M``, ``123456``: bytes."""
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    factor = units.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in units else text
-    return int(float(number) * factor)
-
-
 @dataclass(frozen=True)
 class EnvSpec:
     repo: str

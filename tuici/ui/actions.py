@@ -34,12 +34,11 @@ class Action:
     def palette_title(self) -> str:
         return self.title or self.description
 
-    @property
-    def key_label(self) -> str:
-        """The keys as the help screen shows them."""
+    def key_label(self, keys: str | None = None) -> str:
+        """The keys (``keys`` if a keymap rebinds them) as the help screen shows them."""
         names = {"slash": "/", "question_mark": "?", "shift+tab": "shift+tab", "pageup": "PgUp",
                  "pagedown": "PgDn"}
-        return " / ".join(names.get(key, key) for key in self.keys.split(","))
+        return " / ".join(names.get(key, key) for key in (keys or self.keys).split(","))
 
 
 ACTIONS: tuple[Action, ...] = (
@@ -63,6 +62,13 @@ ACTIONS: tuple[Action, ...] = (
     Action("help", "question_mark", "help", "Help", "List every key.", key_display="?"),
     Action("quit", "q", "quit", "Quit",
            "Quit, stopping every process this control center started (it asks first if jobs are running)."),
+    # Last in the footer, which a narrow terminal cuts: Help and Quit stay in sight.
+    Action("copy-sha", "y", "copy_sha", "Copy sha", "Copy the selected commit's full sha to the clipboard.",
+           title="Copy commit sha"),
+    Action("open-pager", "o", "open_pager", "Pager",
+           "Open the selected job's output in $PAGER (default less -R); quitting it comes back here.",
+           title="Open output in pager"),
+    # t is kept for the Tests view.
     Action("next-panel", "tab", "app.focus_next", "Next panel", "Move to the next panel.", scope="screen"),
     Action("previous-panel", "shift+tab", "app.focus_previous", "Previous panel", "Move to the previous panel.",
            scope="screen"),
@@ -85,6 +91,13 @@ ACTIONS: tuple[Action, ...] = (
     Action("log-page-up", "pageup", "page_up", "Page up", "Scroll up a page.", scope="log", show=False),
     Action("log-top", "home,g", "scroll_top", "Top", "Go to the first line.", scope="log", show=False),
     Action("log-end", "end,G", "follow", "End", "Go to the last line and follow.", scope="log", show=False),
+    Action("search-output", "slash", "search", "Search",
+           "Search the output: matches are highlighted, Enter goes to the first below (lower case matches any "
+           "case). Escape clears it.", scope="log", key_display="/"),
+    Action("next-match", "n", "next_match", "Next match", "Go to the next line that matches the search.",
+           scope="log", show=False),
+    Action("previous-match", "N", "previous_match", "Previous match",
+           "Go to the previous line that matches the search.", scope="log", show=False),
 )
 
 

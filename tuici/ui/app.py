@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import shlex
+import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
 from .. import wire as p
+from ..notify import Notification
+from ..sanitize import StreamCleaner
 from . import themes
 from .actions import bindings_for, palette_actions
 from .backend import Backend, BackendError
@@ -71,9 +77,11 @@ class ControlCenter(App[None]):
         clock: Callable[[], float] = time.time,
         theme_dirs: list[Path] | None = None,
         warnings: Iterable[str] = (),
+        bell: bool = True,
     ):
         super().__init__()
         self.backend = backend
+        self.bell_on = bell  # ring the terminal bell when a branch breaks or is fixed (``notify`` in config.toml)
         self.clock = clock
         self.model = Model()
         self.pending: list[Update | ProcessEvent] = []
@@ -85,20 +93,22 @@ class ControlCenter(App[None]):
         self._quitting = False
         self._remember_theme = False
         backend.on_process_event = lambda kind, name, message: self.receive(ProcessEvent(kind, name, message))
-        self._setup_themes(theme, themes.theme_dirs() if theme_dirs is None else theme_dirs)
+        try:
+            self.settings = load_settings()
+        except SettingsError as exc:
+            self.warnings.append(f"Settings ignored: {exc}")
+            self.settings = Settings()
+        self.warnings += [f"Key binding ignored: {problem}" for problem in self.settings.problems]
+        self.set_keymap(self.settings.keymap)
+        self._setup_themes(theme, self.settings.theme, themes.theme_dirs() if theme_dirs is None else theme_dirs)
 
     # ------------------------------------------------------------------ themes
 
-    def _setup_themes(self, requested: str | None, dirs: list[Path]) -> None:
+    def _setup_themes(self, requested: str | None, saved: str | None, dirs: list[Path]) -> None:
         loaded, problems = themes.load_themes(dirs)
         self.warnings += problems
         for theme in loaded:
             self.register_theme(theme)
-        try:
-            saved = load_settings().theme
-        except SettingsError as exc:
-            self.warnings.append(f"Settings ignored: {exc}")
-            saved = None
         default = themes.DEFAULT_THEME if themes.DEFAULT_THEME in self.available_themes else "textual-dark"
         for name, origin in ((requested, "--theme"), (saved, "the saved setting")):
             if name is None:
@@ -213,6 +223,8 @@ class ControlCenter(App[None]):
                                 timeout=3600, markup=False)
             else:
                 self._announce(update)
+        for alert in self.model.take_alerts():
+            self._alert(alert)
         changes = self.model.take_changes()
         if not changes:
             if pending:
@@ -239,6 +251,13 @@ class ControlCenter(App[None]):
                         markup=False)
         elif event.kind == "process.restarted":
             self.notify(f"{event.name} is back: {event.message}", title="Process restarted", markup=False)
+
+    def _alert(self, notification: Notification) -> None:
+        """A branch broke or was fixed: a toast, and the bell (to be heard from another window)."""
+        self.notify(notification.body, title=notification.title, markup=False, timeout=15,
+                    severity="error" if notification.kind == "broken" else "information")
+        if self.bell_on:
+            self.bell()
 
     def _tick(self) -> None:
         """Time moves on: ages and durations, heartbeats, and processes that start and stop unannounced."""
@@ -451,6 +470,38 @@ class ControlCenter(App[None]):
             self.log_view.go_to_line(line)
         self.run_worker(find(), group="log-find", exclusive=True)
 
+    def action_copy_sha(self) -> None:
+        sha = self.selected_commit()
+        if sha is None:
+            self.notify("No commit selected.", severity="warning")
+            return
+        self.copy_to_clipboard(sha)
+        self.notify(f"Copied {sha} to the clipboard.", markup=False)
+
+    def action_open_pager(self) -> None:
+        """The selected job's output in $PAGER, cleaned of every escape sequence but colour (what any pager may
+        safely show), with the app suspended meanwhile (Textual's way: it waits for the pager)."""
+        job = self.selected_job()
+        if job is None:
+            self.notify("No job for this selection yet.", severity="warning")
+            return
+        if job.log_deleted:
+            self.notify(f"Job {job.id}'s output was deleted by retention.", severity="warning")
+            return
+        try:
+            pager = shlex.split(os.environ.get("PAGER") or "less -R")
+        except ValueError as exc:
+            self.notify(f"Cannot read $PAGER: {exc}", severity="error", markup=False)
+            return
+        problem = None
+        try:
+            with self.suspend():
+                problem = _page(pager or ["less", "-R"], self.backend.job_log(job.id))
+        except SuspendNotSupported:
+            problem = "this terminal cannot suspend the app"
+        if problem:
+            self.notify(f"Could not open the pager: {problem}", severity="error", markup=False)
+
     def action_follow(self) -> None:
         self.log_view.action_follow()
 
@@ -461,7 +512,7 @@ class ControlCenter(App[None]):
             self.commits.open_filter()
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.settings.keymap))
 
     async def action_quit(self) -> None:
         """Quit; when that would stop running jobs, ask first."""
@@ -504,6 +555,39 @@ class ControlCenter(App[None]):
         for action in palette_actions():
             if action.action != "quit":  # Textual's own Quit entry calls our action_quit
                 yield SystemCommand(action.palette_title, action.help, partial(self.run_action, action.action))
+
+
+def _page(pager: list[str], path: Path) -> str | None:
+    """Run ``pager`` on the log at ``path``, fed to it through a pipe, cleaned; what went wrong, if anything."""
+    try:
+        proc = subprocess.Popen(pager, stdin=subprocess.PIPE)
+    except OSError as exc:
+        return f"{pager[0]}: {exc.strerror or exc}"
+    assert proc.stdin is not None
+    stdin = proc.stdin
+
+    def feed() -> None:
+        cleaner = StreamCleaner()
+        try:
+            with open(path, "rb") as log:
+                while chunk := log.read(1 << 20):
+                    stdin.write(cleaner.feed(chunk).encode())
+            stdin.write(cleaner.feed(b"", final=True).encode())
+        except FileNotFoundError:
+            stdin.write(b"(no output stored for this job yet)\n")
+        except (BrokenPipeError, OSError):
+            pass  # the pager quit before reading it all
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    feeder = threading.Thread(target=feed, name="tuici-pager", daemon=True)
+    feeder.start()
+    proc.wait()
+    feeder.join()
+    return None
 
 
 def _freeze_heap() -> None:

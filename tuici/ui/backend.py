@@ -61,8 +61,9 @@ class Backend(ABC):
     async def status(self, limit: int = 0) -> p.StatusReply: ...
 
     @abstractmethod
-    def events(self, after_seq: int) -> AsyncIterator[p.Event]:
-        """Every event after ``after_seq``, then live ones, until the connection drops."""
+    def events(self, after_seq: int) -> AsyncIterator[p.Event | p.StatusReply]:
+        """Every event after ``after_seq``, then live ones, until the connection drops; a status first when
+        retention deleted some of those events (see ``Control.subscribe``)."""
 
     @abstractmethod
     async def rerun(self, sha: str) -> p.Reply: ...
@@ -239,10 +240,10 @@ class LiveBackend(Backend):
         self._first_status.set()
         return reply
 
-    async def events(self, after_seq: int) -> AsyncIterator[p.Event]:
+    async def events(self, after_seq: int) -> AsyncIterator[p.Event | p.StatusReply]:
         try:
             async for message in self.control.subscribe(after_seq=after_seq):
-                if isinstance(message, p.Event):
+                if isinstance(message, (p.Event, p.StatusReply)):
                     yield message
         except p.RefusedError as exc:
             raise BackendError(f"the dispatcher refused this control center: {exc}", exc.permanent) from None

@@ -66,9 +66,13 @@ class Feed:
             if self.cursor is None:
                 self.cursor = status.last_seq  # the snapshot holds everything before it
             self.deliver(Connection("connected"))
-            async for event in self.backend.events(self.cursor):
-                self.cursor = event.seq
-                self.deliver(event)
+            async for message in self.backend.events(self.cursor):
+                if isinstance(message, p.StatusReply):  # events after the cursor were deleted: the state now
+                    self.cursor = message.last_seq
+                    self.deliver(Snapshot(message))
+                else:
+                    self.cursor = message.seq
+                    self.deliver(message)
         except BackendError as exc:
             if exc.permanent:
                 raise

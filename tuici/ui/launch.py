@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Iterable
 
 from .. import config as cfg
-from ..errors import CommandError
+from .. import localconfig
+from ..errors import CommandError, ConfigError
 from ..statedir import StateDir, find_git_dir
 from ..supervisor import kill_descendants
 from .backend import LiveBackend
@@ -38,19 +39,26 @@ def run_app(repo: str, runners: int, theme: str | None, sandbox: str = "auto") -
     top, git_dir = find_git_dir(repo)
     if runners < 0:
         raise CommandError("--runners must be 0 or more")
-    problem = config_problem(top)
-    backend = LiveBackend(top, StateDir.in_git_dir(git_dir), runners, runner_args=["--sandbox", sandbox])
-    open_control_center(backend, theme, [problem] if problem else [])
+    warnings = [problem] if (problem := config_problem(top)) else []
+    state = StateDir.in_git_dir(git_dir)
+    try:
+        bell = localconfig.load(state).notify
+    except ConfigError as exc:
+        warnings.append(f"{exc}. Retention and notify_command are off until it is fixed.")
+        bell = True
+    backend = LiveBackend(top, state, runners, runner_args=["--sandbox", sandbox])
+    open_control_center(backend, theme, warnings, bell=bell)
 
 
-def open_control_center(backend: LiveBackend, theme: str | None, warnings: Iterable[str] = ()) -> None:
+def open_control_center(backend: LiveBackend, theme: str | None, warnings: Iterable[str] = (),
+                        bell: bool = True) -> None:
     """Launch ``backend``'s engine, then run the app on it until it quits; nothing it started outlives it."""
     async def run() -> None:
         try:
             await backend.launch()
             from .app import ControlCenter  # the long import, while the engine starts
 
-            await ControlCenter(backend, theme=theme, warnings=warnings).run_async()
+            await ControlCenter(backend, theme=theme, warnings=warnings, bell=bell).run_async()
         finally:
             await backend.stop()  # the app stops it when it quits; this is for a failure before or in it
 

@@ -8,6 +8,7 @@ worker thread, never from the UI thread.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from array import array
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from rich.cells import cell_len
 from rich.text import Text
 
-from ..sanitize import clean
+from ..sanitize import SEQUENCES_BYTES, clean
 
 STRIDE = 64  # lines per block
 SCAN_CHUNK = 8 << 20  # bytes read per step while indexing
@@ -25,6 +27,18 @@ SCAN_BUDGET = 32 << 20  # bytes indexed per call, so a huge log shows progress a
 MAX_BLOCK_BYTES = 4 << 20  # a block of absurdly long lines is cut here
 MAX_LINE_BYTES = 8192  # a line is shown up to here
 _BLOCK = re.compile(rb"(?:[^\n]*\n){%d}" % STRIDE)
+# Bytes that a line is not shown as, once escape sequences are out: controls (carriage returns, tabs), C1 ones.
+_SHOWN_OTHERWISE = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
+
+
+@dataclass(frozen=True)
+class Match:
+    """A line the search found: its number, where in it the match starts (in cells), and whether the search
+    went round the end of the log to find it."""
+
+    line: int
+    column: int
+    wrapped: bool
 
 
 @dataclass(frozen=True)
@@ -102,15 +116,59 @@ class LogIndex:
 
     def read_block(self, block: int) -> list[Text]:
         """The lines of block ``block`` as indexed so far, safe to display."""
+        return [display_line(raw) for raw in self._raw_lines(self._block_bytes(block), block)]
+
+    def _block_bytes(self, block: int) -> bytes:
         if self._fh is None or block >= len(self._checkpoints):
-            return []
+            return b""
         start = self._checkpoints[block]
         end = self._checkpoints[block + 1] if block + 1 < len(self._checkpoints) else self._size
-        count = min(STRIDE, self.state.lines - block * STRIDE)
-        data = os.pread(self._fh.fileno(), min(end - start, MAX_BLOCK_BYTES), start)
+        return os.pread(self._fh.fileno(), min(end - start, MAX_BLOCK_BYTES), start)
+
+    def _raw_lines(self, data: bytes, block: int) -> list[bytes]:
+        count = max(0, min(STRIDE, self.state.lines - block * STRIDE))
         raw_lines = data.split(b"\n")[:count]
-        raw_lines += [b""] * (count - len(raw_lines))  # a block cut at MAX_BLOCK_BYTES
-        return [display_line(raw) for raw in raw_lines]
+        return raw_lines + [b""] * (count - len(raw_lines))  # a block cut at MAX_BLOCK_BYTES
+
+    def find(self, needle: str, start: int, forward: bool = True) -> Match | None:
+        """The first line after ``start`` (before it, backwards) whose text as shown contains ``needle``,
+        wrapping around the end; lower-case text matches any case, text with a capital only itself. A block
+        of lines is decoded only when its bytes may hold the needle."""
+        total = self.state.lines
+        if not needle or not total:
+            return None
+        fold = needle == needle.lower()
+        key = needle.lower() if fold else needle
+        # Bytes can rule a block out only if the needle is ASCII (bytes.lower() folds ASCII only) and nothing
+        # in the block is shown other than it is written.
+        raw = key.encode() if key.isascii() else None
+        if forward:
+            order = itertools.chain(range(start + 1, total), range(0, min(start + 1, total)))
+        else:
+            order = itertools.chain(range(min(start, total) - 1, -1, -1), range(total - 1, max(start, 0) - 1, -1))
+        block, texts = -1, None
+        for number in order:
+            here, row = divmod(number, STRIDE)
+            if here != block:
+                block, texts = here, self._searchable(here, raw, fold)
+            if texts is None or row >= len(texts):
+                continue
+            text = texts[row].lower() if fold else texts[row]
+            column = text.find(key)
+            if column >= 0:
+                wrapped = number <= start if forward else number >= start
+                return Match(number, cell_len(texts[row][:column]), wrapped)
+        return None
+
+    def _searchable(self, block: int, raw: bytes | None, fold: bool) -> list[str] | None:
+        """The block's lines as shown, unless its bytes show that none holds ``raw``: with escape sequences
+        taken out (colour, mostly), bytes show as they are but for controls (carriage returns, tabs)."""
+        data = self._block_bytes(block)
+        if raw is not None:
+            bare = SEQUENCES_BYTES.sub(b"", data) if b"\x1b" in data else data
+            if raw not in (bare.lower() if fold else bare) and not _SHOWN_OTHERWISE.search(bare):
+                return None
+        return [plain_line(line) for line in self._raw_lines(data, block)]
 
     def close(self) -> None:
         if self._fh is not None:
@@ -136,14 +194,23 @@ def find_line(path: Path, pattern: re.Pattern[str]) -> int | None:
     return None
 
 
-def display_line(raw: bytes) -> Text:
-    """One line of test output as it would look in a terminal, without anything but colour."""
+def _last_state(raw: bytes) -> str:
     raw = raw[:MAX_LINE_BYTES]
     if raw.endswith(b"\r"):
         raw = raw[:-1]
     if b"\r" in raw:  # a progress bar redrawn in place: show its last state
         raw = raw[raw.rfind(b"\r") + 1:]
-    text = clean(raw.decode("utf-8", errors="replace"))
+    return raw.decode("utf-8", errors="replace")
+
+
+def display_line(raw: bytes) -> Text:
+    """One line of test output as it would look in a terminal, without anything but colour."""
+    text = clean(_last_state(raw))
     line = Text.from_ansi(text) if "\x1b" in text else Text(text)
     line.expand_tabs(8)
     return line
+
+
+def plain_line(raw: bytes) -> str:
+    """``display_line(raw).plain``, without making the styled text (what a search looks through)."""
+    return clean(_last_state(raw), colour=False).expandtabs(8)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from .. import wire as p
+from ..notify import Notification, notification_for
 from ..sanitize import one_line
 
 
@@ -49,6 +50,7 @@ class Model:
         self.last_seq = 0
         self.loaded = False
         self.changes = Changes()
+        self.alerts: list[Notification] = []  # branches broken or fixed since the app last looked
         self._snapshot_seq = 0  # events up to here are already reflected in the last snapshot
 
     # ------------------------------------------------------------------ input
@@ -85,6 +87,9 @@ class Model:
             return
         if event.seq <= self._snapshot_seq:
             return
+        notification = notification_for(event)
+        if notification is not None:
+            self.alerts.append(notification)
         if event.commit is not None:
             self._upsert_commit(event.commit)
         if event.job is not None:
@@ -107,6 +112,10 @@ class Model:
     def take_changes(self) -> Changes:
         changes, self.changes = self.changes, Changes()
         return changes
+
+    def take_alerts(self) -> list[Notification]:
+        alerts, self.alerts = self.alerts, []
+        return alerts
 
     # ------------------------------------------------------------------ queries
 

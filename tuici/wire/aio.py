@@ -230,13 +230,16 @@ class Control:
                     raise
                 await asyncio.sleep(0.2)
 
-    async def subscribe(self, after_seq: int = 0, output: bool = False) -> AsyncIterator[Event | JobOutput]:
-        """Events after ``after_seq`` (and live output if asked), until the connection drops."""
+    async def subscribe(self, after_seq: int = 0,
+                        output: bool = False) -> AsyncIterator[Event | JobOutput | StatusReply]:
+        """Events after ``after_seq`` (and live output if asked), until the connection drops. When retention
+        deleted some of those events, a ``StatusReply`` comes first: the state as it is, the events after its
+        ``last_seq`` follow."""
         conn = await self._connect()
         try:
             await conn.send(Subscribe(after_seq=after_seq, output=output))
             while (msg := await conn.recv()) is not None:
-                if isinstance(msg, (Event, JobOutput)):
+                if isinstance(msg, (Event, JobOutput, StatusReply)):
                     yield msg
         finally:
             await conn.close()

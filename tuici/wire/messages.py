@@ -12,7 +12,9 @@ import msgspec
 
 # Bumped whenever a message changes shape in a way the other side's decoder would refuse; the dispatcher refuses
 # a hello of another version. 2: ``Refused.permanent``. 3: test cases (``TestCases``, the tests, history and
-# flaky requests, the jobs' ``failed_tests`` and ``flaky_tests``).
+# flaky requests, the jobs' ``failed_tests`` and ``flaky_tests``); branch and history events,
+# ``JobInfo.log_deleted``, ``StatusReply.history``, ``gc``, and a ``StatusReply`` in an event stream that resumed
+# past deleted events.
 PROTOCOL_VERSION = 3
 
 Role = Literal["runner", "observer", "control"]
@@ -23,10 +25,13 @@ FINAL_STATES = frozenset({"passed", "failed", "error", "cancelled"})
 AttemptOutcome = Literal["", "passed", "failed", "error", "cancelled", "lost", "timeout"]
 # What a supervisor reports about its processes (and the dispatcher publishes as events of the same kind).
 NoticeKind = Literal["process.started", "process.exited", "process.restarted", "process.stopped"]
+# branch.broken/fixed: a branch's verdict changed (its newest tested commit failed where the one before passed,
+# or the other way); history.pruned: retention deleted old job logs and events.
 EventKind = Literal[
-    "commit.seen", "branch.deleted",
+    "commit.seen", "branch.deleted", "branch.broken", "branch.fixed",
     "job.queued", "job.started", "job.finished", "job.requeued",
     "runner.joined", "runner.idle", "runner.lost", "runner.left",
+    "history.pruned",
     NoticeKind,
 ]
 
@@ -96,6 +101,7 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
     env_reused: bool = False  # whether that environment was reused rather than made for this job
     failed_tests: list[str] = []  # the first MAX_LISTED_TESTS tests that failed (or erred)
     flaky_tests: list[str] = []  # the first MAX_LISTED_TESTS that failed, then passed when retried
+    log_deleted: bool = False  # retention deleted its log (``log_size`` still says how much it printed)
 
 
 class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -350,13 +356,29 @@ class StatusJson(_Msg, tag="status_json"):
     more: bool = False  # another piece follows
 
 
+class History(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """What the kept history takes, and what retention keeps (see ``localconfig``)."""
+
+    logs: int = 0  # job logs kept
+    log_bytes: int = 0  # their size
+    db_bytes: int = 0  # the database, with its write-ahead log
+    keep_days: float = 0.0
+    keep_bytes: int = 0
+    events_from: int = 0  # the oldest event kept (its number); those before it were deleted
+    last_gc: float = 0.0  # when retention last ran
+
+
 class StatusReply(_Msg, tag="status_reply"):
+    """The whole state at event ``last_seq``. Also sent in an event stream, first, when the events after the
+    subscriber's cursor were deleted by retention: the stream goes on after ``last_seq``."""
+
     repo_url: str
     last_seq: int
     commits: list[CommitInfo]
     jobs: list[JobInfo]
     runners: list[RunnerInfo]
     attempts: list[AttemptInfo] = []
+    history: History = msgspec.field(default_factory=History)
 
 
 class TestsRequest(_Msg, tag="tests"):
@@ -410,6 +432,17 @@ class CancelRequest(_Msg, tag="cancel"):
     job_id: int
 
 
+class GcRequest(_Msg, tag="gc"):
+    """Apply retention now (it also runs at start and every hour)."""
+
+
+class GcReply(_Msg, tag="gc_reply"):
+    logs: int  # job logs deleted
+    log_bytes: int  # bytes they held
+    events: int  # events deleted
+    history: History  # what is kept now
+
+
 class Notice(_Msg, tag="notice"):
     """A supervisor telling the dispatcher what happened to a process, to publish as an event."""
 
@@ -428,8 +461,8 @@ Message = Union[
     Hello, Welcome, Refused,
     CommitsSeen, BranchGone, TipsAck,
     Heartbeat, Bye, Assign, CancelJob, Output, TestCases, JobResult, ResultAck,
-    Subscribe, Event, JobOutput, StatusRequest, StatusReply, StatusJson, RerunRequest, CancelRequest, Notice, Reply,
-    TestsRequest, TestsReply, HistoryRequest, HistoryReply, FlakyRequest, FlakyReply,
+    Subscribe, Event, JobOutput, StatusRequest, StatusReply, StatusJson, RerunRequest, CancelRequest, GcRequest,
+    GcReply, Notice, Reply, TestsRequest, TestsReply, HistoryRequest, HistoryReply, FlakyRequest, FlakyReply,
 ]
 
 _json_encoder = msgspec.json.Encoder()

@@ -7,13 +7,13 @@ from typing import Callable
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Input
 
 from ..formatting import age, job_badge, job_duration, short_sha, test_counts
 from ..model import Changes, Model
+from .inputs import ClearableInput
 from .table import Cell, Column, RecordTable
 
 COLUMNS = (
@@ -59,14 +59,6 @@ class CommitFilter:
                 and all(w in text for w in self.words))
 
 
-class FilterInput(Input):
-    BINDINGS = [Binding("escape", "clear", "Clear filter", show=False)]
-
-    def action_clear(self) -> None:
-        self.value = ""
-        self.post_message(self.Submitted(self, self.value))
-
-
 class CommitsPanel(Vertical):
     def __init__(self, model: Model, clock: Callable[[], float], repo_name: str, *, id: str | None = None):
         super().__init__(id=id)
@@ -77,7 +69,7 @@ class CommitsPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         yield RecordTable(COLUMNS, self._cells, "No commits yet: commit to a watched branch.", id="commits-table")
-        yield FilterInput(placeholder="text, branch:NAME, author:NAME (Enter keeps it, Escape clears)",
+        yield ClearableInput(placeholder="text, branch:NAME, author:NAME (Enter keeps it, Escape clears)",
                           id="commits-filter")
 
     def on_mount(self) -> None:
@@ -122,14 +114,14 @@ class CommitsPanel(Vertical):
 
     def _update_title(self) -> None:
         shown, total = len(self.table.keys), len(self.model.commits)
-        query = self.query_one(FilterInput).value.strip()
+        query = self.query_one(ClearableInput).value.strip()
         self.border_title = Content.assemble("Commits · ", (self.repo_name, "italic"))
         self.border_subtitle = Content.assemble(f"filter “{query}”: {shown} of {total}") if query else f"{total}"
 
     # ------------------------------------------------------------------ filtering
 
     def open_filter(self) -> None:
-        box = self.query_one(FilterInput)
+        box = self.query_one(ClearableInput)
         box.display = True
         box.focus()
 

@@ -4,6 +4,8 @@
 screen, reading their block of the file through a ``LogIndex`` on a thread of its own,
 so a log of a million lines opens at once and memory stays bounded however much a job
 prints. Following is on while the view is at the bottom and off once the user scrolls up.
+``/`` searches it: matches are highlighted in the lines drawn (only those on screen), and
+the next or previous matching line is found by the index, on its thread.
 """
 
 from __future__ import annotations
@@ -13,21 +15,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.cache import LRUCache
 from textual.containers import Vertical
 from textual.content import Content
 from textual.geometry import Size
+from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widgets import Input
 
 from ... import wire as p
 from ..actions import bindings_for
 from ..formatting import job_badge, short_sha
-from ..logindex import STRIDE, IndexState, LogIndex
+from ..logindex import STRIDE, IndexState, LogIndex, Match
+from .inputs import ClearableInput
 
 POLL_INTERVAL = 0.1  # how often a live log is checked for more output
 CACHED_BLOCKS = 32  # blocks of STRIDE lines kept in memory: dozens of screens; more costs memory and GC time
@@ -41,15 +48,27 @@ class _Block:
 
 class LogView(ScrollView, can_focus=True):
     BINDINGS = bindings_for("log")
-    COMPONENT_CLASSES = {"log-view--placeholder"}
+    COMPONENT_CLASSES = {"log-view--placeholder", "log-view--match", "log-view--current-match"}
     DEFAULT_CSS = """
     LogView {
         scrollbar-size-vertical: 1;
         & > .log-view--placeholder { color: $text-muted; text-style: italic; }
+        & > .log-view--match { background: $warning-muted; color: $foreground; }
+        & > .log-view--current-match { background: $warning; color: $background; text-style: bold; }
     }
     """
 
     follow: reactive[bool] = reactive(True)
+
+    class SearchRequested(Message):
+        """``/`` was pressed: the panel asks what to search for."""
+
+    class SearchMoved(Message):
+        """A search (n, N, Enter) ended: on ``match``, or nothing matched."""
+
+        def __init__(self, match: Match | None):
+            super().__init__()
+            self.match = match
 
     def __init__(self, *, id: str | None = None):
         super().__init__(id=id)
@@ -66,6 +85,9 @@ class LogView(ScrollView, can_focus=True):
         self._width = 0
         self._auto_scrolling = False
         self._target: int | None = None  # a line to show at the top once the index reaches it
+        self.search = ""  # the text searched for ("" for none): lower case matches any case
+        self.match: Match | None = None  # the line the last search went to
+        self._finding = False
 
     def on_mount(self) -> None:
         self.set_interval(POLL_INTERVAL, self._poll)
@@ -88,8 +110,8 @@ class LogView(ScrollView, can_focus=True):
 
     @property
     def settled(self) -> bool:
-        """Nothing is being indexed or read right now (tests wait for this before a screenshot)."""
-        return not (self._scanning or self._loading)
+        """Nothing is being indexed, read or searched right now (tests wait for this before a screenshot)."""
+        return not (self._scanning or self._loading or self._finding)
 
     def open(self, path: Path, live: bool) -> None:
         """Show the log at ``path`` from its end, following it while ``live``."""
@@ -99,6 +121,7 @@ class LogView(ScrollView, can_focus=True):
         self._live = live
         self._target = None
         self._width = 0
+        self.match = None
         self._apply(IndexState())
         self.follow = True
         self.refresh()
@@ -216,6 +239,76 @@ class LogView(ScrollView, can_focus=True):
         self.follow = True
         self._scroll_to_end()
 
+    # ------------------------------------------------------------------ searching
+
+    def action_search(self) -> None:
+        self.post_message(self.SearchRequested())
+
+    def action_next_match(self) -> None:
+        self.find(forward=True)
+
+    def action_previous_match(self) -> None:
+        self.find(forward=False)
+
+    def set_search(self, text: str) -> None:
+        """Highlight ``text`` from now on (none for ""); the next ``find`` starts from the view."""
+        if text != self.search:
+            self.search = text
+            self.match = None
+            self._forget_drawn_lines()
+
+    def find(self, forward: bool) -> None:
+        """Go to the next (or previous) line that matches, after the last match or else from the view."""
+        if not self.search:
+            self.notify("Nothing to search for: press / and type.", severity="warning")
+            return
+        if self._index is None or self._finding:
+            return
+        if self.match is not None:
+            start = self.match.line
+        else:  # the first match at or below the top of the view (at or above its bottom, backwards)
+            start = int(self.scroll_y) - 1 if forward else int(self.scroll_y) + self.scrollable_content_region.height
+        self._finding = True
+        self.run_worker(self._find(self._index, self.search, start, forward), group="log-find")
+
+    async def _find(self, index: LogIndex, needle: str, start: int, forward: bool) -> None:
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(self._executor, index.find, needle, start,
+                                                                     forward)
+        except OSError as exc:
+            self.notify(f"Cannot search {index.path}: {exc}", severity="error", markup=False)
+            return
+        finally:
+            self._finding = False
+        if index is not self._index or needle != self.search:
+            return  # another log, or another search, meanwhile
+        self.match = found
+        if found is not None:
+            if found.column + cell_len(needle) > self._width:  # its line may not be read yet: room to scroll to it
+                self._width = found.column + cell_len(needle)
+                self._resize(Size(self._width, self._state.lines))
+            width = self.scrollable_content_region.width
+            x = self.scroll_x if self.scroll_x <= found.column < self.scroll_x + width else found.column - width // 3
+            self.scroll_to(x=max(0, x), y=max(0, found.line - self.scrollable_content_region.height // 2),
+                           animate=False, force=True)
+        self.post_message(self.SearchMoved(found))
+        self.refresh()
+
+    def _highlighted(self, line: Text, current: bool) -> Text:
+        """``line`` with every match of the search marked (in the current match's style on its line)."""
+        fold = self.search == self.search.lower()
+        key = self.search.lower() if fold else self.search
+        plain = line.plain.lower() if fold else line.plain
+        at = plain.find(key)
+        if at < 0:
+            return line
+        style = self.get_component_rich_style("log-view--current-match" if current else "log-view--match")
+        line = line.copy()
+        while at >= 0:
+            line.stylize(style, at, at + len(key))
+            at = plain.find(key, at + len(key))
+        return line
+
     # ------------------------------------------------------------------ drawing
 
     def _load(self, block: int) -> None:
@@ -261,10 +354,11 @@ class LogView(ScrollView, can_focus=True):
             self._load(block_number)
             return Strip.blank(width, base)
         x = int(self.scroll_x)
-        key = (row, x, width)
+        current = self.match is not None and self.match.line == number
+        key = (row, x, width, current)
         strip = block.strips.get(key)
         if strip is None:
-            line = block.lines[row]
+            line = self._highlighted(block.lines[row], current) if self.search else block.lines[row]
             segments = Segment.apply_style(line.render(self.app.console), base)
             strip = block.strips[key] = Strip(segments, line.cell_len).crop_extend(x, x + width, base)
         return strip
@@ -279,6 +373,8 @@ class OutputPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         yield LogView(id="log")
+        yield ClearableInput(placeholder="search the output (Enter: the first match below; n, N: next, previous; "
+                                         "Escape clears)", id="log-search")
 
     def on_mount(self) -> None:
         self.border_title = "Output"
@@ -286,6 +382,36 @@ class OutputPanel(Vertical):
     @property
     def view(self) -> LogView:
         return self.query_one(LogView)
+
+    # ------------------------------------------------------------------ searching
+
+    @on(LogView.SearchRequested)
+    def _open_search(self) -> None:
+        box = self.query_one("#log-search", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#log-search")
+    def _search_changed(self, event: Input.Changed) -> None:
+        self.view.set_search(event.value)
+        self.border_subtitle = ""
+
+    @on(Input.Submitted, "#log-search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        event.input.display = False
+        self.view.focus()
+        if event.value:
+            self.view.find(forward=True)
+
+    @on(LogView.SearchMoved)
+    def _search_moved(self, event: LogView.SearchMoved) -> None:
+        query = self.view.search
+        if event.match is None:
+            self.border_subtitle = Content.assemble(f"“{query}” ", ("not found", "$text-warning"))
+        else:
+            wrapped = " · wrapped around" if event.match.wrapped else ""
+            self.border_subtitle = f"“{query}” · line {event.match.line + 1:,} of {self.view.line_count:,}{wrapped}"
 
     def show_job(self, job: p.JobInfo, path: Path) -> None:
         self.job = job
@@ -307,6 +433,8 @@ class OutputPanel(Vertical):
     def _waiting_text(job: p.JobInfo) -> str:
         if job.state == "queued":
             return f"Job {job.id} is queued: its output shows here as soon as it starts."
+        if job.log_deleted:
+            return f"Job {job.id}'s output was deleted by retention (keep_days, keep_bytes in .git/tuici/config.toml)."
         if job.state in p.FINAL_STATES:
             return f"Job {job.id} printed nothing."
         return f"Job {job.id} has printed nothing yet."

@@ -15,7 +15,7 @@ from ... import testcases
 from ... import wire as p
 from ..formatting import change_short, short_sha, test_badge, test_duration
 from ..model import safe
-from .commits import FilterInput
+from .inputs import ClearableInput
 from .table import Cell, Column, RecordTable
 
 COLUMNS = (
@@ -57,7 +57,7 @@ class TestsPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         yield RecordTable(COLUMNS, self._cells, "No test results for this job.", id="tests-table")
-        yield FilterInput(placeholder="words of a test's name or outcome (Enter keeps it, Escape clears)",
+        yield ClearableInput(placeholder="words of a test's name or outcome (Enter keeps it, Escape clears)",
                           id="tests-filter")
 
     def on_mount(self) -> None:
@@ -105,13 +105,13 @@ class TestsPanel(Vertical):
         summary = ", ".join(f"{n} {word}" for word, n in sorted(counts.items(), key=lambda item: -item[1]))
         self.border_title = "Tests" if job is None else Content.assemble(
             "Tests · ", f"job {job.id} · ", short_sha(job.commit), f" · {summary}" if summary else "")
-        query = self.query_one(FilterInput).value.strip()
+        query = self.query_one(ClearableInput).value.strip()
         self.border_subtitle = f"filter “{query}”: {len(keys)} of {len(self.cases)}" if query else ""
 
     # ------------------------------------------------------------------ filtering
 
     def open_filter(self) -> None:
-        box = self.query_one(FilterInput)
+        box = self.query_one(ClearableInput)
         box.display = True
         box.focus()
 
