@@ -1,0 +1,273 @@
+"""The durable record in PostgreSQL, shared by every dispatcher of a group, and the lease that makes one active.
+
+One row (``leader``) names the active dispatcher, with an epoch and an expiry. The active one renews it well
+before it expires; a standby takes it when it has expired, or at once when the holder's session is gone (the
+holder keeps a session-level advisory lock for as long as it lives, so a killed dispatcher frees it the moment
+its connection closes). Every write checks, in its own transaction and under a share lock on that row, that the
+epoch is still ours: a dispatcher that lost the lease, even one that was stopped and resumed, cannot change
+anything, and the new one takes its snapshot only after the old one's last write.
+
+Uses psycopg 3's async API (``pip install 'tuici[postgres]'``); nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .errors import ConfigError, TuiciError
+from .wire import AttemptInfo, CommitInfo, Event, JobInfo
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from .store import Batch, Snapshot
+
+log = logging.getLogger("tuici.dispatcher")
+
+ADVISORY_KEY = 0x7475696369  # "tuici": the session lock the active dispatcher holds while it lives
+MIGRATIONS = "migrations/postgresql"
+
+_enc = msgspec.msgpack.Encoder()
+_job_dec = msgspec.msgpack.Decoder(JobInfo)
+_attempt_dec = msgspec.msgpack.Decoder(AttemptInfo)
+_event_dec = msgspec.msgpack.Decoder(Event)
+
+
+class LeaseLost(TuiciError):
+    """Another dispatcher holds the lease now: this one must stop acting as the active one."""
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError("a postgresql:// store needs psycopg: pip install 'tuici[postgres]'") from None
+    return psycopg
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for logs and messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.hostname or ""
+    user = f"{parts.username}:***@" if parts.username else ""
+    netloc = f"{user}{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, SQL) of every migration file, in order."""
+    found = []
+    for entry in resources.files("tuici").joinpath(MIGRATIONS).iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(conn: psycopg.AsyncConnection) -> int:
+    """Bring the schema to the newest version, once even when several dispatchers start together; the version."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY + 1,))
+        await conn.execute("CREATE TABLE IF NOT EXISTS tuici_schema (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                           " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        cur = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM tuici_schema")
+        row = await cur.fetchone()
+        current = row[0] if row else 0
+        known = migrations()
+        if known and current > known[-1][0]:
+            raise ConfigError(f"the database's schema (version {current}) is newer than this tuici knows "
+                              f"({known[-1][0]}): upgrade tuici")
+        for version, name, sql in known:
+            if version > current:
+                await conn.execute(sql.encode())
+                await conn.execute("INSERT INTO tuici_schema (version, name) VALUES (%s, %s)", (version, name))
+                current = version
+    return current
+
+
+@dataclass
+class Leadership:
+    """What a dispatcher knows of its own lease: the epoch it won and when it must stop, by its own clock."""
+
+    holder: str
+    epoch: int
+    deadline: float  # monotonic time after which it may no longer act, unless renewed before
+
+
+class PgStore:
+    """The same record as the SQLite store (``tuici.store``), in PostgreSQL, with every write fenced by the
+    lease's epoch."""
+
+    def __init__(self, dsn: str, holder: str, address: str, lease_seconds: float):
+        self.dsn = dsn
+        self.path = redact(dsn)  # what log lines name
+        self.holder = holder
+        self.address = address
+        self.lease_seconds = lease_seconds
+        self.epoch = 0
+        self._conn: psycopg.AsyncConnection | None = None  # writes and reads
+        self._lease_conn: psycopg.AsyncConnection | None = None  # the lease, and the advisory lock on it
+
+    async def connect(self) -> None:
+        psycopg = _psycopg()
+        try:
+            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            self._lease_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        except psycopg.Error as exc:
+            raise ConfigError(f"cannot connect to {self.path}: {exc}") from exc
+        await migrate(self._conn)
+        await self._lease_conn.execute(
+            "INSERT INTO dispatchers VALUES (%s, %s, now(), now()) ON CONFLICT (holder) DO UPDATE"
+            " SET address = excluded.address, seen_at = now()", (self.holder, self.address))
+
+    # ------------------------------------------------------------------ the lease
+
+    async def try_lead(self) -> int | None:
+        """Take the lease if it is free, expired, or its holder's session is gone; the new epoch, or None."""
+        conn = self._lease_conn
+        assert conn is not None
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_KEY,))
+        locked = (await cur.fetchone())[0]  # type: ignore[index]
+        async with conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO leader VALUES (1, %(h)s, %(a)s, 1, now() + make_interval(secs => %(s)s))"
+                " ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, address = excluded.address,"
+                " epoch = leader.epoch + 1, expires_at = excluded.expires_at"
+                " WHERE leader.expires_at < now() OR %(locked)s"
+                " RETURNING epoch",
+                {"h": self.holder, "a": self.address, "s": self.lease_seconds, "locked": locked})
+            row = await cur.fetchone()
+        if row is None:
+            if locked:  # cannot happen (the update is unconditional then); let the lock go all the same
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_KEY,))
+            return None
+        if not locked:
+            # The lease expired while its holder's session lives on (a machine that vanished): end that
+            # session, so the lock is ours and the next standby is not misled by it.
+            await self._take_lock_from_the_gone()
+        self.epoch = row[0]
+        return self.epoch
+
+    async def _take_lock_from_the_gone(self) -> None:
+        """End the session that holds the advisory lock under an expired lease, and take the lock; if we may not
+        end it (another role's), lead without the lock: a standby then waits for our lease to expire."""
+        conn = self._lease_conn
+        assert conn is not None
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+                " AND objid = %s AND objsubid = 1 AND granted AND pid <> pg_backend_pid()",
+                (ADVISORY_KEY >> 32, ADVISORY_KEY & 0xFFFFFFFF))
+        except _psycopg().Error as exc:
+            log.warning("could not end the session of the dispatcher whose lease expired: %s", exc)
+            return
+        for _ in range(40):
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_KEY,))
+            if (await cur.fetchone())[0]:  # type: ignore[index]
+                return
+            await asyncio.sleep(0.05)
+        log.warning("the advisory lock of the dispatcher whose lease expired is still held; leading without it")
+
+    async def renew(self) -> bool:
+        """Push our lease's expiry on; False once it is no longer ours."""
+        conn = self._lease_conn
+        assert conn is not None
+        cur = await conn.execute(
+            "UPDATE leader SET expires_at = now() + make_interval(secs => %s) WHERE id = 1 AND epoch = %s"
+            " AND holder = %s RETURNING epoch", (self.lease_seconds, self.epoch, self.holder))
+        await conn.execute("UPDATE dispatchers SET seen_at = now() WHERE holder = %s", (self.holder,))
+        return await cur.fetchone() is not None
+
+    async def seen(self) -> None:
+        """A standby's sign of life, for `tuici status`."""
+        assert self._lease_conn is not None
+        await self._lease_conn.execute("UPDATE dispatchers SET seen_at = now() WHERE holder = %s", (self.holder,))
+
+    async def leader(self) -> tuple[str, str, int] | None:
+        """(holder, address, epoch) of the current lease, if it has not expired."""
+        assert self._conn is not None
+        cur = await self._conn.execute("SELECT holder, address, epoch FROM leader WHERE id = 1 AND expires_at > now()")
+        row = await cur.fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    # ------------------------------------------------------------------ the record
+
+    async def open(self) -> Snapshot:
+        from .store import Snapshot
+
+        conn = self._conn
+        assert conn is not None
+
+        async def rows(sql: str) -> list[tuple]:
+            cur = await conn.execute(sql)
+            return await cur.fetchall()
+
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            meta = dict(await rows("SELECT key, value FROM meta"))
+            commits = [CommitInfo(sha=r[0], branch=r[1], author=r[2], subject=r[3], time=r[4]) for r in
+                       await rows("SELECT sha, branch, author, subject, time FROM commits ORDER BY seen_at, ord")]
+            tips = dict(await rows("SELECT branch, sha FROM tips"))
+            jobs = [(_job_dec.decode(b), pr) for b, pr in await rows("SELECT body, priority FROM jobs ORDER BY id")]
+            attempts = [_attempt_dec.decode(b)
+                        for (b,) in await rows("SELECT body FROM attempts ORDER BY job_id, attempt")]
+            last = (await rows("SELECT COALESCE(MAX(seq), 0) FROM events"))[0][0]
+        return Snapshot(meta=meta, commits=commits, tips=tips, jobs=jobs, attempts=attempts, last_seq=last)
+
+    async def write(self, batch: Batch) -> None:
+        """Make ``batch`` durable in one transaction, if we still hold the lease (else LeaseLost)."""
+        conn = self._conn
+        assert conn is not None
+        async with conn.transaction():
+            cur = await conn.execute("SELECT epoch, holder FROM leader WHERE id = 1 FOR SHARE")
+            row = await cur.fetchone()
+            if row is None or row[0] != self.epoch or row[1] != self.holder:
+                raise LeaseLost(f"the lease is held by another dispatcher now (epoch {row[0] if row else '-'})")
+            async with conn.cursor() as c:
+                if batch.meta:
+                    await c.executemany("INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE"
+                                        " SET value = excluded.value", list(batch.meta.items()))
+                if batch.commits:
+                    await c.executemany(
+                        "INSERT INTO commits (sha, branch, author, subject, time, seen_at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (sha) DO NOTHING",
+                        [(m.sha, m.branch, m.author, m.subject, m.time, seen) for m, seen in batch.commits])
+                for branch, sha in batch.tips.items():
+                    if sha is None:
+                        await c.execute("DELETE FROM tips WHERE branch = %s", (branch,))
+                    else:
+                        await c.execute("INSERT INTO tips VALUES (%s, %s) ON CONFLICT (branch) DO UPDATE"
+                                        " SET sha = excluded.sha", (branch, sha))
+                if batch.jobs:
+                    await c.executemany(
+                        "INSERT INTO jobs VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE"
+                        " SET commit_sha = excluded.commit_sha, priority = excluded.priority, body = excluded.body",
+                        [(j.id, j.commit, pr, _enc.encode(j)) for j, pr in batch.jobs.values()])
+                if batch.attempts:
+                    await c.executemany(
+                        "INSERT INTO attempts VALUES (%s, %s, %s) ON CONFLICT (job_id, attempt) DO UPDATE"
+                        " SET body = excluded.body",
+                        [(a.job_id, a.attempt, _enc.encode(a)) for a in batch.attempts.values()])
+                if batch.events:
+                    await c.executemany("INSERT INTO events VALUES (%s, %s)",
+                                        [(e.seq, _enc.encode(e)) for e in batch.events])
+
+    async def events_after(self, seq: int, limit: int) -> list[Event]:
+        assert self._conn is not None
+        cur = await self._conn.execute("SELECT body FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit))
+        return [_event_dec.decode(b) for (b,) in await cur.fetchall()]
+
+    async def close(self) -> None:
+        for conn in (self._conn, self._lease_conn):
+            if conn is not None:
+                await conn.close()
+        self._conn = self._lease_conn = None
