@@ -74,8 +74,9 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start(parent: Path | None = None) -> PgServer:
-    """initdb and start a server in a new temp dir under ``parent`` (default: the system's temp dir)."""
+def start(parent: Path | None = None, hosts: tuple[str, ...] = (), trust: tuple[str, ...] = ()) -> PgServer:
+    """initdb and start a server in a new temp dir under ``parent`` (default: the system's temp dir), on
+    127.0.0.1 and the addresses ``hosts``, trusting connections from 127.0.0.1 and the networks ``trust``."""
     bindir = _bindir()
     run_as: pwd.struct_passwd | None = None
     if os.geteuid() == 0:
@@ -100,10 +101,14 @@ def start(parent: Path | None = None) -> PgServer:
     if init.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         raise PgUnavailable(f"initdb failed: {init.stderr.decode(errors='replace').strip()[-500:]}")
+    if trust:
+        with open(data / "pg_hba.conf", "a") as hba:
+            hba.writelines(f"host all all {network} trust\n" for network in trust)
     port = _free_port()
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(
-        [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(sockets),
+        [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", ",".join(("127.0.0.1", *hosts)),
+         "-k", str(sockets),
          "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True,
         **spawn,  # type: ignore[arg-type]

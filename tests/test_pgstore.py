@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tuici.pgstore import LeaseLost, PgStore, migrate, migrations, redact
+from tuici.errors import LeaseLost
+from tuici.pgstore import PgStore, migrate, migrations, redact
 from tuici.store import Batch
 from tuici.wire import AttemptInfo, CommitInfo, Event, JobInfo
 
@@ -33,7 +34,7 @@ def test_one_leads_the_others_stand_by(pg_dsn):
             assert await a.renew()
         finally:
             for s in (a, b, c):
-                await s.close()
+                await s.release()
     run(main())
 
 
@@ -52,12 +53,12 @@ def test_killed_leaders_session_frees_the_lease_at_once(pg_dsn):
                 await asyncio.sleep(0.05)
             assert epoch == 2
             with pytest.raises(LeaseLost):
-                await a.write(Batch(meta={"k": "v"}))
+                await a.save(Batch(meta={"k": "v"}))
             cur = await b._conn.execute("SELECT count(*) FROM meta")
             assert (await cur.fetchone())[0] == 0
         finally:
             await a._conn.close()
-            await b.close()
+            await b.release()
     run(main())
 
 
@@ -76,11 +77,11 @@ def test_expired_lease_is_taken_and_the_stale_session_ended(pg_dsn):
             with pytest.raises(psycopg.OperationalError):  # b ended a's stale session
                 await a.renew()
             with pytest.raises(LeaseLost):
-                await a.write(Batch(meta={"k": "v"}))
+                await a.save(Batch(meta={"k": "v"}))
         finally:
             for s in (a, b):
                 try:
-                    await s.close()
+                    await s.release()
                 except Exception:
                     pass
     run(main())
@@ -100,19 +101,19 @@ def test_record_round_trip_and_events_after(pg_dsn):
                 events=[Event(seq=n, ts=float(n), kind="job.queued", job=job) for n in (1, 2, 3)],
                 meta={"repo_url": "file:///x"},
             )
-            await a.write(batch)
+            await a.save(batch)
             # the same again is no error (upserts), as a retried batch must be
             job.state = "running"
-            await a.write(Batch(jobs={1: (job, 3)}, tips={"main": None}))
-            snap = await a.open()
+            await a.save(Batch(jobs={1: (job, 3)}, tips={"main": None}))
+            snap = await a.load()
             assert [c.subject for c in snap.commits] == ["first"]
             assert snap.tips == {}
             assert [(j.state, pr) for j, pr in snap.jobs] == [("running", 3)]
             assert snap.attempts[0].runner == "r1"
             assert snap.last_seq == 3 and snap.meta == {"repo_url": "file:///x"}
-            assert [e.seq for e in await a.events_after(1, 10)] == [2, 3]
+            assert [e.seq for e in await a.read_events(1, 10)] == [2, 3]
         finally:
-            await a.close()
+            await a.release()
     run(main())
 
 

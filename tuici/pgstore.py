@@ -16,11 +16,11 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
-from .errors import ConfigError, TuiciError
+from .errors import ConfigError, LeaseLost
 from .wire import AttemptInfo, CommitInfo, Event, JobInfo
 
 if TYPE_CHECKING:
@@ -37,10 +37,6 @@ _enc = msgspec.msgpack.Encoder()
 _job_dec = msgspec.msgpack.Decoder(JobInfo)
 _attempt_dec = msgspec.msgpack.Decoder(AttemptInfo)
 _event_dec = msgspec.msgpack.Decoder(Event)
-
-
-class LeaseLost(TuiciError):
-    """Another dispatcher holds the lease now: this one must stop acting as the active one."""
 
 
 def _psycopg() -> Any:
@@ -199,9 +195,19 @@ class PgStore:
         row = await cur.fetchone()
         return (row[0], row[1], row[2]) if row else None
 
+    async def group(self, within: float) -> list[tuple[str, str, bool, float]]:
+        """(holder, address, leads, seen_at as unix time) of every dispatcher heard from in the last ``within``
+        seconds, the leader first."""
+        assert self._lease_conn is not None
+        cur = await self._lease_conn.execute(
+            "SELECT d.holder, d.address, d.holder = l.holder AND l.expires_at > now(), extract(epoch FROM d.seen_at)"
+            " FROM dispatchers d LEFT JOIN leader l ON l.id = 1"
+            " WHERE d.seen_at > now() - make_interval(secs => %s) ORDER BY 3 DESC, d.started_at", (within,))
+        return [(h, a, bool(lead), float(seen)) for h, a, lead, seen in await cur.fetchall()]
+
     # ------------------------------------------------------------------ the record
 
-    async def open(self) -> Snapshot:
+    async def load(self) -> Snapshot:
         from .store import Snapshot
 
         conn = self._conn
@@ -223,7 +229,7 @@ class PgStore:
             last = (await rows("SELECT COALESCE(MAX(seq), 0) FROM events"))[0][0]
         return Snapshot(meta=meta, commits=commits, tips=tips, jobs=jobs, attempts=attempts, last_seq=last)
 
-    async def write(self, batch: Batch) -> None:
+    async def save(self, batch: Batch) -> None:
         """Make ``batch`` durable in one transaction, if we still hold the lease (else LeaseLost)."""
         conn = self._conn
         assert conn is not None
@@ -261,13 +267,97 @@ class PgStore:
                     await c.executemany("INSERT INTO events VALUES (%s, %s)",
                                         [(e.seq, _enc.encode(e)) for e in batch.events])
 
-    async def events_after(self, seq: int, limit: int) -> list[Event]:
+    async def read_events(self, seq: int, limit: int) -> list[Event]:
         assert self._conn is not None
         cur = await self._conn.execute("SELECT body FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit))
         return [_event_dec.decode(b) for (b,) in await cur.fetchall()]
 
-    async def close(self) -> None:
+    async def release(self) -> None:
         for conn in (self._conn, self._lease_conn):
             if conn is not None:
                 await conn.close()
         self._conn = self._lease_conn = None
+
+
+class PgJobLogs:
+    """Job logs as chunks in the database (the same interface as ``dispatcher.joblogs.JobLogs``), so a dispatcher
+    that takes over serves and continues the logs of the one before. A chunk is keyed by its offset: the same
+    bytes sent again (a runner resending after a takeover) are not stored twice."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self._conn: psycopg.AsyncConnection | None = None
+        self._size: dict[int, int] = {}  # bytes stored per job written to since we started
+        self._truncating: dict[int, asyncio.Task] = {}
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await _psycopg().AsyncConnection.connect(self.dsn, autocommit=True)
+        return self._conn
+
+    async def sizes(self, job_ids: list[int]) -> dict[int, int]:
+        """How much output each job has stored: a returning runner resumes from there."""
+        if not job_ids:
+            return {}
+        conn = await self._connection()
+        cur = await conn.execute(
+            'SELECT job_id, COALESCE(MAX("offset" + length(data)), 0) FROM log_chunks WHERE job_id = ANY(%s)'
+            " GROUP BY job_id", (job_ids,))
+        stored: dict[int, int] = dict(await cur.fetchall())
+        sizes = {job_id: stored.get(job_id, 0) for job_id in job_ids}
+        self._size.update(sizes)
+        return sizes
+
+    async def write(self, job_id: int, data: bytes, stalled: Callable[[], None]) -> None:
+        """Append to the job's log; while the database cannot take it, retry every second (calling ``stalled``)."""
+        if job_id in self._truncating:
+            await self._truncating.pop(job_id)
+        while True:
+            try:
+                if job_id not in self._size:
+                    await self.sizes([job_id])
+                conn = await self._connection()
+                await conn.execute('INSERT INTO log_chunks VALUES (%s, %s, %s) ON CONFLICT DO NOTHING',
+                                   (job_id, self._size[job_id], data))
+                self._size[job_id] += len(data)
+                return
+            except _psycopg().Error as exc:
+                log.error("cannot store the log of job %s (%s); retrying", job_id, exc)
+                self._conn = None
+                await asyncio.sleep(1.0)
+            stalled()
+
+    async def read(self, job_id: int, offset: int, limit: int) -> bytes:
+        """Up to ``limit`` bytes of the job's log from ``offset``."""
+        conn = await self._connection()
+        cur = await conn.execute(
+            'SELECT "offset", data FROM log_chunks WHERE job_id = %s AND "offset" + length(data) > %s'
+            ' AND "offset" < %s ORDER BY "offset"', (job_id, offset, offset + limit))
+        out = bytearray()
+        for start, data in await cur.fetchall():
+            out += bytes(data)[max(0, offset - start):]
+            offset = max(offset, start + len(data))
+        return bytes(out[:limit])
+
+    def close(self, job_id: int) -> None:
+        """Nothing is held open per job; forget its size (a rerun starts from what is stored)."""
+        self._size.pop(job_id, None)
+
+    def truncate(self, job_id: int) -> None:
+        self._size[job_id] = 0
+        self._truncating[job_id] = asyncio.ensure_future(self._delete(job_id))
+
+    async def _delete(self, job_id: int) -> None:
+        try:
+            conn = await self._connection()
+            await conn.execute("DELETE FROM log_chunks WHERE job_id = %s", (job_id,))
+        except _psycopg().Error as exc:
+            log.error("cannot empty the log of job %s: %s", job_id, exc)
+
+    async def stop(self, patience: float = 2.0) -> None:
+        """Finish what was asked, waiting at most ``patience`` for a database that may be out of reach."""
+        if self._truncating:
+            await asyncio.wait(list(self._truncating.values()), timeout=patience)
+        if self._conn is not None:
+            await asyncio.wait([asyncio.ensure_future(self._conn.close())], timeout=patience)
+            self._conn = None

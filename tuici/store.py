@@ -11,7 +11,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import msgspec
 
@@ -66,7 +66,24 @@ class Snapshot:
     last_seq: int
 
 
+class RecordStore(Protocol):
+    """What the journal needs of a durable record, SQLite's (``Store``) or PostgreSQL's (``pgstore.PgStore``)."""
+
+    path: Any  # named in log lines
+
+    async def load(self) -> Snapshot: ...
+
+    async def save(self, batch: Batch) -> None: ...
+
+    async def read_events(self, after: int, limit: int) -> list[Event]: ...
+
+    async def release(self) -> None: ...
+
+
 class Store:
+    """The record in one SQLite file. The plain methods run on the store thread; the async ones (the
+    ``RecordStore`` side) hand them to it."""
+
     def __init__(self, path: Path):
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuici-store")
@@ -75,6 +92,18 @@ class Store:
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the store thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def load(self) -> Snapshot:
+        return await self.run(self.open)
+
+    async def save(self, batch: Batch) -> None:
+        await self.run(self.write, batch)
+
+    async def read_events(self, after: int, limit: int) -> list[Event]:
+        return await self.run(self.events_after, after, limit)
+
+    async def release(self) -> None:
+        await asyncio.to_thread(self.shutdown)
 
     # ------------------------------------------------------------ on the store thread
 

@@ -22,6 +22,7 @@ from .addresses import (
     endpoint_for,
     listeners,
     parse_address,
+    parse_addresses,
     remove_socket_file,
     server_tls,
     socket_path,
@@ -42,6 +43,8 @@ from .messages import (
     CancelRequest,
     CommitInfo,
     CommitsSeen,
+    DispatcherInfo,
+    DispatcherRole,
     Event,
     EventKind,
     Heartbeat,
@@ -82,15 +85,16 @@ if TYPE_CHECKING:
 _AIO = frozenset({"READ_LIMIT", "Connection", "Control", "handshake", "join", "read_message", "reconnect"})
 
 __all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "Branch", "BranchGone", "Bye",
-    "CancelJob", "CancelRequest", "CommitInfo", "CommitsSeen", "Connection", "Control", "Endpoint", "Event",
+    "CancelJob", "CancelRequest", "CommitInfo", "CommitsSeen", "Connection", "Control", "DispatcherInfo",
+    "DispatcherRole", "Endpoint", "Event",
     "EventKind", "FINAL_STATES", "Heartbeat", "HeldJob", "Hello", "JobInfo", "JobOutput", "JobResult", "JobState",
     "MAX_FRAME", "MAX_HELLO", "Message", "NoDispatcher", "Notice", "NoticeKind", "OUTPUT_CHUNK", "Offset", "Output",
     "PROTOCOL_VERSION", "ProtocolError", "Query", "READ_LIMIT", "Refused", "RefusedError", "Reply", "ReportedCommit",
     "RerunRequest", "ResultAck", "Role", "RunnerInfo", "RunnerState", "SUN_PATH_MAX", "Sha", "StatusJson",
     "StatusReply", "StatusRequest", "Subscribe", "TcpAddress", "Timestamp", "TipsAck", "UnixAddress", "Welcome",
     "address_of", "client_tls", "connect", "decode", "encode", "endpoint_for", "expect", "handshake", "join",
-    "listeners", "parse_address", "read_message", "read_message_blocking", "reconnect", "remove_socket_file",
-    "server_tls", "socket_path", "to_json", "to_json_bytes"]
+    "listeners", "parse_address", "parse_addresses", "read_message", "read_message_blocking", "reconnect",
+    "remove_socket_file", "server_tls", "socket_path", "to_json", "to_json_bytes"]
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,7 @@ EventKind = Literal[
     "commit.seen", "branch.deleted",
     "job.queued", "job.started", "job.finished", "job.requeued",
     "runner.joined", "runner.idle", "runner.lost", "runner.left",
+    "dispatcher.active",  # a dispatcher of a group took over (its message names it)
     NoticeKind,
 ]
 
@@ -142,6 +143,7 @@ class Refused(_Msg, tag="refused"):
 
     reason: str
     permanent: bool = True
+    active: str = ""  # from a dispatcher standing by: the address of the active one, to go to instead
 
 
 # ----------------------------------------------------------------- observer
@@ -261,6 +263,18 @@ class StatusJson(_Msg, tag="status_json"):
     more: bool = False  # another piece follows
 
 
+DispatcherRole = Literal["active", "standby"]
+
+
+class DispatcherInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """A dispatcher of a group sharing a PostgreSQL store, as the active one last read the group."""
+
+    name: str
+    address: str
+    role: DispatcherRole
+    seen_at: float
+
+
 class StatusReply(_Msg, tag="status_reply"):
     repo_url: str
     last_seq: int
@@ -268,6 +282,7 @@ class StatusReply(_Msg, tag="status_reply"):
     jobs: list[JobInfo]
     runners: list[RunnerInfo]
     attempts: list[AttemptInfo] = []
+    dispatchers: list[DispatcherInfo] = []  # with a shared store: the group, the active one first
 
 
 class RerunRequest(_Msg, tag="rerun"):
