@@ -52,13 +52,18 @@ class Sizes:
     ui_presses: int = 200  # keys pressed meanwhile (j and k in turn)
     ui_history: int = 10_000  # commits in history for the control center's first frame
     ui_starts: int = 5  # control-center starts timed to their first frame, per way of starting
+    failover_rounds: int = 20  # takeovers timed, after SIGKILL and after a cut link each
+    failover_lease: float = 5.0  # the lease of the dispatchers in the failover row (tuici's default)
+    failover_backlog: int = 300  # commits at once, on SQLite and on PostgreSQL, 4 runners
+    failover_latency: int = 20  # spaced commits timed to their test's start, on SQLite and on PostgreSQL
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(files=50, latency_commits=5, gap=0.1, overhead_jobs=5, suite_seconds=0.3, suite_repeats=1,
                    backlog_commits=20, backlog_runners="2", log_mb=5, log_repeats=1, idle_seconds=2.0,
                    idle_runners=2, startup_runners=2, startup_repeats=1, scale_runners=4, scale_history=200,
-                   scale_sleep=0.5, status_repeats=2, ui_presses=12, ui_history=200, ui_starts=1)
+                   scale_sleep=0.5, status_repeats=2, ui_presses=12, ui_history=200, ui_starts=1,
+                   failover_rounds=2, failover_lease=2.0, failover_backlog=20, failover_latency=3)
 
     def override(self, key: str, value: str) -> None:
         kinds = {f.name: f.type for f in fields(self)}
@@ -114,8 +119,8 @@ def _ms_spread(st: dict[str, float], digits: int = 1) -> str:
 
 
 def _cluster(ctx: Context, tag: str, repo: Repo, runners: int, names: list[str] | None = None,
-             runner_args: tuple[str, ...] = ()) -> Cluster:
-    cluster = Cluster(ctx.procs, repo, ctx.dir(f"{tag}-work"), tag)
+             runner_args: tuple[str, ...] = (), dispatcher_args: tuple[str, ...] = ()) -> Cluster:
+    cluster = Cluster(ctx.procs, repo, ctx.dir(f"{tag}-work"), tag, dispatcher_args=dispatcher_args)
     cluster.start_dispatcher()
     for i in range(runners):
         cluster.start_runner(names[i] if names else f"r{i + 1}", *runner_args)
