@@ -333,7 +333,9 @@ class Cluster:
     keeps its port across restarts), with tuici's defaults (the tests shorten the heartbeat timeout and set
     the attempts), and one control connection is kept open for the many status requests a row makes."""
 
-    def __init__(self, procs: Procs, repo: Repo, workdir: Path, tag: str, heartbeat_timeout: float | None = None):
+    def __init__(self, procs: Procs, repo: Repo, workdir: Path, tag: str, heartbeat_timeout: float | None = None,
+                 dispatcher_args: tuple[str, ...] = ()):
+        self.dispatcher_args = dispatcher_args  # e.g. --store: a dispatcher of a group sharing PostgreSQL
         self.procs = procs
         self.repo = repo
         self.workdir = workdir
@@ -358,7 +360,8 @@ class Cluster:
         state = StateDir(self.repo.state_path)
         state.address_file.unlink(missing_ok=True)
         extra = ["--heartbeat-timeout", str(self.heartbeat_timeout)] if self.heartbeat_timeout else []
-        self._spawn("dispatcher", "dispatcher", "--state", str(state.path), "--repo", str(self.repo.path), *extra)
+        self._spawn("dispatcher", "dispatcher", "--state", str(state.path), "--repo", str(self.repo.path), *extra,
+                    *self.dispatcher_args)
 
         def address():
             self.procs.check_alive(f"{self.tag}-dispatcher")

@@ -329,3 +329,29 @@ def job_processes(sha: str) -> list[psutil.Process]:
         except psutil.Error:
             pass
     return found
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A private PostgreSQL server for this session (bench.pgserver), stopped by its pid at the end. Where no
+    server can be started here, the tests that need it skip, saying why."""
+    from bench import pgserver
+
+    try:
+        server = pgserver.start()
+    except pgserver.PgUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_server, request):
+    """A fresh database on the session's server, for one test."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    return pg_server.create_database(name)

@@ -37,7 +37,7 @@ def test_a_refusal_is_a_message_and_an_exit_status_not_a_traceback(repo, cluster
 
 def test_a_component_names_itself_in_its_message(tmp_path):
     bad = tuici("runner", "--dispatcher", "unix:relative", "--token", "t", cwd=tmp_path, check=False)
-    assert bad.returncode == 2 and bad.stderr.startswith("tuici runner: address 'unix:relative'")
+    assert bad.returncode == 2 and bad.stderr.startswith("tuici runner: --dispatcher: address 'unix:relative'")
 
 
 def _readme_status_schema() -> dict[str, str]:

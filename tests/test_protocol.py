@@ -171,7 +171,7 @@ def test_a_taken_name_is_refused_for_now_whatever_the_name_says(repo, cluster):
     "version-1" whose name is still held retries, and a wrong token stops it."""
     cluster.start_runner("version-1")
     wait_for(lambda: any(r.name == "version-1" for r in cluster.status().runners), message="the runner")
-    endpoint = p.Endpoint(p.parse_address(cluster.address), cluster.state.token())
+    endpoint = p.Endpoint(p.parse_addresses(cluster.address), cluster.state.token())
 
     async def refusal(hello: p.Hello) -> p.RefusedError:
         with pytest.raises(p.RefusedError) as refused:

@@ -338,7 +338,7 @@ def certs(tmp_path_factory):
 
 def _status_over_tls(address: str, token: str, ca: Path | None) -> p.StatusReply:
     async def go():
-        control = Control(p.Endpoint(p.parse_address(address), token, p.client_tls(str(ca) if ca else None)))
+        control = Control(p.Endpoint(p.parse_addresses(address), token, p.client_tls(str(ca) if ca else None)))
         try:
             return await control.status()
         finally:
@@ -553,7 +553,8 @@ class Hosts:
     def status(self, ns: str, address: str, token: str, ca: Path) -> dict:
         script = ("import asyncio, sys; from tuici import wire as p; from tuici.wire import Control\n"
                   "async def go():\n"
-                  "    c = Control(p.Endpoint(p.parse_address(sys.argv[1]), sys.argv[2], p.client_tls(sys.argv[3])))\n"
+                  "    c = Control(p.Endpoint(p.parse_addresses(sys.argv[1]), sys.argv[2],\n"
+                  "                           p.client_tls(sys.argv[3])))\n"
                   "    try:\n"
                   "        print(p.to_json(await c.status()))\n"
                   "    finally:\n"

@@ -34,16 +34,16 @@ LOG_BACKUPS = 2  # ...and this many old ones are kept (<component>.log.1, .2)
 def status_schema() -> str:
     """What `status --json` prints, read off the structs it is encoded from (README.md shows the same, and a
     test holds the two together)."""
-    lines = ["status --json prints one object:", f'  {"type":<10}"{p.StatusReply.__struct_config__.tag}"']
+    lines = ["status --json prints one object:", f'  {"type":<12}"{p.StatusReply.__struct_config__.tag}"']
     for field in msgspec.structs.fields(p.StatusReply):
         if typing.get_origin(field.type) is list:
-            text = f"  {field.name:<10}[{{{_fields(typing.get_args(field.type)[0])}}}]".replace(": ", ":\0")
-            wrapped = textwrap.fill(text, 110, subsequent_indent=" " * 14, break_on_hyphens=False)
+            text = f"  {field.name:<12}[{{{_fields(typing.get_args(field.type)[0])}}}]".replace(": ", ":\0")
+            wrapped = textwrap.fill(text, 110, subsequent_indent=" " * 16, break_on_hyphens=False)
             lines.append(wrapped.replace("\0", " "))  # a field and its values kept on one line
         elif isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
             lines.append(f"  {field.name:<10}{{{_fields(field.type)}}}")
         else:
-            lines.append(f"  {field.name:<10}{field.type.__name__}")
+            lines.append(f"  {field.name:<12}{field.type.__name__}")
     lines.append(textwrap.fill(
         "Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code, a priority of 0, "
         "empty lists) are left out. Queued jobs run highest priority first, then oldest; env is the key of the "
@@ -76,11 +76,22 @@ def _log_file_arg(parser: argparse.ArgumentParser) -> None:
                         help=f"log to FILE, rotated at {LOG_MAX_BYTES >> 20} MiB ({LOG_BACKUPS} old ones kept as "
                              "FILE.1, FILE.2), stdout and stderr with it (how serve starts its components); "
                              "default: stderr")
+def _store_opts(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", metavar="URL", default=os.environ.get("TUICI_STORE", ""),
+                        help="keep the queue, history and logs in this PostgreSQL database (postgresql://USER@HOST/DB, "
+                             "or $TUICI_STORE; needs pip install 'tuici[postgres]'), shared with every other "
+                             "dispatcher given the same URL: one is active, the others stand by and take over "
+                             "(default: SQLite in the state dir, one dispatcher)")
+    parser.add_argument("--lease", type=float, default=5.0, metavar="S",
+                        help="with --store: a standby takes over S seconds after the active dispatcher was last "
+                             "heard from the database (at once when its process ends); default 5")
 
 
 def _client_opts(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dispatcher", required=True, metavar="ADDRESS",
-                        help="the dispatcher's address: unix:PATH (its socket, on its machine) or HOST:PORT")
+    parser.add_argument("--dispatcher", required=True, metavar="ADDRESS[,ADDRESS...]",
+                        help="the dispatcher's address: unix:PATH (its socket, on its machine) or HOST:PORT; for a "
+                             "group of dispatchers sharing a PostgreSQL store, each of theirs, comma-separated (the "
+                             "active one is found and followed through takeovers)")
     parser.add_argument("--token", help="the dispatcher's token (default: $TUICI_TOKEN or the token in --state); "
                                         "prefer TUICI_TOKEN: a command line is visible to every process")
     parser.add_argument("--state", type=Path, metavar="DIR", help="a local state dir to read the token from")
@@ -109,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="have the dispatcher also listen on this TCP address, for runners on other machines "
                         "(local processes use its Unix socket in the state dir)")
     _dispatcher_opts(s)
+    _store_opts(s)
 
     d = sub.add_parser("dispatcher", help="run the dispatcher (the job queue server)",
                        description="Serve the job queue for one repository's state dir.")
@@ -129,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow listening beyond loopback without TLS (the token then crosses the network in clear)")
     _dispatcher_opts(d)
     _log_file_arg(d)
+    _store_opts(d)
+    d.add_argument("--advertise", metavar="ADDRESS",
+                   help="with a shared store: the address the other dispatchers of the group give clients for this "
+                        "one while it is active (default: its --listen address, else its Unix socket)")
 
     o = sub.add_parser("observer", help="watch a repository and report new commits",
                        description="Report every new commit on the watched branches of REPO to the dispatcher, "
@@ -338,7 +354,8 @@ def cmd_dispatcher(args) -> None:
         repo = str(find_git_dir(repo)[0])
     try:
         socks = [socket.socket(fileno=fd) for fd in args.listen_fd or []]
-        asyncio.run(run_dispatcher(state, tcp, heartbeat_timeout=args.heartbeat_timeout,
+        asyncio.run(run_dispatcher(state, tcp, store=_store_url(args.store, args.lease), lease_seconds=args.lease,
+                                   advertise=args.advertise or "", heartbeat_timeout=args.heartbeat_timeout,
                                    max_attempts=args.max_attempts, repo_url=repo, tls=tls, socks=socks))
     except OSError as exc:
         where = exc.filename or args.listen or state.socket
@@ -385,17 +402,30 @@ def cmd_runner(args) -> None:
     asyncio.run(run_runner(endpoint, name, workdir, tuple(hide), args.sandbox, EnvCache(cache_root(), limit)))
 
 
+def _store_url(url: str, lease: float) -> str:
+    """The --store URL, checked: empty (SQLite in the state dir) or postgresql://USER@HOST/DB."""
+    from urllib.parse import urlsplit
+
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise CommandError(f"--store: {url!r} is not a postgresql:// URL")
+    if url and not urlsplit(url).path.strip("/"):
+        raise CommandError("--store: the URL names no database (postgresql://USER@HOST/DATABASE)")
+    if not lease > 0:
+        raise CommandError(f"--lease: {lease:g} is not a positive number of seconds")
+    return url
+
+
 def _endpoint(args) -> tuple[p.Endpoint, StateDir | None]:
     try:
-        address = p.parse_address(args.dispatcher)
+        addresses = p.parse_addresses(args.dispatcher)
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(f"--dispatcher: {exc}") from None
     state = StateDir(args.state) if args.state else None
     try:
         tls = p.client_tls(args.tls_ca)
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot load the CA file {args.tls_ca}: {exc}") from None
-    return p.Endpoint(address, resolve_token(args.token, state), tls), state
+    return p.Endpoint(addresses, resolve_token(args.token, state), tls), state
 
 
 def _tcp_address(text: str) -> p.TcpAddress:
@@ -417,6 +447,7 @@ def cmd_serve(args) -> None:
     from .serve import serve
 
     setup_logging()
+    _store_url(args.store, args.lease)
     top, git_dir = find_git_dir(args.repo)
     asyncio.run(serve(args, StateDir.in_git_dir(git_dir), top))
 
@@ -447,6 +478,10 @@ def cmd_status(args) -> None:
     # Names, shas, branches and subjects come from the dispatcher: shown through one_line, never raw.
     print(f"repository {one_line(status.repo_url)}")
     print(f"history    {describe_history(status.history)}")
+    if status.dispatchers:
+        print(f"\ndispatchers ({len(status.dispatchers)}, sharing one store)")
+        for d in status.dispatchers:
+            print(f"  {d.role:<8} {one_line(d.address):<40} {one_line(d.name)}")
     print(f"\nrunners ({len(status.runners)})")
     for r in status.runners:
         job = f"job {r.job}" if r.job else ""

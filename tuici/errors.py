@@ -42,3 +42,7 @@ class SupervisorError(TuiciError):
 class ComponentError(TuiciError):
     """An observer or runner cannot go on: refused for good, its work dir taken, no sandbox where one is
     required, or the supervisor that started it gone."""
+
+
+class LeaseLost(TuiciError):
+    """Another dispatcher of a group sharing one store holds the lease now: this one must stop acting."""

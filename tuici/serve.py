@@ -40,10 +40,11 @@ async def serve(args, state: StateDir, top: Path) -> None:
         notices.add(task)
         task.add_done_callback(notices.discard)
 
+    store_args = ["--store", args.store, "--lease", str(args.lease)] if args.store else []
     supervisor = Supervisor(top, state, runners=args.runners, on_event=on_event, listen=args.listen,
                             runner_args=["--sandbox", args.sandbox],
                             dispatcher_args=["--heartbeat-timeout", str(args.heartbeat_timeout),
-                                             "--max-attempts", str(args.max_attempts)])
+                                             "--max-attempts", str(args.max_attempts), *store_args])
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -58,9 +59,12 @@ async def serve(args, state: StateDir, top: Path) -> None:
             log.warning("%s; desktop notifications stay on, retention and notify_command are off", exc)
             desktop = Desktop(log)
         # Read before the dispatcher starts: runners may register before we could ask it for its last event.
-        after = last_seq(state.db)
+        # A shared store is the group's: its last event is the active dispatcher's to tell.
+        after = None if supervisor.shared_store else last_seq(state.db)
         await supervisor.start()
         control = Control.for_state(state)
+        if after is None:
+            after = await _last_event(control)
         follower = asyncio.ensure_future(follow_events(control, out, after, include_output=args.output,
                                                        desktop=desktop))
         for event in early:
@@ -75,6 +79,18 @@ async def serve(args, state: StateDir, top: Path) -> None:
         if control is not None:
             await control.close()
         await supervisor.stop()
+
+
+async def _last_event(control: Control, patience: float = 30.0) -> int:
+    """The number of the group's last event, from its active dispatcher (a standby points the way)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return (await control.status(limit=1)).last_seq
+        except (NoDispatcher, OSError, ConnectionError, p.RefusedError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(RETRY_DELAY)
 
 
 async def _notify(control: Control, kind: p.NoticeKind, name: str, message: str) -> None:

@@ -18,7 +18,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import msgspec
 
@@ -123,7 +123,30 @@ class Snapshot:
     last_seq: int
 
 
+class RecordStore(Protocol):
+    """What the journal needs of a durable record, SQLite's (``Store``) or PostgreSQL's (``pgstore.PgStore``)."""
+
+    path: Any  # named in log lines
+
+    async def load(self) -> Snapshot: ...
+
+    async def save(self, batch: Batch) -> None: ...
+
+    async def read_events(self, after: int, limit: int) -> list[Event]: ...
+
+    async def release(self) -> None: ...
+
+    async def prune_events_before(self, before: float, limit: int) -> tuple[int, int]: ...
+
+    async def forget_job_rows(self, job_ids: list[int]) -> None: ...
+
+    async def size_bytes(self) -> int: ...
+
+
 class Store:
+    """The record in one SQLite file. The plain methods run on the store thread; the async ones (the
+    ``RecordStore`` side) hand them to it."""
+
     def __init__(self, path: Path):
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuici-store")
@@ -132,6 +155,27 @@ class Store:
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the store thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def load(self) -> Snapshot:
+        return await self.run(self.open)
+
+    async def save(self, batch: Batch) -> None:
+        await self.run(self.write, batch)
+
+    async def read_events(self, after: int, limit: int) -> list[Event]:
+        return await self.run(self.events_after, after, limit)
+
+    async def release(self) -> None:
+        await asyncio.to_thread(self.shutdown)
+
+    async def prune_events_before(self, before: float, limit: int) -> tuple[int, int]:
+        return await self.run(self.prune_events, before, limit)
+
+    async def forget_job_rows(self, job_ids: list[int]) -> None:
+        await self.run(self.forget_jobs, job_ids)
+
+    async def size_bytes(self) -> int:
+        return await self.run(self.size)
 
     # ------------------------------------------------------------ on the store thread
 

@@ -86,6 +86,8 @@ class Supervisor:
         self.initial_runners = runners
         self.on_event = on_event or (lambda kind, name, message: None)
         self.dispatcher_args = dispatcher_args or []
+        # One of a group of dispatchers sharing a PostgreSQL store (see tuici.dispatcher.group)?
+        self.shared_store = "--store" in self.dispatcher_args or bool(os.environ.get("TUICI_STORE"))
         self.runner_args = runner_args or []
         self.listen = listen  # a TCP address for components on other machines; local ones use the Unix socket
         self.runners_dir = repo_cache(self.state.path.parent) / "runners"
@@ -124,7 +126,10 @@ class Supervisor:
         await self._spawn(self._child("dispatcher", "dispatcher", self._dispatcher_argv()))
 
     async def spawn_workers(self) -> None:
-        """Start the observer and the initial runners (they may connect before the dispatcher serves)."""
+        """Start the observer and the initial runners (they may connect before the dispatcher serves; with a
+        shared store, not before: the dispatcher first puts the group's token in the state dir)."""
+        if self.shared_store:
+            await self._wait_until_serving(self.children["dispatcher"])
         await self._spawn(self._child("observer", "observer",
                                       self._component_argv("observer", "observer", str(self.repo))))
         for _ in range(self.initial_runners):

@@ -14,6 +14,7 @@ from .commit_latency import commit_latency
 from .common import Context, Sizes
 from .control_center import control_center
 from .environments import environments
+from .failover import failover
 from .idle import idle_cost
 from .job_overhead import job_overhead
 from .log_throughput import log_throughput
@@ -36,4 +37,5 @@ ROWS: dict[str, Callable[[Context], list[Figure]]] = {
     "scale": scale,
     "control-center": control_center,
     "tests-storage": tests_storage,
+    "failover": failover,
 }

@@ -54,6 +54,10 @@ class Sizes:
     ui_starts: int = 5  # control-center starts timed to their first frame, per way of starting
     tests_cases: int = 50_000  # test cases one job reports (tests-storage)
     tests_repeats: int = 3  # such jobs
+    failover_rounds: int = 20  # takeovers timed, after SIGKILL and after a cut link each
+    failover_lease: float = 5.0  # the lease of the dispatchers in the failover row (tuici's default)
+    failover_backlog: int = 300  # commits at once, on SQLite and on PostgreSQL, 4 runners
+    failover_latency: int = 20  # spaced commits timed to their test's start, on SQLite and on PostgreSQL
 
     @classmethod
     def quick(cls) -> "Sizes":
@@ -61,7 +65,8 @@ class Sizes:
                    backlog_commits=20, backlog_runners="2", log_mb=5, log_repeats=1, idle_seconds=2.0,
                    idle_runners=2, startup_runners=2, startup_repeats=1, scale_runners=4, scale_history=200,
                    scale_sleep=0.5, status_repeats=2, ui_presses=12, ui_history=200, ui_starts=1,
-                   tests_cases=2000, tests_repeats=1)
+                   tests_cases=2000, tests_repeats=1, failover_rounds=2, failover_lease=2.0, failover_backlog=20,
+                   failover_latency=3)
 
     def override(self, key: str, value: str) -> None:
         kinds = {f.name: f.type for f in fields(self)}
@@ -117,8 +122,8 @@ def _ms_spread(st: dict[str, float], digits: int = 1) -> str:
 
 
 def _cluster(ctx: Context, tag: str, repo: Repo, runners: int, names: list[str] | None = None,
-             runner_args: tuple[str, ...] = ()) -> Cluster:
-    cluster = Cluster(ctx.procs, repo, ctx.dir(f"{tag}-work"), tag)
+             runner_args: tuple[str, ...] = (), dispatcher_args: tuple[str, ...] = ()) -> Cluster:
+    cluster = Cluster(ctx.procs, repo, ctx.dir(f"{tag}-work"), tag, dispatcher_args=dispatcher_args)
     cluster.start_dispatcher()
     for i in range(runners):
         cluster.start_runner(names[i] if names else f"r{i + 1}", *runner_args)

@@ -15,7 +15,8 @@ from typing import Any, Callable
 import msgspec
 
 from .. import wire as p
-from ..store import PRUNED_THROUGH, Batch, JobTests, Snapshot, Store
+from ..errors import LeaseLost
+from ..store import PRUNED_THROUGH, Batch, JobTests, RecordStore, Snapshot
 
 log = logging.getLogger("tuici.dispatcher")
 
@@ -24,9 +25,11 @@ PRUNE_SLICE = 10_000  # events deleted per transaction
 
 
 class Journal:
-    def __init__(self, store: Store, on_durable: Callable[[], None]):
+    def __init__(self, store: RecordStore, on_durable: Callable[[], None],
+                 on_lease_lost: Callable[[str], None] | None = None):
         self.store = store
         self.on_durable = on_durable  # called whenever more events are durable
+        self.on_lease_lost = on_lease_lost  # a shared store refused our writes: another dispatcher is active
         self.seq = 0  # the last event's number
         self.durable_seq = 0  # the last durable event's number
         self.pruned_through = 0  # events up to this number were deleted by retention
@@ -36,7 +39,7 @@ class Journal:
         self._waiters: list[asyncio.Future] = []
 
     async def open(self) -> Snapshot:
-        snap = await self.store.run(self.store.open)
+        snap = await self.store.load()
         self.seq = self.durable_seq = snap.last_seq
         self.pruned_through = int(snap.meta.get(PRUNED_THROUGH, 0))
         return snap
@@ -46,7 +49,16 @@ class Journal:
         if self._flush_task is not None:
             self._flush_task.cancel()
         await self._flush()
-        await asyncio.to_thread(self.store.shutdown)
+        await self.store.release()
+
+    async def abandon(self, patience: float = 2.0) -> None:
+        """Drop what is pending (we lost the lease: it may not become durable) and let the store go, waiting at
+        most ``patience`` for a database that may be out of reach."""
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+        self._pending = Batch()
+        release = asyncio.ensure_future(self.store.release())
+        await asyncio.wait([release], timeout=patience)
 
     def save_commit(self, commit: p.CommitInfo, seen_at: float) -> None:
         self._pending.commits.append((commit, seen_at))
@@ -86,7 +98,7 @@ class Journal:
         between the slices; how many went. A subscriber resuming from before them gets a snapshot instead."""
         deleted = 0
         while True:
-            count, through = await self.store.run(self.store.prune_events, before, PRUNE_SLICE)
+            count, through = await self.store.prune_events_before(before, PRUNE_SLICE)
             if not count:
                 return deleted
             deleted += count
@@ -105,7 +117,12 @@ class Journal:
             batch.jobs = {k: (msgspec.structs.replace(j), pr) for k, (j, pr) in batch.jobs.items()}
             batch.attempts = {k: msgspec.structs.replace(a) for k, a in batch.attempts.items()}
             try:
-                await self.store.run(self.store.write, batch)
+                await self.store.save(batch)
+            except LeaseLost as exc:  # nothing more of ours may become durable: the caller steps down
+                log.error("%s", exc)
+                if self.on_lease_lost is not None:
+                    self.on_lease_lost(str(exc))
+                return
             except Exception as exc:  # disk full, I/O error: keep the changes and retry
                 log.error("could not write state to %s (%s); retrying every second", self.store.path, exc)
                 self._pending = _merge(batch, self._pending)
@@ -134,7 +151,7 @@ class Journal:
         if cursor >= self.durable_seq:
             return []
         if not self.recent or cursor + 1 < self.recent[0].seq:
-            return await self.store.run(self.store.events_after, cursor, limit)
+            return await self.store.read_events(cursor, limit)
         start = cursor + 1 - self.recent[0].seq
         return [self.recent[i] for i in range(start, min(len(self.recent), start + limit))]
 

@@ -18,6 +18,7 @@ import ssl
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .. import localconfig
 from .. import wire as p
@@ -30,6 +31,10 @@ from ..store import JobTests, Store
 from . import scheduler as s
 from .joblogs import JobLogs
 from .journal import Journal
+
+if TYPE_CHECKING:
+    from ..pgstore import PgJobLogs, PgStore
+    from .group import Leadership
 from .status import Status
 from .testresults import Incoming, Queries
 
@@ -146,6 +151,7 @@ class Dispatcher:
         repo_url: str = "",
         tls: ssl.SSLContext | None = None,
         socks: list[socket.socket] | None = None,
+        group: Leadership | None = None,
     ):
         self.state = state.ensure()
         self.tcp = tcp  # listened on besides the Unix socket in the state dir, for components on other machines
@@ -154,11 +160,16 @@ class Dispatcher:
         self.limiter = RateLimiter()
         self.token = state.token(create=True)
         self.sched = s.Scheduler(heartbeat_timeout=heartbeat_timeout, max_attempts=max_attempts, repo_url=repo_url)
-        self.journal = Journal(Store(state.db), on_durable=self._wake_subscribers)
-        self.logs = JobLogs(self.state)
-        self.status = Status(self.sched)
+        # One of a group sharing a PostgreSQL store (``group``), or alone on the SQLite file in the state dir.
+        self.group = group
+        store: PgStore | Store = group.store if group else Store(state.db)
+        self.journal = Journal(store, on_durable=self._wake_subscribers,
+                               on_lease_lost=group.lost if group else None)
+        self.logs: JobLogs | PgJobLogs = group.logs if group else JobLogs(self.state)
+        self.active = group is None  # a member of a group stands by until it holds the lease
+        self.status = Status(self.sched, (lambda: group.members) if group else list)
         self.incoming = Incoming()
-        self.queries = Queries(self.journal.store, self.sched.jobs.get)
+        self.queries = Queries(store if isinstance(store, Store) else None, self.sched.jobs.get)
         self.conns: dict[str, p.Connection] = {}  # connected runners' connections, by name
         self.subscribers: set[Subscriber] = set()
         self._servers: list[asyncio.base_events.Server] = []
@@ -178,6 +189,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Lock the state dir, load the record and serve (a member of a group: serve, standing by)."""
         self._lock_fd = os.open(self.state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -194,6 +206,12 @@ class Dispatcher:
             log.error("%s; retention and notify_command are off until it is fixed and the dispatcher restarted", exc)
         if self.config is not None:
             self.hook = Hook(self.config.notify_command, self.config.notify_timeout, self.hook.log)
+        if self.group is None:
+            await self.activate()
+        await self._listen()
+
+    async def activate(self) -> None:
+        """Load the record and start acting on it: alone, at once; in a group, once we hold the lease."""
         snap = await self.journal.open()
         self.sched.repo_url = self.sched.repo_url or snap.meta.get("repo_url", "")
         if self.sched.repo_url:
@@ -202,6 +220,17 @@ class Dispatcher:
         running = [job.id for job in self.sched.jobs.values() if job.state == "running"]
         for job_id, size in (await self.logs.sizes(running)).items():
             self.sched.jobs[job_id].log_size = size
+        self._spawn(self._watch_heartbeats())
+        self._spawn(self._retain())
+        self.active = True
+
+    def announce_active(self) -> None:
+        """Tell subscribers (the control center's status bar and toast) that we took over."""
+        assert self.group is not None
+        self.journal.publish("dispatcher.active", {
+            "message": f"dispatcher {self.group.name} at {self.group.address} is active (epoch {self.group.epoch})"})
+
+    async def _listen(self) -> None:
         _more_descriptors()
         for sock in self.socks or self._bind():
             tls = None if sock.family == socket.AF_UNIX else self.tls
@@ -213,8 +242,6 @@ class Dispatcher:
                                   else p.address_of(sock))
         self.addresses.sort(key=lambda address: isinstance(address, p.TcpAddress))  # the Unix socket first
         self.state.write_addresses([str(address) for address in self.addresses])
-        self._spawn(self._watch_heartbeats())
-        self._spawn(self._retain())
         log.info("dispatcher listening on %s (state %s)", ", ".join(map(str, self.addresses)), self.state.path)
 
     def _bind(self) -> list[socket.socket]:
@@ -238,7 +265,10 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
         await self.hook.stop()
-        await self.journal.close()
+        if self.group is not None and self.group.lost_reason:
+            await self.journal.abandon()  # nothing of ours may become durable any more
+        else:
+            await self.journal.close()
         await self.logs.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -271,6 +301,8 @@ class Dispatcher:
                 case s.SaveTip(branch, sha):
                     self.journal.save_tip(branch, sha)
                 case s.Send(runner, message):
+                    if self.group is not None and not self.group.may_act():
+                        continue  # our lease may have run out: not one more job handed out (we step down)
                     self.conns[runner].send_nowait(message)
                 case s.Disconnect(runner):
                     self.conns.pop(runner).writer.close()
@@ -338,7 +370,7 @@ class Dispatcher:
             self.sched.logs_deleted(jobs)
             self._carry_out()
             if ids:
-                await self.journal.store.run(self.journal.store.forget_jobs, ids)
+                await self.journal.store.forget_job_rows(ids)
             events = 0
             if config.keep_days < float("inf"):
                 events = await self.journal.prune_events(self.sched.clock.time() - config.keep_days * s.DAY)
@@ -355,7 +387,7 @@ class Dispatcher:
         config = self.config
         keep_days = config.keep_days if config is not None and config.keep_days < float("inf") else 0.0
         return p.History(
-            logs=logs, log_bytes=log_bytes, db_bytes=await self.journal.store.run(self.journal.store.size),
+            logs=logs, log_bytes=log_bytes, db_bytes=await self.journal.store.size_bytes(),
             keep_days=keep_days, keep_bytes=config.keep_bytes if config is not None else 0,
             events_from=self.journal.pruned_through + 1, last_gc=self.last_gc,
         )
@@ -376,6 +408,9 @@ class Dispatcher:
         try:
             hello = await self._hello(door, conn)
             if hello is None:
+                return
+            if not self.active:
+                await conn.send(self._standby_refusal())
                 return
             if hello.role == "runner":
                 runner = await self._register_runner(conn, hello)
@@ -400,6 +435,11 @@ class Dispatcher:
                 self.incoming.drop(runner.info.name)
                 self._runner_gone(runner, "connection closed")
             await conn.close()
+
+    def _standby_refusal(self) -> p.Refused:
+        active = self.group.active_address if self.group else ""
+        where = f"; the active one is at {active}" if active else "; no dispatcher of the group is active yet"
+        return p.Refused(reason=f"this dispatcher stands by{where}", permanent=False, active=active)
 
     async def _hello(self, door: Door, conn: p.Connection) -> p.Hello | None:
         """The peer's hello if it has the token and our protocol version; otherwise None, with the peer told why
@@ -618,16 +658,24 @@ def _more_descriptors() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-async def run_dispatcher(state: StateDir, tcp: p.TcpAddress | None, **kwargs) -> None:
-    """Run until cancelled or signalled (SIGINT/SIGTERM)."""
+async def run_dispatcher(state: StateDir, tcp: p.TcpAddress | None, store: str = "", lease_seconds: float = 5.0,
+                         advertise: str = "", **kwargs) -> None:
+    """Run until cancelled or signalled (SIGINT/SIGTERM): alone on the state dir's SQLite file, or, with a
+    ``postgresql://`` store, as one dispatcher of the group sharing it (``group``)."""
     import signal
 
-    dispatcher = Dispatcher(state, tcp, **kwargs)
-    await dispatcher.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if store:
+        from .group import run_group_member
+
+        await run_group_member(state, tcp, store, lease_seconds, advertise, stop, **kwargs)
+        log.info("dispatcher stopped")
+        return
+    dispatcher = Dispatcher(state, tcp, **kwargs)
+    await dispatcher.start()
     try:
         await stop.wait()
     finally:

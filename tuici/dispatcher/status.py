@@ -45,8 +45,9 @@ class Status:
     ``Save*`` effect, which the server reports here (``jobs.changed``, ``attempts.changed``); commits never
     change."""
 
-    def __init__(self, sched: Scheduler):
+    def __init__(self, sched: Scheduler, group: Callable[[], list[p.DispatcherInfo]] = list):
         self.sched = sched
+        self.group = group  # the dispatchers of a group sharing a store (none for one alone)
         self.commits = JsonPrefix(lambda c: True)
         self.jobs = JsonPrefix(lambda j: j.state in p.FINAL_STATES)
         self.attempts = JsonPrefix(lambda a: a.ended_at is not None)
@@ -63,6 +64,7 @@ class Status:
             repo_url=sched.repo_url, last_seq=last_seq, commits=commits, jobs=jobs,
             runners=[r.info for r in sched.runners.values()],
             attempts=[a for a in sched.attempts.values() if a.job_id in ids], history=history,
+            dispatchers=self.group(),
         )
 
     def json(self, last_seq: int, limit: int, history: p.History) -> bytes:
@@ -75,5 +77,5 @@ class Status:
         return p.to_json_bytes(p.StatusReply(
             repo_url=sched.repo_url, last_seq=last_seq, commits=cast(Any, self.commits.array(sched.commits)),
             jobs=cast(Any, self.jobs.array(sched.jobs)), runners=[r.info for r in sched.runners.values()],
-            attempts=cast(Any, self.attempts.array(sched.attempts)), history=history,
+            attempts=cast(Any, self.attempts.array(sched.attempts)), history=history, dispatchers=self.group(),
         ))

@@ -65,31 +65,35 @@ def pieces(items: list, size: int = testcases.CASES_PER_PIECE) -> list[list]:
 class Queries:
     """The control requests about test results, each answered with the messages to send."""
 
-    def __init__(self, store: Store, job: Callable[[int], p.JobInfo | None]):
-        self.store = store
+    def __init__(self, store: Store | None, job: Callable[[int], p.JobInfo | None]):
+        self.store = store  # None: a shared PostgreSQL store, which does not keep test results yet
         self.job = job  # a job by id, as the scheduler has it
 
     async def answer(self, msg: p.TestsRequest | p.HistoryRequest | p.FlakyRequest) -> list[p.Message]:
+        if self.store is None:
+            return [p.Reply(ok=False, message="per-test results are not kept in a PostgreSQL store yet: "
+                                              "the job's log and its counts are")]
+        store = self.store
         if isinstance(msg, p.TestsRequest):
-            return await self._tests(msg)
+            return await self._tests(msg, store)
         if isinstance(msg, p.HistoryRequest):
-            return await self._history(msg)
-        flaky = await self.store.run(self.store.flaky)
+            return await self._history(msg, store)
+        flaky = await store.run(store.flaky)
         parts = pieces(flaky)
         return [p.FlakyReply(tests=part, more=n < len(parts) - 1) for n, part in enumerate(parts)]
 
-    async def _tests(self, msg: p.TestsRequest) -> list[p.Message]:
+    async def _tests(self, msg: p.TestsRequest, store: Store) -> list[p.Message]:
         job = self.job(msg.job_id)
         if job is None:
             return [p.Reply(ok=False, message=f"no job {msg.job_id}")]
-        reports = await self.store.run(self.store.job_tests, msg.job_id, msg.failed_only, msg.history) or []
+        reports = await store.run(store.job_tests, msg.job_id, msg.failed_only, msg.history) or []
         parts = pieces(reports)
         return [p.TestsReply(tests=part, job=job if n == 0 else None, more=n < len(parts) - 1)
                 for n, part in enumerate(parts)]
 
-    async def _history(self, msg: p.HistoryRequest) -> list[p.Message]:
+    async def _history(self, msg: p.HistoryRequest, store: Store) -> list[p.Message]:
         try:
-            name, branch, entries = await self.store.run(self.store.history, msg.test, msg.branch, msg.limit)
+            name, branch, entries = await store.run(store.history, msg.test, msg.branch, msg.limit)
         except UnknownTest as exc:
             return [p.Reply(ok=False, message=str(exc))]
         parts = pieces(entries, 10 * testcases.CASES_PER_PIECE)

@@ -22,6 +22,7 @@ from .addresses import (
     endpoint_for,
     listeners,
     parse_address,
+    parse_addresses,
     remove_socket_file,
     server_tls,
     socket_path,
@@ -47,6 +48,8 @@ from .messages import (
     Change,
     CommitInfo,
     CommitsSeen,
+    DispatcherInfo,
+    DispatcherRole,
     Event,
     EventKind,
     FlakyReply,
@@ -102,7 +105,8 @@ if TYPE_CHECKING:
 _AIO = frozenset({"READ_LIMIT", "Connection", "Control", "handshake", "join", "read_message", "reconnect"})
 
 __all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "Branch", "BranchGone", "Bye",
-    "CancelJob", "CancelRequest", "Change", "CommitInfo", "CommitsSeen", "Connection", "Control", "Endpoint", "Event",
+    "CancelJob", "CancelRequest", "Change", "CommitInfo", "CommitsSeen", "Connection", "Control", "DispatcherInfo",
+    "DispatcherRole", "Endpoint", "Event",
     "EventKind", "FINAL_STATES", "FlakyReply", "FlakyRequest", "FlakyTest", "GcReply", "GcRequest", "Heartbeat",
     "HeldJob", "Hello", "History", "HistoryEntry", "HistoryReply", "HistoryRequest", "JobInfo", "JobOutput",
     "JobResult", "JobState", "MAX_FRAME", "MAX_HELLO", "MAX_LISTED_TESTS", "MAX_TEST_DETAILS", "MAX_TEST_MESSAGE",
@@ -112,8 +116,8 @@ __all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "Bra
     "StatusReply", "StatusRequest", "Subscribe", "TcpAddress", "TestCase", "TestCases", "TestOutcome",
     "TestReport", "TestsReply", "TestsRequest", "Timestamp", "TipsAck", "UnixAddress", "Welcome",
     "address_of", "client_tls", "connect", "decode", "encode", "endpoint_for", "expect", "handshake", "join",
-    "listeners", "parse_address", "read_message", "read_message_blocking", "reconnect", "remove_socket_file",
-    "server_tls", "socket_path", "to_json", "to_json_bytes"]
+    "listeners", "parse_address", "parse_addresses", "read_message", "read_message_blocking", "reconnect",
+    "remove_socket_file", "server_tls", "socket_path", "to_json", "to_json_bytes"]
 
 
 def __getattr__(name: str) -> Any:

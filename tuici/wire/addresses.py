@@ -45,16 +45,32 @@ class UnixAddress:
 Address = Union[TcpAddress, UnixAddress]
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Endpoint:
-    """Where a dispatcher is and how to join it."""
+    """Where a dispatcher is and how to join it: one address, or those of a group of dispatchers sharing one
+    store, of which one is active at a time. The one that last answered is tried first."""
 
-    address: Address
+    addresses: tuple[Address, ...]
     token: str
     tls: ssl.SSLContext | None = None  # over TCP, verifies the dispatcher's certificate when set
+    preferred: int = 0
+
+    @property
+    def address(self) -> Address:
+        return self.addresses[self.preferred]
+
+    def in_turn(self) -> list[Address]:
+        """Every address, the preferred first, then the rest in their order."""
+        return [*self.addresses[self.preferred:], *self.addresses[:self.preferred]]
+
+    def prefer(self, address: Address) -> None:
+        """Try ``address`` first from now on (added when a standby named one we did not know)."""
+        if address not in self.addresses:
+            self.addresses = (*self.addresses, address)
+        self.preferred = self.addresses.index(address)
 
     def __str__(self) -> str:
-        return str(self.address)
+        return ",".join(map(str, self.in_turn())) if len(self.addresses) > 1 else str(self.address)
 
 
 def client_tls(cafile: str | None) -> ssl.SSLContext | None:
@@ -92,6 +108,14 @@ def parse_address(text: str) -> Address:
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"address {text!r} is not HOST:PORT or unix:/ABSOLUTE/PATH")
     return TcpAddress(host.strip("[]"), int(port))
+
+
+def parse_addresses(text: str) -> tuple[Address, ...]:
+    """A comma-separated list of addresses (the dispatchers of a group), each as ``parse_address`` takes it."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError("no dispatcher address given")
+    return tuple(parse_address(part) for part in parts)
 
 
 SUN_PATH_MAX = 107  # the bytes of a path a Unix socket address holds (Linux: 108, with the NUL)
@@ -180,10 +204,26 @@ def listeners(path: str, tcp: TcpAddress | None) -> list[socket.socket]:
     return socks
 
 
+DEAD_PEER_SECONDS = 6  # over TCP: a dispatcher unheard of this long (its machine gone, the link cut) is dropped
+
+
+def notice_dead_peers(sock: socket.socket) -> None:
+    """Have the kernel end a TCP connection whose peer vanished without closing it, within ``DEAD_PEER_SECONDS``
+    (by default it retries for ~15 minutes): data unacknowledged that long, or no answer to keepalive probes
+    once idle. A client then moves to another dispatcher of a group instead of waiting on a dead one."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 3), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3),
+                        ("TCP_USER_TIMEOUT", DEAD_PEER_SECONDS * 1000)):
+        if hasattr(socket, name):  # Linux has them all; elsewhere, what there is
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 def connect(address: Address, timeout: float) -> socket.socket:
     """A blocking socket connected to ``address`` (TLS, over TCP, is the caller's to add)."""
     if isinstance(address, TcpAddress):
-        return socket.create_connection((address.host, address.port), timeout)
+        sock = socket.create_connection((address.host, address.port), timeout)
+        notice_dead_peers(sock)
+        return sock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -202,14 +242,14 @@ def endpoint_for(state: StateDir, token: str | None = None) -> Endpoint:
     if not text:
         raise NoDispatcher(f"no dispatcher has run for this repository ({state.path} has no address)")
     try:
-        address = parse_address(text)
+        addresses = parse_addresses(text)
     except ValueError as exc:
         raise NoDispatcher(str(exc)) from None
     tls = None
-    if isinstance(address, TcpAddress):
+    if any(isinstance(address, TcpAddress) for address in addresses):
         # A dispatcher serving TLS (for runners on other hosts) is trusted through the CA in TUICI_TLS_CA.
         try:
             tls = client_tls(os.environ.get("TUICI_TLS_CA"))
         except OSError as exc:  # ssl.SSLError included
             raise NoDispatcher(f"cannot load the CA file in TUICI_TLS_CA: {exc}") from None
-    return Endpoint(address, resolve_token(token, state), tls)
+    return Endpoint(addresses, resolve_token(token, state), tls)

@@ -10,7 +10,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from ..errors import ComponentError
 from ..statedir import StateDir
-from .addresses import Endpoint, UnixAddress, endpoint_for, socket_path
+from .addresses import Address, Endpoint, UnixAddress, endpoint_for, notice_dead_peers, parse_address, socket_path
 from .errors import NoDispatcher, ProtocolError, RefusedError
 from .framing import HEADER, MAX_FRAME, body_length, decode, encode, expect
 from .messages import (
@@ -57,8 +57,9 @@ class Connection:
         self.writer = writer
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, timeout: float = 5.0) -> "Connection":
-        address = endpoint.address
+    async def open(cls, endpoint: Endpoint, timeout: float = 5.0, address: Address | None = None) -> "Connection":
+        """Connect to ``address`` (default: the endpoint's preferred one)."""
+        address = address or endpoint.address
         if isinstance(address, UnixAddress):
             with socket_path(address.path) as path:
                 reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=READ_LIMIT), timeout)
@@ -68,6 +69,7 @@ class Connection:
                                         server_hostname=address.host if endpoint.tls else None),
                 timeout,
             )
+            notice_dead_peers(writer.get_extra_info("socket"))
         return cls(reader, writer)
 
     @property
@@ -98,7 +100,7 @@ class Connection:
         if reply is None:
             raise ConnectionError("dispatcher closed the connection")
         if isinstance(reply, Refused):
-            raise RefusedError(reply.reason, reply.permanent)
+            raise RefusedError(reply.reason, reply.permanent, reply.active)
         return reply
 
     async def close(self) -> None:
@@ -109,19 +111,48 @@ class Connection:
             pass
 
 
-async def handshake(endpoint: Endpoint, hello: Hello, timeout: float = 5.0) -> tuple[Connection, Welcome]:
-    """Connect and authenticate; raises RefusedError with the dispatcher's reason."""
-    conn = await Connection.open(endpoint, timeout)
+async def _handshake_at(endpoint: Endpoint, address: Address, hello: Hello,
+                        timeout: float) -> tuple[Connection, Welcome]:
+    conn = await Connection.open(endpoint, timeout, address)
     try:
         reply = await asyncio.wait_for(conn.request(hello), timeout)
+        return conn, expect(reply, Welcome)
     except BaseException:
         await conn.close()
         raise
-    try:
-        return conn, expect(reply, Welcome)
-    except ProtocolError:
-        await conn.close()
-        raise
+
+
+async def handshake(endpoint: Endpoint, hello: Hello, timeout: float = 5.0) -> tuple[Connection, Welcome]:
+    """Connect and authenticate, to the active dispatcher of the endpoint's addresses (in turn, the last one that
+    answered first; a standby's pointer to the active one followed); the address that took us is preferred from
+    then on. Raises the last address's error: RefusedError with the dispatcher's reason, or OSError."""
+    tried: list[Address] = []
+    pending = endpoint.in_turn()
+    last: BaseException | None = None
+    while pending:
+        address = pending.pop(0)
+        if address in tried:
+            continue
+        tried.append(address)
+        try:
+            conn, welcome = await _handshake_at(endpoint, address, hello, timeout)
+        except RefusedError as exc:
+            last = exc
+            if exc.permanent:
+                raise
+            if exc.active:
+                try:
+                    pending.insert(0, parse_address(exc.active))
+                except ValueError:
+                    pass
+            continue
+        except (OSError, asyncio.TimeoutError) as exc:
+            last = exc
+            continue
+        endpoint.prefer(address)
+        return conn, welcome
+    assert last is not None  # an endpoint has at least one address
+    raise last
 
 
 async def join(endpoint: Endpoint, hello: Hello, log: logging.Logger) -> tuple[Connection, Welcome] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import BinaryIO, Iterator
 
-from .addresses import Endpoint, TcpAddress, connect
+from .addresses import Address, Endpoint, TcpAddress, connect, parse_address
 from .errors import NoDispatcher, ProtocolError, RefusedError
 from .framing import HEADER, MAX_FRAME, body_length, decode, encode, expect
 from .messages import Hello, Message, Refused, StatusJson, StatusReply, StatusRequest, Welcome
@@ -33,24 +33,48 @@ class Query:
     """One control connection; ``request`` sends a message and returns the dispatcher's reply."""
 
     def __init__(self, endpoint: Endpoint, timeout: float = 5.0):
-        address = endpoint.address
+        """Join the active dispatcher of the endpoint's addresses, as ``aio.handshake`` does."""
+        pending, tried = endpoint.in_turn(), []
+        problem: str | BaseException = "no address"
+        while pending:
+            address = pending.pop(0)
+            if address in tried:
+                continue
+            tried.append(address)
+            try:
+                self._join(endpoint, address, timeout)
+            except RefusedError as exc:
+                if exc.permanent or not exc.active:
+                    raise
+                problem = exc
+                try:
+                    pending.insert(0, parse_address(exc.active))
+                except ValueError:
+                    pass
+                continue
+            except OSError as exc:  # a timeout included
+                problem = exc
+                continue
+            endpoint.prefer(address)
+            self._sock.settimeout(None)  # as long as the dispatcher takes, like Control's requests
+            return
+        raise NoDispatcher(f"no dispatcher answers at {endpoint} ({problem})")
+
+    def _join(self, endpoint: Endpoint, address: Address, timeout: float) -> None:
+        sock = connect(address, timeout)
         try:
-            sock = connect(address, timeout)
             if endpoint.tls is not None and isinstance(address, TcpAddress):
                 sock = endpoint.tls.wrap_socket(sock, server_hostname=address.host)
-        except OSError as exc:
-            raise NoDispatcher(f"no dispatcher answers at {endpoint} ({exc})") from None
+        except BaseException:
+            sock.close()
+            raise
         self._sock = sock
         self._stream = sock.makefile("rb")
         try:
             expect(self.request(Hello(role="control", token=endpoint.token)), Welcome)
-        except OSError as exc:  # a timeout included
-            self.close()
-            raise NoDispatcher(f"no dispatcher answers at {endpoint} ({exc})") from None
         except BaseException:
             self.close()
             raise
-        sock.settimeout(None)  # as long as the dispatcher takes, like Control's requests
 
     def request(self, msg: Message) -> Message:
         self._sock.sendall(encode(msg))
@@ -61,7 +85,7 @@ class Query:
         if reply is None:
             raise ConnectionError("dispatcher closed the connection")
         if isinstance(reply, Refused):
-            raise RefusedError(reply.reason, reply.permanent)
+            raise RefusedError(reply.reason, reply.permanent, reply.active)
         return reply
 
     def pieces(self, msg: Message) -> Iterator[Message]:

@@ -12,9 +12,10 @@ class ProtocolError(TuiciError):
 class RefusedError(TuiciError):
     """The dispatcher answered with ``Refused``; ``permanent`` is its word on whether asking again can help."""
 
-    def __init__(self, reason: str, permanent: bool):
+    def __init__(self, reason: str, permanent: bool, active: str = ""):
         super().__init__(reason)
         self.permanent = permanent
+        self.active = active  # a standby's pointer to the active dispatcher
 
 
 class NoDispatcher(TuiciError):

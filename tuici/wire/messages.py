@@ -32,6 +32,7 @@ EventKind = Literal[
     "job.queued", "job.started", "job.finished", "job.requeued",
     "runner.joined", "runner.idle", "runner.lost", "runner.left",
     "history.pruned",
+    "dispatcher.active",  # a dispatcher of a group took over (its message names it)
     NoticeKind,
 ]
 
@@ -221,6 +222,7 @@ class Refused(_Msg, tag="refused"):
 
     reason: str
     permanent: bool = True
+    active: str = ""  # from a dispatcher standing by: the address of the active one, to go to instead
 
 
 # ----------------------------------------------------------------- observer
@@ -368,6 +370,18 @@ class History(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
     last_gc: float = 0.0  # when retention last ran
 
 
+DispatcherRole = Literal["active", "standby"]
+
+
+class DispatcherInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """A dispatcher of a group sharing a PostgreSQL store, as the active one last read the group."""
+
+    name: str
+    address: str
+    role: DispatcherRole
+    seen_at: float
+
+
 class StatusReply(_Msg, tag="status_reply"):
     """The whole state at event ``last_seq``. Also sent in an event stream, first, when the events after the
     subscriber's cursor were deleted by retention: the stream goes on after ``last_seq``."""
@@ -379,6 +393,7 @@ class StatusReply(_Msg, tag="status_reply"):
     runners: list[RunnerInfo]
     attempts: list[AttemptInfo] = []
     history: History = msgspec.field(default_factory=History)
+    dispatchers: list[DispatcherInfo] = []  # with a shared store: the group, the active one first
 
 
 class TestsRequest(_Msg, tag="tests"):

@@ -1,0 +1,166 @@
+"""The PostgreSQL store and its lease, on a real private server: who leads, takeover, fencing, the record."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tuici.errors import LeaseLost
+from tuici.pgstore import PgStore, migrate, migrations, redact
+from tuici.store import Batch
+from tuici.wire import AttemptInfo, CommitInfo, Event, JobInfo
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _store(dsn: str, name: str, lease: float = 2.0) -> PgStore:
+    store = PgStore(dsn, holder=name, address=f"{name}.example:7000", lease_seconds=lease)
+    await store.connect()
+    return store
+
+
+def test_one_leads_the_others_stand_by(pg_dsn):
+    async def main():
+        a, b, c = [await _store(pg_dsn, n) for n in "abc"]
+        try:
+            assert await a.try_lead() == 1
+            assert await b.try_lead() is None
+            assert await c.try_lead() is None
+            assert await b.leader() == ("a", "a.example:7000", 1)
+            assert await a.renew()
+        finally:
+            for s in (a, b, c):
+                await s.release()
+    run(main())
+
+
+def test_killed_leaders_session_frees_the_lease_at_once(pg_dsn):
+    """A dispatcher killed outright: its connections close, its advisory lock goes, a standby leads at once
+    (long before the lease would expire), and the old one's writes are refused."""
+    async def main():
+        a, b = await _store(pg_dsn, "a", lease=60), await _store(pg_dsn, "b", lease=60)
+        try:
+            assert await a.try_lead() == 1
+            await a._lease_conn.close()  # what the server sees when a's process dies
+            epoch = None
+            deadline = time.monotonic() + 10
+            while epoch is None and time.monotonic() < deadline:
+                epoch = await b.try_lead()
+                await asyncio.sleep(0.05)
+            assert epoch == 2
+            with pytest.raises(LeaseLost):
+                await a.save(Batch(meta={"k": "v"}))
+            cur = await b._conn.execute("SELECT count(*) FROM meta")
+            assert (await cur.fetchone())[0] == 0
+        finally:
+            await a._conn.close()
+            await b.release()
+    run(main())
+
+
+def test_expired_lease_is_taken_and_the_stale_session_ended(pg_dsn):
+    import psycopg
+
+    """A leader whose machine vanished keeps its session (and lock) on the server; once its lease expires a
+    standby takes over, ends that session, and holds the lock itself."""
+    async def main():
+        a, b = await _store(pg_dsn, "a", lease=0.5), await _store(pg_dsn, "b", lease=0.5)
+        try:
+            assert await a.try_lead() == 1
+            assert await b.try_lead() is None  # a's lease is live and its session holds the lock
+            await asyncio.sleep(0.8)  # a stops renewing (stopped, or cut off)
+            assert await b.try_lead() == 2
+            with pytest.raises(psycopg.OperationalError):  # b ended a's stale session
+                await a.renew()
+            with pytest.raises(LeaseLost):
+                await a.save(Batch(meta={"k": "v"}))
+        finally:
+            for s in (a, b):
+                try:
+                    await s.release()
+                except Exception:
+                    pass
+    run(main())
+
+
+def test_record_round_trip_and_events_after(pg_dsn):
+    async def main():
+        a = await _store(pg_dsn, "a")
+        try:
+            await a.try_lead()
+            job = JobInfo(id=1, commit="c" * 40, branch="main", state="queued", priority=3)
+            batch = Batch(
+                commits=[(CommitInfo(sha="c" * 40, branch="main", author="Ann", subject="first", time=1.0), 2.0)],
+                tips={"main": "c" * 40},
+                jobs={1: (job, 3)},
+                attempts={(1, 1): AttemptInfo(job_id=1, attempt=1, runner="r1", started_at=3.0)},
+                events=[Event(seq=n, ts=float(n), kind="job.queued", job=job) for n in (1, 2, 3)],
+                meta={"repo_url": "file:///x"},
+            )
+            await a.save(batch)
+            # the same again is no error (upserts), as a retried batch must be
+            job.state = "running"
+            await a.save(Batch(jobs={1: (job, 3)}, tips={"main": None}))
+            snap = await a.load()
+            assert [c.subject for c in snap.commits] == ["first"]
+            assert snap.tips == {}
+            assert [(j.state, pr) for j, pr in snap.jobs] == [("running", 3)]
+            assert snap.attempts[0].runner == "r1"
+            assert snap.last_seq == 3 and snap.meta == {"repo_url": "file:///x"}
+            assert [e.seq for e in await a.read_events(1, 10)] == [2, 3]
+        finally:
+            await a.release()
+    run(main())
+
+
+def test_migrations_run_once_when_dispatchers_start_together(pg_dsn):
+    import psycopg
+
+    async def main():
+        conns = [await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) for _ in range(4)]
+        try:
+            versions = await asyncio.gather(*(migrate(c) for c in conns))
+            assert set(versions) == {migrations()[-1][0]}
+            cur = await conns[0].execute("SELECT count(*) FROM tuici_schema")
+            assert (await cur.fetchone())[0] == len(migrations())
+        finally:
+            for c in conns:
+                await c.close()
+    run(main())
+
+
+def test_redact_hides_the_password():
+    assert redact("postgresql://ci:s3cret@db.example:5432/tuici") == "postgresql://ci:***@db.example:5432/tuici"
+    assert redact("postgresql://db.example/tuici") == "postgresql://db.example/tuici"
+
+
+def test_retention_deletes_old_events_and_logs_but_never_their_numbers(pg_dsn):
+    from tuici.pgstore import PgJobLogs
+
+    async def main():
+        a = await _store(pg_dsn, "a")
+        logs = PgJobLogs(pg_dsn)
+        try:
+            await a.try_lead()
+            await a.save(Batch(events=[Event(seq=n, ts=float(n), kind="job.queued") for n in range(1, 6)]))
+            assert await a.prune_events_before(3.5, 2) == (2, 2)  # a slice at a time, oldest first
+            assert await a.prune_events_before(3.5, 10) == (1, 3)
+            assert await a.prune_events_before(3.5, 10) == (0, 0)
+            assert [e.seq for e in await a.read_events(0, 10)] == [4, 5]
+            await a.save(Batch(events=[]))
+            await a.prune_events_before(100.0, 10)
+            assert (await a.load()).last_seq == 5  # every event gone, the next is still 6
+            for chunk in (b"one\n", b"two\n"):
+                await logs.write(7, chunk, stalled=lambda: None)
+            assert await logs.read(7, 0, 100) == b"one\ntwo\n"
+            assert await logs.delete([7]) == 8
+            assert await logs.read(7, 0, 100) == b""
+            assert await a.size_bytes() > 0
+        finally:
+            await logs.stop()
+            await a.release()
+    run(main())
