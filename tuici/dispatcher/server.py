@@ -152,6 +152,7 @@ class Dispatcher:
         self.status = Status(self.sched)
         self.conns: dict[str, p.Connection] = {}  # connected runners' connections, by name
         self.subscribers: set[Subscriber] = set()
+        self.log_followers: dict[int, set[asyncio.Event]] = {}  # job id -> a wake-up per `log -f` following it
         self._servers: list[asyncio.base_events.Server] = []
         self._bound_socket_file = False  # whether we made state.socket (and remove it at stop)
         self._tasks: set[asyncio.Task] = set()
@@ -234,6 +235,8 @@ class Dispatcher:
             match effect:
                 case s.Publish(kind, fields):
                     self.journal.publish(kind, fields)
+                    if "job" in fields:
+                        self._wake_log_followers(fields["job"].id)
                 case s.SaveJob(job):
                     self.journal.save_job(job)
                     self.status.jobs.changed(job.id)
@@ -377,7 +380,7 @@ class Dispatcher:
                 await self.journal.durable()
                 await conn.send(p.TipsAck(branch=msg.branch, tip=msg.tip, queued=queued))
             elif isinstance(msg, p.BranchGone):
-                self.sched.branch_gone(msg.branch)
+                self.sched.branch_gone(msg)
                 self._carry_out()
                 await self.journal.durable()
                 await conn.send(p.TipsAck(branch=msg.branch, tip="", queued=0))
@@ -430,6 +433,7 @@ class Dispatcher:
         offset = self.sched.output_written(runner, msg, data)
         if offset is None:
             return
+        self._wake_log_followers(msg.job_id)
         for sub in self.subscribers:
             if sub.output:
                 sub.offer(p.JobOutput(job_id=msg.job_id, offset=offset, data=data))
@@ -471,11 +475,63 @@ class Dispatcher:
                 if reply.ok and reply.job is not None and reply.job.state == "cancelled":  # no longer queued
                     await self.journal.durable()
                 await conn.send(reply)
+            elif isinstance(msg, p.TryRequest):
+                reply = self.sched.try_commit(msg.commit)
+                self._carry_out()
+                await self.journal.durable()
+                await conn.send(reply)
+                self._dispatch()
+            elif isinstance(msg, p.LogRequest):
+                await self._send_log(conn, msg)
+                return
             elif isinstance(msg, p.Notice):
                 self.journal.publish(msg.kind, {"message": f"{msg.name}: {msg.message}"})
                 await conn.send(p.Reply(ok=True))
             else:
                 raise p.ProtocolError(f"a control client may not send {type(msg).__name__}")
+
+    def _wake_log_followers(self, job_id: int) -> None:
+        for wake in self.log_followers.get(job_id, ()):
+            wake.set()
+
+    async def _send_log(self, conn: p.Connection, req: p.LogRequest) -> None:
+        """The job's stored output from ``req.offset``, then (following) what it prints until it is final, then a
+        reply with the job. Read from the log on the logs' thread (behind the writes before it), never ahead of
+        what the scheduler counts as written, so a lost attempt's emptied log is seen as such (``log_size``
+        back below our offset): the new attempt's output is then sent from offset 0."""
+        job = self.sched.jobs.get(req.job_id)
+        if job is None:
+            await conn.send(p.Reply(ok=False, message=f"no job {req.job_id}"))
+            return
+        offset = req.offset
+        wake = asyncio.Event()
+        self.log_followers.setdefault(job.id, set()).add(wake)
+        closed = asyncio.ensure_future(conn.reader.read(1))
+        try:
+            while not closed.done():
+                wake.clear()
+                final = job.state in p.FINAL_STATES
+                if job.log_size < offset and not final:
+                    offset = 0  # the attempt was lost, and its output with it
+                data = await self.logs.read(job.id, offset, p.OUTPUT_CHUNK, None if final else job.log_size)
+                if data:
+                    await conn.send(p.JobOutput(job_id=job.id, offset=offset, data=data))
+                    offset += len(data)
+                    continue
+                if final or not req.follow:
+                    await self.journal.durable()  # the state we tell is one a crash cannot take back
+                    await conn.send(p.Reply(ok=True, message=job.state, job=job))
+                    return
+                woken = asyncio.ensure_future(wake.wait())
+                await asyncio.wait([closed, woken], return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+        finally:
+            closed.cancel()
+            followers = self.log_followers.get(job.id)
+            if followers is not None:
+                followers.discard(wake)
+                if not followers:
+                    del self.log_followers[job.id]
 
     async def _stream(self, conn: p.Connection, sub_msg: p.Subscribe) -> None:
         """Send every event after the subscriber's cursor, then live ones; no gaps, no duplicates."""

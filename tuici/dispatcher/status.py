@@ -62,7 +62,7 @@ class Status:
         return p.StatusReply(
             repo_url=sched.repo_url, last_seq=last_seq, commits=commits, jobs=jobs,
             runners=[r.info for r in sched.runners.values()],
-            attempts=[a for a in sched.attempts.values() if a.job_id in ids],
+            attempts=[a for a in sched.attempts.values() if a.job_id in ids], tips=dict(sched.tips),
         )
 
     def json(self, last_seq: int, limit: int) -> bytes:
@@ -75,5 +75,5 @@ class Status:
         return p.to_json_bytes(p.StatusReply(
             repo_url=sched.repo_url, last_seq=last_seq, commits=cast(Any, self.commits.array(sched.commits)),
             jobs=cast(Any, self.jobs.array(sched.jobs)), runners=[r.info for r in sched.runners.values()],
-            attempts=cast(Any, self.attempts.array(sched.attempts)),
+            attempts=cast(Any, self.attempts.array(sched.attempts)), tips=dict(sched.tips),
         ))

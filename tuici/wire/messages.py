@@ -11,11 +11,14 @@ from typing import Annotated, Literal, Union
 import msgspec
 
 # Bumped whenever a message changes shape in a way the other side's decoder would refuse; the dispatcher refuses
-# a hello of another version. 2: ``Refused.permanent``.
-PROTOCOL_VERSION = 2
+# a hello of another version. 2: ``Refused.permanent``. 3: tries and log streams (``TryRequest``, ``LogRequest``),
+# skipped commits, superseded jobs (``CommitsSeen.cancel_superseded``, ``BranchGone.cancel_queued``), tips in the status.
+PROTOCOL_VERSION = 3
 
 Role = Literal["runner", "observer", "control"]
 JobState = Literal["queued", "running", "passed", "failed", "error", "cancelled"]
+# What a job tests: a commit the observer reported on a branch, or a snapshot of a work tree (`tuici try`).
+JobKind = Literal["commit", "try"]
 RunnerState = Literal["idle", "busy", "lost"]
 FINAL_STATES = frozenset({"passed", "failed", "error", "cancelled"})
 # How an attempt ended ("" while it runs): a job's final state, or the runner lost, or the job's timeout.
@@ -54,6 +57,7 @@ class CommitInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
     author: str = ""
     subject: str = ""
     time: Timestamp = 0.0  # committer time
+    skipped: bool = False  # its message says [skip ci] or [ci skip]: it gets no job (a rerun still queues one)
 
 
 class ReportedCommit(CommitInfo):
@@ -83,6 +87,9 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
     priority: int = 0  # dispatch order: the highest first, then the lowest id; a rerun goes above every other
     env: str = ""  # the key of the environment ``setup`` made (none without setup)
     env_reused: bool = False  # whether that environment was reused rather than made for this job
+    # "try": a snapshot of a work tree, not a commit of its branch (``branch`` is the one its HEAD was on); tip
+    # statuses, superseding and the commits list leave it out
+    kind: JobKind = "commit"
 
 
 class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -151,10 +158,12 @@ class CommitsSeen(_Msg, tag="commits"):
     branch: Branch
     tip: Sha
     commits: list[ReportedCommit]  # oldest first
+    cancel_superseded: bool = False  # the tip's config says so: new commits cancel the branch's older queued jobs
 
 
 class BranchGone(_Msg, tag="branch_gone"):
     branch: Branch
+    cancel_queued: bool = False  # its last tip's config says cancel_superseded: its queued jobs are cancelled
 
 
 class TipsAck(_Msg, tag="tips_ack"):
@@ -268,6 +277,7 @@ class StatusReply(_Msg, tag="status_reply"):
     jobs: list[JobInfo]
     runners: list[RunnerInfo]
     attempts: list[AttemptInfo] = []
+    tips: dict[str, str] = {}  # each watched branch's tip, as the observer last reported it
 
 
 class RerunRequest(_Msg, tag="rerun"):
@@ -276,6 +286,23 @@ class RerunRequest(_Msg, tag="rerun"):
 
 class CancelRequest(_Msg, tag="cancel"):
     job_id: int
+
+
+class TryRequest(_Msg, tag="try"):
+    """Test a snapshot of a work tree (`tuici try`): a commit no branch points to, queued at the front. The
+    dispatcher replies with the job (a ``Reply``)."""
+
+    commit: ReportedCommit  # its branch is the one the work tree's HEAD was on
+
+
+class LogRequest(_Msg, tag="log"):
+    """A job's stored output from ``offset`` on, as ``JobOutput`` pieces, then a ``Reply`` with the job once all
+    of it is sent: at once, or with ``follow``, when the job is final. Output of an attempt that was lost is
+    dropped from the log: the next piece then starts again at offset 0. The last request on its connection."""
+
+    job_id: int
+    offset: Offset = 0
+    follow: bool = False
 
 
 class Notice(_Msg, tag="notice"):
@@ -296,7 +323,8 @@ Message = Union[
     Hello, Welcome, Refused,
     CommitsSeen, BranchGone, TipsAck,
     Heartbeat, Bye, Assign, CancelJob, Output, JobResult, ResultAck,
-    Subscribe, Event, JobOutput, StatusRequest, StatusReply, StatusJson, RerunRequest, CancelRequest, Notice, Reply,
+    Subscribe, Event, JobOutput, StatusRequest, StatusReply, StatusJson, RerunRequest, CancelRequest, TryRequest,
+    LogRequest, Notice, Reply,
 ]
 
 _json_encoder = msgspec.json.Encoder()
