@@ -32,6 +32,7 @@ from .components.output import LogView, OutputPanel
 from .components.queue import QueuePanel
 from .components.runners import RunnerRow, RunnersPanel
 from .components.status_bar import StatusBar, StatusInfo
+from .components.tries import TriesPanel
 from .feed import Connection, Feed, Heartbeats, Snapshot, Update
 from .model import Model
 from .settings import Settings, SettingsError, load_settings, save_settings
@@ -126,7 +127,9 @@ class ControlCenter(App[None]):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="top"):
-            yield CommitsPanel(self.model, self.clock, Path(self.backend.label).name, id="commits")
+            with Vertical(id="main"):
+                yield TriesPanel(self.model, self.clock, id="tries")
+                yield CommitsPanel(self.model, self.clock, Path(self.backend.label).name, id="commits")
             with Vertical(id="side"):
                 yield QueuePanel(self.model, self.clock, id="queue")
                 yield RunnersPanel(self.model, self.backend.processes, self.clock, id="runners")
@@ -137,6 +140,10 @@ class ControlCenter(App[None]):
     @property
     def commits(self) -> CommitsPanel:
         return self.query_one(CommitsPanel)
+
+    @property
+    def tries(self) -> TriesPanel:
+        return self.query_one(TriesPanel)
 
     @property
     def queue_panel(self) -> QueuePanel:
@@ -211,6 +218,8 @@ class ControlCenter(App[None]):
             return
         with self.batch_update():
             self.commits.apply(changes)
+            if changes.tries or changes.reset or not changes.jobs.isdisjoint(self.model.tries):
+                self.tries.rebuild()
             if changes.jobs or changes.reset:
                 self.queue_panel.rebuild()
             self.runners.rebuild()
@@ -232,6 +241,7 @@ class ControlCenter(App[None]):
             return
         with self.batch_update():
             self.commits.table.redraw()
+            self.tries.table.redraw()
             self.queue_panel.table.redraw()
             self.runners.rebuild()
             self._update_status()
@@ -261,8 +271,8 @@ class ControlCenter(App[None]):
     # ------------------------------------------------------------------ what is selected
 
     def _focused_panel(self) -> str:
-        """commits, queue, runners or output: where the keys act."""
-        for panel in (self.commits, self.queue_panel, self.runners, self.output):
+        """commits, tries, queue, runners or output: where the keys act."""
+        for panel in (self.commits, self.tries, self.queue_panel, self.runners, self.output):
             if panel.has_focus_within and panel.id is not None:
                 return panel.id
         return "commits"
@@ -272,7 +282,9 @@ class ControlCenter(App[None]):
         if panel == "commits":
             sha = self.commits.selected_sha
             return None if sha is None else self.model.job_for_commit(sha)
-        if panel == "queue":
+        if panel == "tries":
+            job_id = self.tries.selected_job
+        elif panel == "queue":
             job_id = self.queue_panel.selected_job
         elif panel == "runners":
             runner = self.runners.selected

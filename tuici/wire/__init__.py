@@ -86,14 +86,15 @@ _AIO = frozenset({"READ_LIMIT", "Connection", "Control", "handshake", "join", "r
 
 __all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "Branch", "BranchGone", "Bye",
     "CancelJob", "CancelRequest", "CommitInfo", "CommitsSeen", "Connection", "Control", "Endpoint", "Event",
-    "EventKind", "FINAL_STATES", "Heartbeat", "HeldJob", "Hello", "JobInfo", "JobKind", "JobOutput", "JobResult", "JobState", "LogRequest",
-    "MAX_FRAME", "MAX_HELLO", "Message", "NoDispatcher", "Notice", "NoticeKind", "OUTPUT_CHUNK", "Offset", "Output",
-    "PROTOCOL_VERSION", "ProtocolError", "Query", "READ_LIMIT", "Refused", "RefusedError", "Reply", "ReportedCommit",
-    "RerunRequest", "ResultAck", "Role", "RunnerInfo", "RunnerState", "SUN_PATH_MAX", "Sha", "StatusJson",
-    "StatusReply", "StatusRequest", "Subscribe", "TcpAddress", "Timestamp", "TipsAck", "TryRequest", "UnixAddress", "Welcome",
-    "address_of", "client_tls", "connect", "decode", "encode", "endpoint_for", "expect", "handshake", "join",
-    "listeners", "parse_address", "read_message", "read_message_blocking", "reconnect", "remove_socket_file",
-    "server_tls", "socket_path", "to_json", "to_json_bytes"]
+    "EventKind", "FINAL_STATES", "Heartbeat", "HeldJob", "Hello", "JobInfo", "JobKind", "JobOutput", "JobResult",
+    "JobState", "LogRequest", "MAX_FRAME", "MAX_HELLO", "Message", "NoDispatcher", "Notice", "NoticeKind",
+    "OUTPUT_CHUNK", "Offset", "Output", "PROTOCOL_VERSION", "ProtocolError", "Query", "READ_LIMIT", "Refused",
+    "RefusedError", "Reply", "ReportedCommit", "RerunRequest", "ResultAck", "Role", "RunnerInfo", "RunnerState",
+    "SUN_PATH_MAX", "Sha", "StatusJson", "StatusReply", "StatusRequest", "Subscribe", "TcpAddress", "Timestamp",
+    "TipsAck", "TryRequest", "UnixAddress", "Welcome", "address_of", "client_tls", "connect", "decode", "encode",
+    "endpoint_for", "expect", "handshake", "join", "listeners", "parse_address", "read_message",
+    "read_message_blocking", "reconnect", "remove_socket_file", "server_tls", "socket_path", "to_json",
+    "to_json_bytes"]
 
 
 def __getattr__(name: str) -> Any:

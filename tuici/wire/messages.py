@@ -12,7 +12,7 @@ import msgspec
 
 # Bumped whenever a message changes shape in a way the other side's decoder would refuse; the dispatcher refuses
 # a hello of another version. 2: ``Refused.permanent``. 3: tries and log streams (``TryRequest``, ``LogRequest``),
-# skipped commits, superseded jobs (``CommitsSeen.cancel_superseded``, ``BranchGone.cancel_queued``), tips in the status.
+# skipped commits, superseded jobs (``CommitsSeen.cancel_superseded``, ``BranchGone.cancel_queued``), status tips.
 PROTOCOL_VERSION = 3
 
 Role = Literal["runner", "observer", "control"]
