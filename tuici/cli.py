@@ -55,9 +55,10 @@ def status_schema() -> str:
         else:
             lines.append(f"  {field.name:<10}{field.type.__name__}")
     lines.append(textwrap.fill(
-        "Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code, a priority of 0) "
-        "are left out. Queued jobs run highest priority first, then oldest; env is the key of the environment "
-        "setup made.", 110))
+        "Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code, a priority of 0, "
+        "skipped false, a kind of commit) are left out. Queued jobs run highest priority first, then oldest; env is "
+        "the key of the environment setup made; a job of kind try tests a work tree (`tuici try`); tips maps each "
+        "watched branch to its tip.", 110))
     return "\n".join(lines)
 
 
@@ -274,7 +275,9 @@ def completion_script(shell: str) -> str:
     while parsers:  # argparse lists a parser's arguments only in _actions, which shtab reads too
         for action in parsers.pop()._actions:
             if isinstance(action.choices, dict):  # the commands: a parser each
-                parsers.extend(action.choices.values())
+                for command in action.choices.values():
+                    command.description = None  # shtab's zsh script then describes each by its one line
+                    parsers.append(command)
             elif action.dest in ("repo", "workdir", "state"):
                 action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
             elif action.metavar == "FILE":
