@@ -138,7 +138,7 @@ async def run_try(top: Path, state: StateDir, runners: int, sandbox: str) -> p.J
             supervisor = Supervisor(top, state, runners=runners, runner_args=["--sandbox", sandbox])
             if await _interruptible(_start_private(supervisor, runners), interrupts) is None:
                 return None
-        control = Control.for_state(state)
+        control = _local_control(state)
         reply = await _interruptible(control.try_commit(snap.commit), interrupts)
         if reply is None:
             return None
@@ -153,6 +153,14 @@ async def run_try(top: Path, state: StateDir, runners: int, sandbox: str) -> p.J
             await control.close()
         if supervisor is not None:
             await supervisor.stop()
+
+
+def _local_control(state: StateDir) -> Control:
+    """This repository's own dispatcher, whatever $TUICI_DISPATCHER says: the try's objects are here."""
+    address = state.address()
+    if address is None:
+        raise NoDispatcher(f"no dispatcher serves {state.path}")
+    return Control(p.Endpoint(p.parse_address(address), state.token()))
 
 
 async def _start_private(supervisor: Supervisor, runners: int) -> bool:

@@ -498,12 +498,12 @@ class Dispatcher:
         """The job's stored output from ``req.offset``, then (following) what it prints until it is final, then a
         reply with the job. Read from the log on the logs' thread (behind the writes before it), never ahead of
         what the scheduler counts as written, so a lost attempt's emptied log is seen as such (``log_size``
-        back below our offset): the new attempt's output is then sent from offset 0."""
+        back below our offset, or another attempt begun): the next attempt's output is then sent from offset 0."""
         job = self.sched.jobs.get(req.job_id)
         if job is None:
             await conn.send(p.Reply(ok=False, message=f"no job {req.job_id}"))
             return
-        offset = req.offset
+        offset, attempt = req.offset, job.attempts
         wake = asyncio.Event()
         self.log_followers.setdefault(job.id, set()).add(wake)
         closed = asyncio.ensure_future(conn.reader.read(1))
@@ -511,8 +511,8 @@ class Dispatcher:
             while not closed.done():
                 wake.clear()
                 final = job.state in p.FINAL_STATES
-                if job.log_size < offset and not final:
-                    offset = 0  # the attempt was lost, and its output with it
+                if job.attempts != attempt or (job.log_size < offset and not final):
+                    offset, attempt = 0, job.attempts  # the attempt was lost, and its output with it
                 data = await self.logs.read(job.id, offset, p.OUTPUT_CHUNK, None if final else job.log_size)
                 if data:
                     await conn.send(p.JobOutput(job_id=job.id, offset=offset, data=data))

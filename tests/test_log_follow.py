@@ -1,17 +1,53 @@
-"""`tuici log -f` through the dispatcher's socket: from another machine (a second network namespace), over TLS,
-with the token and no repository there."""
+"""`tuici log -f` through the dispatcher's socket: across a lost attempt, and from another machine (a second
+network namespace) over TLS, with the token and no repository there."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
 import pytest
 
+from tuici.joboutput import LOST_ATTEMPT
 from tuici.statedir import StateDir
 
 from conftest import _env, tcp_address, toml_command, wait_for
 from test_security import NETNS_DISPATCHER, certs, hosts  # noqa: F401 (fixtures)
+
+
+def test_log_follow_says_when_an_attempt_was_lost_and_follows_the_next(repo, cluster, outside):
+    gate = outside / "gate"
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    sha = repo.commit("slow", config=toml_command(
+        f"echo attempt $TUICI_ATTEMPT; while [ ! -e {gate} ]; do sleep 0.1; done; echo finished"))
+    job = cluster.wait_job(sha, states={"running"})
+    follow = subprocess.Popen([sys.executable, "-m", "tuici", "log", str(job.id), "-f"], cwd=repo.path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                              start_new_session=True)
+    try:
+        assert follow.stdout is not None
+        lines = []
+        for line in follow.stdout:
+            lines.append(line)
+            if line == "attempt 1\n":
+                break
+        cluster.start_runner("r2")
+        cluster.kill("r1", signal.SIGKILL)
+        wait_for(lambda: "attempt 2" in cluster.log_of(job.id), 30, message="the second attempt's output")
+        gate.touch()
+        out, err = follow.communicate(timeout=60)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    assert follow.returncode == 0, err
+    whole = "".join(lines) + out
+    first, _, second = whole.partition(LOST_ATTEMPT)
+    assert "attempt 1\n" in first and second == cluster.log_of(job.id)
+    assert "attempt 2\n" in second and second.endswith("finished\n")
 
 
 @pytest.mark.timeout(180)
