@@ -84,6 +84,11 @@ def test_wait_follows_a_running_job_to_its_end_and_a_cancel_or_timeout_exits_2(r
 def test_wait_without_a_dispatcher_exits_2_at_once(repo):
     nothing = tuici("wait", cwd=repo.path, check=False)
     assert nothing.returncode == 2 and "no dispatcher" in nothing.stderr
+    repo.state.ensure()
+    repo.state.write_addresses([f"unix:{repo.state.socket}"])  # as a dispatcher that has stopped leaves it
+    repo.state.token(create=True)
+    gone = tuici("wait", "--timeout", "600", cwd=repo.path, check=False)  # not the time a restart gets
+    assert gone.returncode == 2 and "no dispatcher answers" in gone.stderr
 
 
 def readme_pre_push_hook() -> str:

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Awaitable, Mapping, TypeVar
 
 from . import wire as p
 from .errors import CommandError
@@ -39,6 +39,7 @@ _LOCATING = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GI
 FALLBACK_IDENTITY = {"GIT_AUTHOR_NAME": "tuici try", "GIT_AUTHOR_EMAIL": "tuici@localhost",
                      "GIT_COMMITTER_NAME": "tuici try", "GIT_COMMITTER_EMAIL": "tuici@localhost"}
 RESTART_PATIENCE = 30.0  # seconds a dispatcher that went away (a restart) has to come back
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ async def _start_private(supervisor: Supervisor, runners: int) -> bool:
     return True
 
 
-async def _interruptible(work, interrupts: asyncio.Queue[int]):
+async def _interruptible(work: Awaitable[T], interrupts: asyncio.Queue[int]) -> T | None:
     """``work``'s result, or None if a signal came first (the work is cancelled)."""
     task = asyncio.ensure_future(work)
     signalled = asyncio.ensure_future(interrupts.get())

@@ -61,14 +61,15 @@ def wait(connect: Callable[[], p.Query], target: Target, timeout: float | None,
     told, once, what is being waited for."""
     deadline = None if timeout is None else time.monotonic() + timeout
     told = False
+    answered = False  # a dispatcher that never answered is not restarting: there is none
     gone_since: float | None = None
     job: p.JobInfo | None = None
     commit: p.CommitInfo | None = None
     while True:
         try:
             with connect() as query:
-                gone_since = None
                 status = query.status()
+                answered, gone_since = True, None
                 job, commit = _find(status, target)
                 if job is not None and job.state in p.FINAL_STATES:
                     return Verdict("final", job, commit)
@@ -94,7 +95,7 @@ def wait(connect: Callable[[], p.Query], target: Target, timeout: float | None,
             # The dispatcher went away (a restart, say): ask again once it is back.
             now = time.monotonic()
             gone_since = gone_since or now
-            if now - gone_since > RESTART_PATIENCE:
+            if not answered or now - gone_since > RESTART_PATIENCE:
                 raise
         if deadline is not None and time.monotonic() >= deadline:
             return Verdict("timeout", job, commit)
