@@ -7,6 +7,8 @@ import signal
 import sqlite3
 
 from tuici.dispatcher import scheduler as dispatcher_module
+from tuici.dispatcher.journal import Journal
+from tuici.store import Store
 from tuici.wire import Control
 
 from conftest import job_processes, toml_command, wait_for
@@ -83,3 +85,27 @@ def test_rerun_and_cancel_answer_only_once_what_they_changed_is_on_disk(repo, cl
             db.execute("ROLLBACK")
         db.close()
     assert cluster.job_for(first).state == "cancelled"
+
+
+async def test_durable_with_nothing_pending_waits_for_the_batch_being_written(tmp_path):
+    """A log follower asks for it after a job ended, when that result's batch may already be on its way to the
+    disk: it must return once that batch is written (it waited for ever: the flush had taken its waiters)."""
+    journal = Journal(Store(tmp_path / "tuici.db"), on_durable=lambda: None)
+    await journal.open()
+    db = sqlite3.connect(tmp_path / "tuici.db", isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        journal.save_meta("repo_url", "/somewhere")
+        for _ in range(3):
+            await asyncio.sleep(0)  # the flush takes the batch, and waits for the lock in the store's thread
+        assert not journal._pending
+        waiting = asyncio.ensure_future(journal.durable())
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # the batch is not on disk yet
+        db.execute("ROLLBACK")
+        await asyncio.wait_for(waiting, 30)
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        db.close()
+        await journal.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import typing
 from pathlib import Path
 from typing import Literal
@@ -11,8 +12,9 @@ from typing import Literal
 import msgspec
 
 from tuici import wire as p
+from tuici.cli import COMMANDS
 
-from conftest import tuici
+from conftest import _env, tuici
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,3 +77,67 @@ def test_status_help_is_made_from_the_structs():
         struct = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
         for item in _described(struct) if isinstance(struct, type) and issubclass(struct, msgspec.Struct) else ():
             assert item in shown, item
+
+
+def test_version_and_a_help_that_shows_the_control_centers_options_and_every_command(tmp_path):
+    version = tuici("--version", cwd=tmp_path)
+    assert re.fullmatch(r"tuici \d+\.\d+\.\d+\n", version.stdout)
+    shown = tuici("--help", cwd=tmp_path).stdout
+    assert shown.startswith("usage: tuici") and tuici("-h", cwd=tmp_path).stdout == shown
+    for option in ("REPO", "--runners N", "--theme NAME", "--sandbox", "--version"):
+        assert option in shown, option
+    listed = re.findall(r"^  (\w+) +\S", shown.split("commands (", 1)[1], re.M)
+    assert listed == list(COMMANDS)
+
+
+def _completion_script(shell: str, tmp_path: Path) -> Path:
+    script = tmp_path / f"tuici.{shell}"
+    script.write_text(tuici("completion", shell, cwd=tmp_path).stdout)
+    return script
+
+
+def test_bash_sources_the_completion_and_completes_commands_and_options(tmp_path):
+    script = _completion_script("bash", tmp_path)
+    probe = f"""
+source {script}
+complete_words() {{
+    COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMP_LINE="$*"; COMP_POINT=${{#COMP_LINE}}; COMPREPLY=()
+    _shtab_tuici tuici "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
+    echo "${{COMPREPLY[*]}}"
+}}
+complete -p tuici
+complete_words tuici wa
+complete_words tuici wait --t
+complete_words tuici status --exit
+complete_words tuici completion z
+"""
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    registered, *replies = done.stdout.splitlines()
+    assert registered == "complete -o bashdefault -F _shtab_tuici tuici"
+    assert replies == ["wait", "--timeout", "--exit-status", "zsh"]
+
+
+def test_zsh_completes_a_command_in_a_real_line_editor(tmp_path):
+    """An interactive zsh on a pseudo-terminal (zpty), the script on its fpath: TAB after `tuici wa` gives
+    `tuici wait`, which the line then echoes. (.ci/run installs zsh.)"""
+    (tmp_path / "zfunc").mkdir()
+    _completion_script("zsh", tmp_path).rename(tmp_path / "zfunc" / "_tuici")
+    driver = r"""
+zmodload zsh/zpty
+zpty z zsh -f -i
+zpty -w z "PROMPT='>'; fpath=(FPATH \$fpath); autoload -U compinit; compinit -u -D; tuici() { :; }"
+zpty -w z "echo READY"
+zpty -r z line '*READY*'
+zpty -r z line '*READY*'
+zpty -w -n z $'tuici wa\t'
+zpty -w -n z $'\x01echo COMPLETED: \x05\n'
+zpty -r z line '*COMPLETED: *'
+zpty -r z line '*>*'
+print -r -- "$line"
+zpty -d z
+""".replace("FPATH", str(tmp_path / "zfunc"))
+    done = subprocess.run(["zsh", "-f", "-c", driver], capture_output=True, text=True, timeout=60,
+                          env={**_env(), "TERM": "xterm"})
+    assert done.returncode == 0, done.stderr
+    assert "tuici wait" in done.stdout.splitlines()[0], done.stdout

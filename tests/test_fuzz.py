@@ -71,6 +71,8 @@ SAMPLES: list[p.Message] = [
                   attempts=[p.AttemptInfo(job_id=1, attempt=1, runner="r1", started_at=1.0)]),
     p.RerunRequest(commit="0123"), p.CancelRequest(job_id=1),
     p.GcRequest(), p.GcReply(logs=1, log_bytes=3, events=2, history=p.History(logs=1, log_bytes=3, keep_days=30.0)),
+    p.TryRequest(commit=p.ReportedCommit(sha=SHA, branch="main", subject="tuici try")),
+    p.LogRequest(job_id=1, offset=0, follow=True),
     p.Notice(kind="process.started", name="x"), p.Reply(ok=True, message="m"),
     p.TestCases(job_id=1, attempt=1, piece=0, cases=[_case]),
     p.TestsRequest(job_id=1, failed_only=True, history=20),
@@ -85,8 +87,9 @@ SAMPLES: list[p.Message] = [
 ]
 TAGS = sorted({type(m).__struct_config__.tag for m in SAMPLES})
 # Against a live dispatcher: nothing a control client may legitimately do to the test's jobs (cancel, rerun a
-# real commit) and no new commits, so that no job can be queued for the fuzzer's own runner.
-LIVE_SAMPLES = [m for m in SAMPLES if not isinstance(m, (p.CancelRequest, p.RerunRequest, p.CommitsSeen))] + [
+# real commit) and no new commits or tries, so that no job can be queued for the fuzzer's own runner.
+LIVE_SAMPLES = [m for m in SAMPLES
+                if not isinstance(m, (p.CancelRequest, p.RerunRequest, p.CommitsSeen, p.TryRequest))] + [
     p.CommitsSeen(branch="fuzz", tip=SHA, commits=[]), p.RerunRequest(commit="zzzz")]
 
 

@@ -1,6 +1,6 @@
 """Import hygiene: the one-shot commands stay quick because they load only what they need.
 
-`tuici status` (and log, rerun, cancel, tests, history, flaky) is run by scripts and hooks, often in a loop:
+`tuici status` (and log, rerun, cancel, wait, tests, history, flaky) is run by scripts and hooks, often in a loop:
 Textual, GitPython, asyncio and psutil would add ~150 ms to every call. The lazy imports that keep them out are
 easy to break without noticing; this test notices.
 """
@@ -16,8 +16,9 @@ from conftest import _env
 
 HEAVY = ("textual", "git", "asyncio", "psutil", "watchfiles", "uv")
 
-@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["log", "1"], ["rerun", "HEAD"],
-                                     ["cancel", "1"], ["tests", "1"], ["tests", "1", "--json"],
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["status", "--exit-status"], ["log", "1"],
+                                     ["log", "1", "-f"], ["rerun", "HEAD"], ["cancel", "1"], ["wait", "1"],
+                                     ["wait", "HEAD", "--timeout", "1"], ["tests", "1"], ["tests", "1", "--json"],
                                      ["history", "test_x"], ["flaky"], ["flaky", "--json"]])
 def test_one_shot_commands_load_no_heavy_module(repo, cluster, command):
     """Against a running dispatcher, so that each command goes all the way (a reply, or the dispatcher's no)."""

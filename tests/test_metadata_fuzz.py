@@ -158,8 +158,8 @@ def test_unreadable_dates_are_reported_as_0(repo):
 def test_a_record_whose_fields_cannot_be_told_apart_gets_placeholders_and_the_next_is_read(caplog):
     """git 2.39 cuts a field at a NUL, but a version that printed it whole would split the field in two."""
     first, second = "1" * 40, "2" * 64
-    out = (f"{first}\0" "1700000000\0" "Na\0me\0" "subject\0" f"{first}\0"
-           f"{second}\0" "1700000001\0" "Dev\0" "next\0" f"{second}\0").encode()
+    out = (f"{first}\0" "1700000000\0" "Na\0me\0" "subject\0" "subject\n\0" f"{first}\0"
+           f"{second}\0" "1700000001\0" "Dev\0" "next\0" "next\n\0" f"{second}\0").encode()
     commits = parse_log(out)
     assert [(c.sha, c.author, c.subject, c.time) for c in commits] == [
         (first, UNREADABLE_AUTHOR, UNREADABLE_SUBJECT, 0.0), (second, "Dev", "next", 1700000001.0)]

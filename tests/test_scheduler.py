@@ -35,11 +35,14 @@ def sched(clock) -> s.Scheduler:
     return s.Scheduler(heartbeat_timeout=5.0, max_attempts=3, repo_url="file:///repo", clock=clock)
 
 
-def commit(sched: s.Scheduler, *numbers: int, branch: str = "main") -> list[p.JobInfo]:
-    """Report commits ``numbers`` as the observer would; their jobs."""
-    commits = [p.ReportedCommit(sha=sha(n), branch=branch) for n in numbers]
-    sched.commits_seen(p.CommitsSeen(branch=branch, tip=commits[-1].sha, commits=commits))
-    return [sched.jobs[sched.active_job[c.sha]] for c in commits]
+def commit(sched: s.Scheduler, *numbers: int, branch: str = "main", skipped: tuple[int, ...] = (),
+           cancel_superseded: bool = False) -> list[p.JobInfo]:
+    """Report commits ``numbers`` as the observer would; the jobs of those not ``skipped``."""
+    commits = [p.ReportedCommit(sha=sha(n), branch=branch, skipped=n in skipped) for n in numbers]
+    sched.commits_seen(p.CommitsSeen(branch=branch, tip=commits[-1].sha, commits=commits,
+                                     cancel_superseded=cancel_superseded))
+    newest = {job.commit: job for job in sched.jobs.values()}
+    return [newest[c.sha] for c in commits if not c.skipped]
 
 
 def join(sched: s.Scheduler, name: str, *held: p.HeldJob) -> s.Runner:
@@ -397,7 +400,7 @@ def test_a_deleted_branch_forgets_its_verdict(sched):
     runner = join(sched, "r1")
     [bad] = commit(sched, 1, branch="topic")
     finish(sched, runner, bad, exit_code=1)
-    sched.branch_gone("topic")
+    sched.branch_gone(p.BranchGone(branch="topic"))
     [good] = commit(sched, 2, branch="topic")  # a new branch of the same name
     assert branch_events(finish(sched, runner, good)) == []
 
@@ -441,3 +444,104 @@ def test_retention_deletes_the_oldest_logs_past_keep_bytes_but_never_a_queued_or
     sched.logs_deleted(pruned)
     assert not running.log_deleted and not queued.log_deleted and not jobs[3].log_deleted
     assert [j.id for j in sched.prune(keep_days=30, keep_bytes=1)] == [jobs[3].id]  # never the running one
+# ------------------------------------------------------------------ skip, supersede, try
+
+
+def test_a_skipped_commit_is_recorded_and_gets_no_job(sched):
+    [job] = commit(sched, 1, 2, skipped=(1,))
+    effects = sched.effects()
+    assert job.commit == sha(2) and sha(1) not in sched.active_job and len(sched.jobs) == 1
+    assert sched.commits[sha(1)].skipped and s.SaveCommit(sched.commits[sha(1)], 1000.0) in effects
+    assert kinds(effects) == ["commit.seen", "commit.seen", "job.queued"]
+    reply = sched.rerun(sha(1))  # asked for: it gets one
+    assert reply.ok and reply.job.commit == sha(1)
+
+
+def test_a_newer_commit_cancels_the_branchs_queued_jobs_of_older_commits(sched):
+    """Three queued commits on main; a fourth arrives: the three are cancelled, the running one and the other
+    branch's job are not."""
+    runner = join(sched, "r1")
+    [running] = commit(sched, 1)
+    sched.dispatch()
+    queued = commit(sched, 2, 3, 4, cancel_superseded=True)  # the newest of a push supersedes the others
+    assert [j.state for j in queued] == ["cancelled", "cancelled", "queued"]
+    [other] = commit(sched, 9, branch="feature")
+    sched.effects()
+    [newest] = commit(sched, 5, cancel_superseded=True)
+    effects = sched.effects()
+    assert running.state == "running" and runner.info.job == running.id
+    assert queued[2].state == "cancelled" and queued[2].error == f"superseded by {sha(5)}"
+    assert newest.state == "queued" and other.state == "queued"
+    finished = [e for e in effects if isinstance(e, s.Publish) and e.kind == "job.finished"]
+    assert [(e.fields["job"].id, e.fields["message"]) for e in finished] == [(queued[2].id, f"superseded by {sha(5)}")]
+    assert s.SaveJob(queued[2]) in effects
+
+
+def test_without_cancel_superseded_older_queued_jobs_stay(sched):
+    older = commit(sched, 1, 2)
+    commit(sched, 3)
+    assert [j.state for j in older] == ["queued", "queued"]
+
+
+def test_superseding_spares_reruns_tries_and_commits_that_are_a_tip(sched):
+    [rerun, merged, plain] = commit(sched, 1, 2, 3)
+    sched.rerun(sha(1))  # asked for: stays
+    sched.commits_seen(p.CommitsSeen(branch="release", tip=sha(2), commits=[]))  # another branch's tip now
+    tried = sched.try_commit(p.CommitInfo(sha=sha(7), branch="main")).job
+    commit(sched, 4, cancel_superseded=True)
+    assert (rerun.state, merged.state, plain.state, tried.state) == ("queued", "queued", "cancelled", "queued")
+
+
+def test_a_deleted_branchs_queued_jobs_are_cancelled_when_its_config_says_so(sched):
+    [kept] = commit(sched, 1, branch="old")
+    [dropped] = commit(sched, 2, branch="gone")
+    sched.branch_gone(p.BranchGone(branch="old"))
+    sched.branch_gone(p.BranchGone(branch="gone", cancel_queued=True))
+    assert kept.state == "queued"
+    assert dropped.state == "cancelled" and dropped.error == "branch gone was deleted"
+    assert "gone" not in sched.tips
+
+
+def test_a_try_is_a_job_of_its_own_kind_at_the_front(sched):
+    commit(sched, 1, 2)
+    moved = sched.rerun(sha(2)).job
+    sched.effects()
+    reply = sched.try_commit(p.CommitInfo(sha=sha(7), branch="main", subject="tuici try", skipped=True))
+    job = reply.job
+    assert reply.ok and job.kind == "try" and job.branch == "main" and job.priority > moved.priority > 0
+    assert not sched.commits[sha(7)].skipped  # a try is asked for: its message has no say
+    effects = sched.effects()
+    assert kinds(effects) == ["commit.seen", "job.queued"] and s.SaveJob(job) in effects
+    again = sched.try_commit(p.CommitInfo(sha=sha(7), branch="main"))
+    assert again.job.id == job.id and len(sched.jobs) == 3  # the same snapshot is not queued twice
+    runner = join(sched, "r1")
+    sched.dispatch()
+    assert runner.info.job == job.id
+    sched.result(runner, result(job, exit_code=1))
+    sched.result_durable(runner)
+    assert job.state == "failed"
+    rerun = sched.rerun(sha(7)).job
+    assert rerun.kind == "try"  # a rerun of a try is a try
+
+
+def test_tries_are_known_after_a_restart(sched):
+    tried = p.JobInfo(id=1, commit=sha(7), branch="main", state="passed", kind="try")
+    sched.load(Snapshot(meta={}, commits=[p.CommitInfo(sha=sha(7), branch="main")], tips={}, jobs=[(tried, 5)],
+                        last_seq=0, attempts=[]))
+    assert sched.rerun(sha(7)).job.kind == "try"
+
+
+def test_a_failing_try_says_nothing_of_its_branch_and_is_its_own_notification(sched):
+    """A try tests a work tree, not a commit of the branch: the branch stays green, and the try's end is told."""
+    from tuici.notify import notification_for
+
+    runner = join(sched, "r1")
+    [good] = commit(sched, 1)
+    finish(sched, runner, good)
+    tried = sched.try_commit(p.CommitInfo(sha=sha(7), branch="main")).job
+    effects = finish(sched, runner, tried, exit_code=1)
+    assert branch_events(effects) == [] and sched.verdicts["main"].job_id == good.id
+    [ended] = [e for e in effects if isinstance(e, s.Publish) and e.kind == "job.finished"]
+    notice = notification_for(p.Event(seq=1, ts=0.0, kind="job.finished", job=ended.fields["job"]))
+    assert notice is not None and notice.kind == "try" and notice.title == "try on main failed"
+    assert notice.environment()["TUICI_EVENT"] == "try"

@@ -19,7 +19,15 @@ from tuici.ui.logindex import STRIDE, LogIndex, display_line
 from tuici.ui.model import Model
 from tuici.ui.themes import load_theme_file, load_themes, theme_dirs
 
-from ui_fixtures import NOW, SHAS, RecordedBackend, isolated_config, recorded_events  # noqa: F401
+from ui_fixtures import (  # noqa: F401
+    NOW,
+    SHAS,
+    TRY_SHAS,
+    RecordedBackend,
+    events_with_tries,
+    isolated_config,
+    recorded_events,
+)
 
 
 def _status(last_seq: int, jobs=(), runners=(), commits=()) -> p.StatusReply:
@@ -36,6 +44,16 @@ class TestModel:
         assert states == {"queued", "running", "passed", "failed", "error", "cancelled"}
         assert list(reversed(model.arrival))[0] == SHAS[-1]
         assert model.counts["running"] == 2 and model.counts["queued"] == 3
+
+    def test_tries_are_kept_apart_from_the_branch_commits_from_events_and_from_a_snapshot(self):
+        model = Model()
+        for event in events_with_tries():
+            model.apply(event)
+        assert model.tries == [11, 12] and model.try_commits == set(TRY_SHAS)
+        assert not model.try_commits & set(model.arrival) and len(model.arrival) == len(SHAS) + 1  # and the skipped
+        fresh = Model()
+        fresh.load(_status(model.last_seq, jobs=model.jobs.values(), commits=model.commits.values()))
+        assert (fresh.tries, fresh.arrival) == (model.tries, model.arrival)
 
     def test_untrusted_text_is_made_safe_on_the_way_in(self):
         model = Model()

@@ -18,7 +18,9 @@ from ui_fixtures import (  # noqa: F401
     COMMITS,
     NOW,
     SHAS,
+    TRY_SHAS,
     RecordedBackend,
+    events_with_tries,
     failing_log_lines,
     frozen_clock,
     isolated_config,
@@ -51,6 +53,21 @@ class TestActions:
             await pilot.press("c")
             await requests_done(pilot)
         assert backend.requests == [("cancel", 5)]
+
+    async def test_a_try_is_listed_apart_and_its_output_shown_like_any_jobs(self, tmp_path):
+        app, backend = make_app(tmp_path, events=events_with_tries())
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert app.tries.display and app.tries.table.keys == [12, 11]  # newest first
+            assert not set(TRY_SHAS) & set(app.commits.table.keys)
+            app.tries.table.focus()
+            await pilot.press("j", "enter")
+            await settle(pilot)
+            assert app.output.job.id == 11 and app.log_view.line_count == 2
+            app.tries.table.focus()  # c on the running try cancels it
+            await pilot.press("k", "c")
+            await requests_done(pilot)
+        assert backend.requests == [("cancel", 12)]
 
     async def test_keys_act_on_the_focused_panel(self, tmp_path):
         app, backend = make_app(tmp_path)

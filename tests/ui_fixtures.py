@@ -139,6 +139,35 @@ def failing_log_lines() -> list[str]:
               "ERROR tests/test_session.py::TestSession::test_expiry[short] - KeyError: 'SECRET'",
               "======================== 2 failed, 40 passed in 74.50s ========================="]
     return lines
+TRY_SHAS = ["a" * 40, "b" * 40]
+SKIPPED_SHA = "c" * 40
+
+
+def events_with_tries() -> list[p.Event]:
+    """The recorded session, then two tries (one passed, one running) and a commit skipped with [skip ci]."""
+    events = recorded_events()
+    tried = [p.CommitInfo(sha=sha, branch="main", author="Alice Liddell",
+                          subject=f"tuici try of main: {n} changed files", time=NOW - 20 + n)
+             for n, sha in enumerate(TRY_SHAS, 1)]
+    skipped = p.CommitInfo(sha=SKIPPED_SHA, branch="main", author="Dave Okafor", subject="Docs only [skip ci]",
+                           time=NOW - 10, skipped=True)
+
+    def try_job(job_id: int, n: int, state: str, **fields) -> p.JobInfo:
+        return p.JobInfo(id=job_id, commit=TRY_SHAS[n], branch="main", state=state, kind="try", priority=2 + n,
+                         queued_at=tried[n].time, **fields)
+
+    more: list[tuple[str, dict]] = [
+        ("commit.seen", {"commit": tried[0]}), ("job.queued", {"job": try_job(11, 0, "queued")}),
+        ("job.finished", {"job": try_job(11, 0, "passed", runner="runner-3", attempts=1, exit_code=0, duration_s=4.2,
+                                         passed=42, failed=0, skipped=1, started_at=NOW - 18,
+                                         finished_at=NOW - 14)}),
+        ("commit.seen", {"commit": skipped}),
+        ("commit.seen", {"commit": tried[1]}), ("job.queued", {"job": try_job(12, 1, "queued")}),
+        ("job.started", {"job": try_job(12, 1, "running", runner="runner-3", attempts=1, started_at=NOW - 5)}),
+    ]
+    first = len(events) + 1
+    return events + [p.Event(seq=seq, ts=NOW, **{"kind": kind, **fields})
+                     for seq, (kind, fields) in enumerate(more, first)]
 
 
 def running_log_lines(count: int = 300) -> list[str]:
@@ -221,6 +250,7 @@ def make_app(tmp_path: Path, theme: str | None = "tuici-dark", events: list[p.Ev
     (logs / "5.log").write_text("\n".join(running_log_lines()) + "\n")
     (logs / "1.log").write_text("tuici: runner-1 testing 1111111111 (main), attempt 1\n42 passed, 1 skipped\n")
     (logs / "2.log").write_text("\n".join(failing_log_lines()) + "\n")
+    (logs / "11.log").write_text("tuici: runner-3 testing aaaaaaaaaaaa (main), attempt 1\n42 passed, 1 skipped\n")
     backend = RecordedBackend(logs, events, **kwargs)
     return ControlCenter(backend, theme=theme, clock=frozen_clock), backend
 

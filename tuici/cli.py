@@ -24,10 +24,32 @@ from .wire import NoDispatcher, Query, endpoint_for
 # Each command imports what only it needs: `tuici status` never loads asyncio (~25 ms) nor a component.
 
 COMPONENTS = ("dispatcher", "observer", "runner")  # what a supervisor starts
-# one request to a dispatcher, printed
-QUERIES = ("status", "log", "rerun", "cancel", "tests", "history", "flaky", "gc")
+# requests to a dispatcher, printed
+QUERIES = ("status", "log", "rerun", "cancel", "wait", "tests", "history", "flaky", "gc")
 LOG_MAX_BYTES = 10 * 1024 * 1024  # a component log is rotated at this size...
 LOG_BACKUPS = 2  # ...and this many old ones are kept (<component>.log.1, .2)
+# Their exit status is a verdict (0 passed, 1 failed): whatever else goes wrong exits 2, never 1.
+VERDICTS = ("try", "wait")
+
+# Each command's line in `tuici --help` and in its parser.
+SUMMARIES = {
+    "serve": "supervise dispatcher, observer and runners without a UI",
+    "try": "test the work tree as it is, before committing",
+    "wait": "wait until a commit's job is final: exit 0 passed, 1 failed, 2 otherwise",
+    "status": "show branches, jobs and runners",
+    "log": "print a job's output (-f: as it runs)",
+    "rerun": "queue a commit again, at the front",
+    "cancel": "cancel a queued or running job",
+    "tests": "list a job's test cases, failures first",
+    "history": "a test's outcomes across the commits of a branch",
+    "flaky": "tests seen both passing and failing on one commit",
+    "gc": "apply retention now and print what it freed",
+    "demo": "open the control center on a sample repository",
+    "completion": "print a shell completion script (bash, zsh)",
+    "dispatcher": "run the dispatcher (the job queue server)",
+    "observer": "watch a repository and report new commits",
+    "runner": "run jobs the dispatcher hands out",
+}
 
 
 
@@ -46,8 +68,9 @@ def status_schema() -> str:
             lines.append(f"  {field.name:<12}{field.type.__name__}")
     lines.append(textwrap.fill(
         "Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code, a priority of 0, "
-        "empty lists) are left out. Queued jobs run highest priority first, then oldest; env is the key of the "
-        "environment setup made; failed_tests and flaky_tests name up to 20 tests each.", 110))
+        "skipped false, a kind of commit, empty lists) are left out. Queued jobs run highest priority first, then "
+        "oldest; env is the key of the environment setup made; failed_tests and flaky_tests name up to 20 tests "
+        "each; a job of kind try tests a work tree (`tuici try`); tips maps each watched branch to its tip.", 110))
     return "\n".join(lines)
 
 
@@ -100,15 +123,34 @@ def _client_opts(parser: argparse.ArgumentParser) -> None:
     _log_file_arg(parser)
 
 
+class _Version(argparse.Action):
+    """``--version``, with the version looked up only when asked (importlib.metadata costs every command ~5 ms)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="print tuici's version and exit"):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib import metadata
+
+        try:
+            version = metadata.version("tuici")
+        except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+            version = "(not installed)"
+        print(f"tuici {version}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuici",
         description="Continuous integration in the terminal. `tuici [REPO]` opens the control center; "
                     "the commands below run or query its parts.",
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("serve", help="supervise dispatcher, observer and runners without a UI",
+    s = sub.add_parser("serve", help=SUMMARIES["serve"],
                        description="Start the dispatcher, the observer and N runners for REPO, restart any that "
                                    "dies, and print every event, one per line, until SIGINT/SIGTERM.")
     _repo_arg(s)
@@ -122,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dispatcher_opts(s)
     _store_opts(s)
 
-    d = sub.add_parser("dispatcher", help="run the dispatcher (the job queue server)",
+    d = sub.add_parser("dispatcher", help=SUMMARIES["dispatcher"],
                        description="Serve the job queue for one repository's state dir.")
     d.add_argument("--listen", metavar="HOST:PORT",
                    help="also listen on this TCP address, for components on other machines (PORT 0: a free one); "
@@ -146,14 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a shared store: the address the other dispatchers of the group give clients for this "
                         "one while it is active (default: its --listen address, else its Unix socket)")
 
-    o = sub.add_parser("observer", help="watch a repository and report new commits",
+    o = sub.add_parser("observer", help=SUMMARIES["observer"],
                        description="Report every new commit on the watched branches of REPO to the dispatcher, "
                                    "reacting to ref changes; with --poll, fetch REPO (a URL) every N seconds.")
     _repo_arg(o)
     _client_opts(o)
     o.add_argument("--poll", type=float, metavar="SECONDS", help="fetch from the remote REPO every SECONDS")
 
-    r = sub.add_parser("runner", help="run jobs the dispatcher hands out",
+    r = sub.add_parser("runner", help=SUMMARIES["runner"],
                        description="Register with the dispatcher and test one commit at a time in a workspace of "
                                    "its own.")
     _client_opts(r)
@@ -166,25 +208,49 @@ def build_parser() -> argparse.ArgumentParser:
                         "removed first (default 10G, or $TUICI_ENV_CACHE_SIZE)")
     _sandbox_arg(r)
 
-    st = sub.add_parser("status", help="show commits, jobs and runners", description=status_schema(),
+    t = sub.add_parser("try", help=SUMMARIES["try"], description=(
+        "Snapshot the work tree of REPO as it is (staged, unstaged and untracked files that git does not ignore, and "
+        "deletions) into a commit no branch points to, kept as refs/tuici/try/SHA; queue it at the front, print its "
+        "output as it runs, and exit with 0 (passed), 1 (failed) or 2 (error, cancelled, no dispatcher). The "
+        "running dispatcher tests it; without one, a dispatcher and N runners are started for the try alone and "
+        "stopped after it. The index, branches, stash and work tree are left as they are. Ctrl-C cancels the job."))
+    _repo_arg(t)
+    t.add_argument("--runners", type=int, default=1, metavar="N",
+                   help="runners to start when no dispatcher runs (default 1)")
+    _sandbox_arg(t)
+
+    w = sub.add_parser("wait", help=SUMMARIES["wait"], description=(
+        "Block until the job for COMMIT (default HEAD), or JOB, is final, then exit with 0 (passed), 1 (failed) "
+        "or 2 (error, cancelled, timed out, no dispatcher). A commit is anything git names one by in REPO (a sha, "
+        "a branch, HEAD~1); a number of up to six digits is a job. A commit with no job yet is waited for; one "
+        "skipped with [skip ci] exits 0 at once. For a pre-push hook (see the README)."))
+    w.add_argument("target", nargs="?", default="HEAD", metavar="COMMIT|JOB",
+                   help="the commit whose newest job to wait for, or a job number (default HEAD)")
+    _repo_arg(w)
+    w.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit 2)")
+
+    st = sub.add_parser("status", help=SUMMARIES["status"], description=status_schema(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _repo_arg(st)
     st.add_argument("--json", action="store_true", help="print the whole state as JSON (schema above)")
     st.add_argument("--limit", type=int, default=20, help="jobs to list without --json (default 20)")
+    st.add_argument("--exit-status", action="store_true",
+                    help="exit with 1 if any branch tip's latest job failed (0 otherwise)")
 
-    lg = sub.add_parser("log", help="print a job's stored output",
+    lg = sub.add_parser("log", help=SUMMARIES["log"],
                         description="Print the output stored for JOB: what it has printed so far while it runs, "
-                                    "all of it after.")
+                                    "all of it after. With -f, through the dispatcher's socket (so from another "
+                                    "machine too, with TUICI_DISPATCHER, TUICI_TOKEN and TUICI_TLS_CA).")
     lg.add_argument("job", type=int, metavar="JOB")
     _repo_arg(lg)
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job finishes")
 
-    rr = sub.add_parser("rerun", help="queue a commit again, at the front", description="Queue COMMIT "
+    rr = sub.add_parser("rerun", help=SUMMARIES["rerun"], description="Queue COMMIT "
                         "(a sha or unique prefix) again, ahead of every other job.")
     rr.add_argument("commit", metavar="COMMIT")
     _repo_arg(rr)
 
-    ts = sub.add_parser("tests", help="list a job's test cases, failures first",
+    ts = sub.add_parser("tests", help=SUMMARIES["tests"],
                         description="List the test cases JOB reported (from its JUnit XML), failures first, each "
                                     "failing one with the commit that broke it (or the range of untested commits "
                                     "it broke in) and its last outcomes on the branch, each passing one that "
@@ -196,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help='print [{"name", "outcome", "duration_s", "message", "details", "flaky", "broken_by", '
                          '"fixed_by", "history"}]')
 
-    hs = sub.add_parser("history", help="a test's outcomes across the commits of a branch",
+    hs = sub.add_parser("history", help=SUMMARIES["history"],
                         description="Print TEST's outcome in each tested commit of a branch, newest first. TEST is "
                                     "a test's name (pytest's node id), or a part of it that names one test alone.")
     hs.add_argument("test", metavar="TEST")
@@ -205,30 +271,35 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--limit", type=int, default=0, metavar="N", help="the newest N outcomes only")
     hs.add_argument("--json", action="store_true", help='print [{"commit", "job", "outcome", "duration_s", "flaky"}]')
 
-    fl = sub.add_parser("flaky", help="tests seen both passing and failing on one commit",
+    fl = sub.add_parser("flaky", help=SUMMARIES["flaky"],
                         description="List the tests seen flaky (failed, then passed on retry: retry_failed; or "
                                     "failed and passed in jobs of the same commit), the latest first.")
     _repo_arg(fl)
     fl.add_argument("--json", action="store_true",
                     help='print [{"name", "jobs", "commits", "last_seen", "last_commit", "last_job", "branch"}]')
 
-    c = sub.add_parser("cancel", help="cancel a queued or running job",
+    c = sub.add_parser("cancel", help=SUMMARIES["cancel"],
                        description="Cancel JOB: a queued one is dropped, a running one is killed on its runner.")
     c.add_argument("job", type=int, metavar="JOB")
     _repo_arg(c)
 
-    g = sub.add_parser("gc", help="apply retention now and print what it freed",
+    g = sub.add_parser("gc", help=SUMMARIES["gc"],
                        description="Delete the job logs and events older than keep_days, and the oldest job logs "
                                    "beyond keep_bytes (never a queued or running job's), as the dispatcher does at "
                                    "start and every hour; keep_days and keep_bytes are set in "
                                    "REPO/.git/tuici/config.toml (default 30 days, 2G).")
     _repo_arg(g)
 
-    dm = sub.add_parser("demo", help="open the control center on a sample repository",
+    dm = sub.add_parser("demo", help=SUMMARIES["demo"],
                         description="Make a sample repository in a temporary directory, keep committing to it, "
                                     "and open the control center on it.")
     dm.add_argument("--runners", type=int, default=2, metavar="N")
     dm.add_argument("--theme", metavar="NAME")
+
+    cp = sub.add_parser("completion", help=SUMMARIES["completion"], description=(
+        "Print a completion script for SHELL: `source <(tuici completion bash)` in ~/.bashrc; for zsh, "
+        "`tuici completion zsh > ~/.zfunc/_tuici` with ~/.zfunc in $fpath before compinit."))
+    cp.add_argument("shell", choices=("bash", "zsh"), metavar="SHELL", help="bash or zsh")
     return parser
 
 
@@ -241,16 +312,49 @@ def _sandbox_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def build_ui_parser() -> argparse.ArgumentParser:
+    """`tuici [REPO]`, the control center; its --help also lists the commands."""
+    commands = "\n".join(f"  {name:<12}{SUMMARIES[name]}" for name in COMMANDS)
     parser = argparse.ArgumentParser(
-        prog="tuici", description="Open the control center on REPO. Other commands: " + ", ".join(COMMANDS)
-        + " (see `tuici COMMAND --help`).",
+        prog="tuici", formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s [-h] [--version] [REPO] [--runners N] [--theme NAME] [--sandbox {auto,on,off}]\n"
+              "       %(prog)s COMMAND ...",
+        description="Continuous integration in the terminal: open the control center on REPO, starting its "
+                    "dispatcher,\nobserver and runners (or attaching to those `tuici serve` runs).",
+        epilog=f"commands (`tuici COMMAND --help` for each):\n{commands}",
     )
-    _repo_arg(parser)
+    parser.add_argument("--version", action=_Version)
+    _ui_options(parser)
+    return parser
+
+
+def _ui_options(parser: argparse.ArgumentParser, repo: bool = True) -> None:
+    if repo:
+        _repo_arg(parser)
     parser.add_argument("--runners", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="runners to start (default: the number of CPUs)")
     parser.add_argument("--theme", metavar="NAME", help="colour theme for this run")
     _sandbox_arg(parser)
-    return parser
+
+
+def completion_script(shell: str) -> str:
+    """The completion script for ``shell``, made by shtab from the parsers: the commands and their options, and the
+    control center's options. REPO completes to directories, certificates and keys to files."""
+    import shtab
+
+    parser = build_parser()
+    _ui_options(parser, repo=False)
+    parsers = [parser]
+    while parsers:  # argparse lists a parser's arguments only in _actions, which shtab reads too
+        for action in parsers.pop()._actions:
+            if isinstance(action.choices, dict):  # the commands: a parser each
+                for command in action.choices.values():
+                    command.description = None  # shtab's zsh script then describes each by its one line
+                    parsers.append(command)
+            elif action.dest in ("repo", "workdir", "state"):
+                action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+            elif action.metavar == "FILE":
+                action.complete = shtab.FILE  # type: ignore[attr-defined]
+    return shtab.complete(parser, shell=shell)
 
 
 def setup_logging(log_file: Path | None = None, max_bytes: int = LOG_MAX_BYTES) -> None:
@@ -287,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     """The `tuici` program, and the one place where errors become messages and exit codes (a query ends the
     process once its output is out)."""
     argv = sys.argv[1:] if argv is None else argv
-    ui = not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"))
+    ui = not argv or argv[0] not in COMMANDS
     args = (build_ui_parser() if ui else build_parser()).parse_args(argv)
     command = None if ui else args.command
     # A component's stderr goes to a log, serve's, shared with the others: its messages say which one it is.
@@ -307,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     except CANNOT_BEGIN as exc:
         die(who, str(exc), 2)
     except TuiciError as exc:
-        die(who, str(exc), 1)
+        die(who, str(exc), 2 if command in VERDICTS else 1)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except BrokenPipeError:
@@ -466,14 +570,25 @@ def _widen_pipe(fd: int) -> None:
         pass
 
 
-def cmd_status(args) -> None:
-    with Query(endpoint_for(StateDir.for_repo(args.repo))) as query:
+def _state(repo: str) -> StateDir | None:
+    """The repository's state dir; None where there is no repository but TUICI_DISPATCHER says where to go (a
+    query from another machine)."""
+    try:
+        return StateDir.for_repo(repo)
+    except NotARepository:
+        if os.environ.get("TUICI_DISPATCHER"):
+            return None
+        raise
+
+
+def cmd_status(args) -> int:
+    with Query(endpoint_for(_state(args.repo))) as query:
         if args.json:
             sys.stdout.flush()
             _widen_pipe(sys.stdout.fileno())
             query.status_json(sys.stdout.buffer)
             sys.stdout.buffer.write(b"\n")
-            return
+            return _failing_tips(query.status()) if args.exit_status else 0
         status = query.status()
     # Names, shas, branches and subjects come from the dispatcher: shown through one_line, never raw.
     print(f"repository {one_line(status.repo_url)}")
@@ -482,11 +597,18 @@ def cmd_status(args) -> None:
         print(f"\ndispatchers ({len(status.dispatchers)}, sharing one store)")
         for d in status.dispatchers:
             print(f"  {d.role:<8} {one_line(d.address):<40} {one_line(d.name)}")
+    latest = _latest_jobs(status)
+    commits = {c.sha: c for c in status.commits}
+    print(f"\nbranches ({len(status.tips)})")
+    for branch, sha in sorted(status.tips.items()):
+        job = latest.get(sha)
+        state = job.state if job is not None else "skipped" if sha in commits and commits[sha].skipped else "no job"
+        print(f"  {one_line(branch)[:30]:<30} {one_line(sha)[:10]} {state:<9} {f'job {job.id}' if job else ''}")
     print(f"\nrunners ({len(status.runners)})")
     for r in status.runners:
-        job = f"job {r.job}" if r.job else ""
-        print(f"  {one_line(r.name):<16} {r.state:<5} {one_line(r.host)} pid {r.pid:<8} done {r.jobs_done:<5} {job}")
-    commits = {c.sha: c for c in status.commits}
+        job_text = f"job {r.job}" if r.job else ""
+        print(f"  {one_line(r.name):<16} {r.state:<5} {one_line(r.host)} pid {r.pid:<8} done {r.jobs_done:<5} "
+              f"{job_text}")
     counts: dict[str, int] = {}
     for j in status.jobs:
         counts[j.state] = counts.get(j.state, 0) + 1
@@ -495,7 +617,23 @@ def cmd_status(args) -> None:
     for j in reversed(status.jobs[-args.limit:] if args.limit else status.jobs):
         subject = one_line(commits[j.commit].subject) if j.commit in commits else ""
         dur = f"{j.duration_s:7.2f}s" if j.duration_s is not None else " " * 8
-        print(f"  {j.id:>5} {j.state:<9} {one_line(j.commit)[:10]} {one_line(j.branch)[:20]:<20} {dur} {subject[:50]}")
+        branch = f"try {one_line(j.branch)}" if j.kind == "try" else one_line(j.branch)
+        print(f"  {j.id:>5} {j.state:<9} {one_line(j.commit)[:10]} {branch[:20]:<20} {dur} {subject[:50]}")
+    return _failing_tips(status) if args.exit_status else 0
+
+
+def _latest_jobs(status: p.StatusReply) -> dict[str, p.JobInfo]:
+    """Each commit's newest job."""
+    return {job.commit: job for job in status.jobs}
+
+
+def _failing_tips(status: p.StatusReply) -> int:
+    """1 if the latest job of some branch's tip failed, else 0 (`status --exit-status`)."""
+    latest = _latest_jobs(status)
+    failed = sorted(b for b, sha in status.tips.items() if sha in latest and latest[sha].state == "failed")
+    if failed:
+        print(f"tuici: failing: {', '.join(one_line(b) for b in failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def describe_history(history: p.History) -> str:
@@ -528,7 +666,7 @@ def cmd_cancel(args) -> int:
 
 def _simple(repo: str, request: p.Message) -> int:
     """Send ``request``, print the answer; the exit status says whether the dispatcher did it."""
-    with Query(endpoint_for(StateDir.for_repo(repo))) as query:
+    with Query(endpoint_for(_state(repo))) as query:
         reply = p.expect(query.request(request), p.Reply)
     print(reply.message)
     return 0 if reply.ok else 1
@@ -617,30 +755,100 @@ def cmd_flaky(args) -> None:
 
 
 def cmd_log(args) -> None:
-    state = StateDir.for_repo(args.repo)
-    path = state.job_log(args.job)
-    if not path.exists() and not args.follow:
-        raise CommandError(f"no output stored for job {args.job}")
-    offset = 0
+    """The stored log, read from the state dir; with -f (or TUICI_DISPATCHER set, or no such file here: a
+    dispatcher on a shared store keeps logs in the database), from the dispatcher, which sends what is stored and
+    then what the job prints until it is final."""
+    from .joboutput import OutputPrinter
+
+    state = _state(args.repo)
+    remote = bool(os.environ.get("TUICI_DISPATCHER"))
+    path = state.job_log(args.job) if state is not None else None
+    if path is not None and path.exists() and not args.follow and not remote:
+        _print_file(path)
+        return
+    try:
+        query = Query(endpoint_for(state))
+    except NoDispatcher:
+        if remote or path is None:
+            raise
+        if not path.exists():
+            raise CommandError(f"no output stored for job {args.job}") from None
+        _print_file(path)  # no dispatcher: nothing can add to it
+        return
+    printer = OutputPrinter(sys.stdout)
+    with query:
+        for msg in query.log(args.job, follow=args.follow):
+            if isinstance(msg, p.JobOutput):
+                printer.feed(msg)
+            elif not msg.ok:
+                raise CommandError(msg.message)
+
+
+def _print_file(path: Path) -> None:
     cleaner = StreamCleaner()
-    while True:
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                while chunk := fh.read(1 << 20):
-                    offset += len(chunk)
-                    sys.stdout.write(cleaner.feed(chunk))
-        except FileNotFoundError:
-            pass
-        sys.stdout.flush()
-        if not args.follow:
-            return
-        with Query(endpoint_for(state)) as query:
-            status = query.status()
-        job = next((j for j in status.jobs if j.id == args.job), None)
-        if job is None or job.state in p.FINAL_STATES and offset >= job.log_size:
-            return
-        time.sleep(0.25)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            sys.stdout.write(cleaner.feed(chunk))
+    sys.stdout.flush()
+
+
+def job_line(job: p.JobInfo) -> str:
+    """One line saying how a job ended, for `wait` and `try`."""
+    what = f"try of {job.branch}" if job.kind == "try" else job.branch
+    parts = [f"job {job.id} ({job.commit[:10]}, {what}) {job.state}"]
+    if job.duration_s is not None:
+        parts.append(f"in {job.duration_s:.1f} s")
+    if job.passed is not None:
+        parts.append(f"({job.passed} passed, {job.failed} failed, {job.skipped} skipped)")
+    if job.error:
+        parts.append(f"- {job.error}")
+    return one_line(" ".join(parts))
+
+
+VERDICT_CODES = {"passed": 0, "failed": 1}  # any other final state (error, cancelled) exits 2
+
+
+def cmd_wait(args) -> int:
+    from . import waiting
+
+    state = _state(args.repo)
+    target = waiting.resolve(args.target, args.repo if state is not None else None)
+    endpoint = endpoint_for(state)
+
+    def told(note: str) -> None:
+        print(f"tuici: waiting for {one_line(note)}", file=sys.stderr, flush=True)
+
+    verdict = waiting.wait(lambda: Query(endpoint), target, args.timeout, told)
+    if verdict.outcome == "skipped":
+        assert verdict.commit is not None
+        print(f"{verdict.commit.sha[:10]} is skipped ([skip ci] in its message): it has no job")
+        return 0
+    if verdict.outcome == "timeout" or verdict.job is None:
+        print(f"tuici: timed out after {args.timeout:g} s waiting for {one_line(target.text)}", file=sys.stderr)
+        return 2
+    print(job_line(verdict.job))
+    return VERDICT_CODES.get(verdict.job.state, 2)
+
+
+def cmd_try(args) -> int:
+    import asyncio
+
+    from .trying import run_try
+
+    top, git_dir = find_git_dir(args.repo)
+    if top == git_dir:
+        raise CommandError(f"{top} is a bare repository: it has no work tree to try")
+    if args.runners < 1:
+        raise CommandError("--runners must be 1 or more")
+    job = asyncio.run(run_try(top, StateDir.in_git_dir(git_dir), args.runners, args.sandbox))
+    if job is None:
+        return 2
+    print(f"tuici: {job_line(job)}", file=sys.stderr)
+    return VERDICT_CODES.get(job.state, 2)
+
+
+def cmd_completion(args) -> None:
+    sys.stdout.write(completion_script(args.shell))
 
 
 def cmd_demo(args) -> None:
@@ -651,7 +859,8 @@ def cmd_demo(args) -> None:
 
 Command = Callable[[argparse.Namespace], "int | None"]  # an exit status (None: 0)
 COMMANDS: dict[str, Command] = {
-    "serve": cmd_serve, "dispatcher": cmd_dispatcher, "observer": cmd_observer, "runner": cmd_runner,
-    "status": cmd_status, "log": cmd_log, "rerun": cmd_rerun, "cancel": cmd_cancel, "tests": cmd_tests,
-    "history": cmd_history, "flaky": cmd_flaky, "gc": cmd_gc, "demo": cmd_demo,
+    "serve": cmd_serve, "try": cmd_try, "wait": cmd_wait, "status": cmd_status, "log": cmd_log, "rerun": cmd_rerun,
+    "cancel": cmd_cancel, "tests": cmd_tests, "history": cmd_history, "flaky": cmd_flaky, "gc": cmd_gc,
+    "demo": cmd_demo, "completion": cmd_completion, "dispatcher": cmd_dispatcher, "observer": cmd_observer,
+    "runner": cmd_runner,
 }

@@ -32,6 +32,7 @@ class RepoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     env: dict[str, str] = {}
     branches: list[str] = msgspec.field(default_factory=lambda: ["*"])
     coalesce: bool = False
+    cancel_superseded: bool = False  # a newer commit cancels the branch's older queued jobs
     setup: str | list[str] | None = None  # run first, in a virtualenv made (and kept) for the job
     python: str | None = None  # the interpreter that virtualenv is made from (default: tuici's own)
     cache_key: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_CACHE_KEY))

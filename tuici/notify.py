@@ -21,7 +21,7 @@ from . import wire as p
 from .procs import kill_group
 from .sanitize import one_line
 
-NotificationKind = Literal["broken", "fixed"]  # TUICI_EVENT; a try's end is to add "try" (see notification_for)
+NotificationKind = Literal["broken", "fixed", "try"]  # TUICI_EVENT
 HOOK_OUTPUT_LIMIT = 64 * 1024  # bytes of a hook's output kept for the log; the rest is read and dropped
 HOOK_QUEUE_LIMIT = 100  # notifications waiting for the hook; past it the newest are dropped, with a warning
 DESKTOP_TIMEOUT = 10.0  # seconds notify-send may take
@@ -37,6 +37,8 @@ class Notification:
 
     @property
     def title(self) -> str:
+        if self.kind == "try":
+            return one_line(f"try on {self.job.branch} {self.job.state}")
         return one_line(f"{self.job.branch} is {self.kind}")
 
     @property
@@ -62,8 +64,8 @@ class Notification:
 
 
 def notification_for(event: p.Event) -> Notification | None:
-    """The notification an event calls for, if any: the one place that decides it. (When `tuici try` lands,
-    the event that ends a try maps to a ``try`` notification here.)"""
+    """The notification an event calls for, if any: the one place that decides it. A branch turning red or
+    green, and a try (`tuici try`) ending, whatever its result."""
     if event.job is None:
         return None
     kind: NotificationKind
@@ -71,6 +73,8 @@ def notification_for(event: p.Event) -> Notification | None:
         kind = "broken"
     elif event.kind == "branch.fixed":
         kind = "fixed"
+    elif event.kind == "job.finished" and event.job.kind == "try":
+        kind = "try"
     else:
         return None
     commit = event.commit

@@ -30,8 +30,10 @@ log = logging.getLogger("tuici.observer")
 REPORT_CHUNK = 1000  # commits per message
 # Commit metadata comes from git log -z in this format: NUL-separated fields (git prints no NUL in them), each
 # record closed by its sha again. A commit's own sha cannot occur in its own metadata, so even a field that
-# some git version printed with a NUL in it cannot shift the fields of the commits after it.
-LOG_FORMAT = "--format=%H%x00%ct%x00%an%x00%s%x00%H"
+# some git version printed with a NUL in it cannot shift the fields of the commits after it. The whole message
+# (%B) is only looked at for [skip ci], then dropped.
+LOG_FORMAT = "--format=%H%x00%ct%x00%an%x00%s%x00%B%x00%H"
+SKIP_MARKS = (b"[skip ci]", b"[ci skip]")  # anywhere in a commit's message, in any case: the commit gets no job
 # At most this many characters of a name or subject: 1000 commits a message stay far below the frame limit.
 MAX_AUTHOR = 200
 MAX_SUBJECT = 500
@@ -53,6 +55,15 @@ class Report:
     branch: str
     tip: str
     commits: list[p.ReportedCommit]
+    cancel_superseded: bool = False  # the tip's config: the branch's older queued jobs are cancelled
+
+
+@dataclass
+class Gone:
+    """A branch that is gone (or no longer watched)."""
+
+    branch: str
+    cancel_queued: bool = False  # its last known tip's config said cancel_superseded
 
 
 class Source:
@@ -247,18 +258,24 @@ def parse_log(out: bytes) -> list[p.ReportedCommit]:
     return commits
 
 
+def skips_ci(message: bytes) -> bool:
+    """Whether a commit message asks for no CI run: [skip ci] or [ci skip] on any line, in any case."""
+    lowered = message.lower()
+    return any(mark in lowered for mark in SKIP_MARKS)
+
+
 def _commit_info(sha: str, fields: list[bytes]) -> p.ReportedCommit:
-    if len(fields) != 3:
+    if len(fields) != 4:
         log.warning("commit %s: unreadable metadata (%d fields); reporting it with placeholders", sha, len(fields))
         return p.ReportedCommit(sha=sha, branch="", author=UNREADABLE_AUTHOR, subject=UNREADABLE_SUBJECT)
-    ctime, author, subject = fields
+    ctime, author, subject, message = fields
     try:
         time = msgspec.convert(int(ctime), p.Timestamp)  # git prints nothing for a missing or broken date
     except (ValueError, msgspec.ValidationError):
         log.warning("commit %s: unreadable committer time %r; reporting it as 0", sha, ctime[:30])
         time = 0.0
     return p.ReportedCommit(sha=sha, branch="", author=_text(author, MAX_AUTHOR), subject=_text(subject, MAX_SUBJECT),
-                        time=time)
+                            time=time, skipped=skips_ci(message))
 
 
 def _text(raw: bytes, limit: int) -> str:
@@ -269,11 +286,12 @@ def _text(raw: bytes, limit: int) -> str:
     return text
 
 
-def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]]:
-    """What to tell the dispatcher, given the tips it knows: reports for changed branches, names of gone ones.
+def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[Gone]]:
+    """What to tell the dispatcher, given the tips it knows: reports for changed branches, and gone ones.
 
-    Which branches are watched comes from the default branch's committed config; whether to coalesce, from
-    each branch tip's own.
+    Which branches are watched comes from the default branch's committed config; whether to coalesce and to
+    cancel superseded jobs, from each branch tip's own (a gone branch's: its last known tip's, if git still has
+    it).
     """
     branches = source.branches()
     default = source.default_branch(branches)
@@ -300,8 +318,9 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]
                 continue
         for c in commits:
             c.branch = branch
-        reports.append(Report(branch, tip, commits))
-    gone = sorted(b for b in known if b not in heads)
+        reports.append(Report(branch, tip, commits, source.config(tip).cancel_superseded))
+    gone = [Gone(b, source.config(known[b] if source.has(known[b]) else None).cancel_superseded)
+            for b in sorted(known) if b not in heads]
     return reports, gone
 
 
@@ -362,8 +381,8 @@ class Observer:
                     await self._report(conn, report)
                     known[report.branch] = report.tip
                 for branch in gone:
-                    await conn.request(p.BranchGone(branch=branch))
-                    known.pop(branch, None)
+                    await conn.request(p.BranchGone(branch=branch.branch, cancel_queued=branch.cancel_queued))
+                    known.pop(branch.branch, None)
                 closed = asyncio.ensure_future(conn.reader.read(0x10000))
                 waits = [closed, asyncio.ensure_future(self.stopping.wait())]
                 if self.poll:
@@ -383,7 +402,8 @@ class Observer:
         chunks = [commits[i:i + REPORT_CHUNK] for i in range(0, len(commits), REPORT_CHUNK)] or [[]]
         for i, chunk in enumerate(chunks):
             tip = report.tip if i == len(chunks) - 1 else chunk[-1].sha
-            ack = await asyncio.wait_for(conn.request(p.CommitsSeen(branch=report.branch, tip=tip, commits=chunk)), 30)
+            ack = await asyncio.wait_for(conn.request(p.CommitsSeen(branch=report.branch, tip=tip, commits=chunk,
+                                                                    cancel_superseded=report.cancel_superseded)), 30)
             p.expect(ack, p.TipsAck)
         if commits:
             log.info("reported %d new commit(s) on %s", len(commits), report.branch)

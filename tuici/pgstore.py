@@ -388,8 +388,11 @@ class PgJobLogs:
                 await asyncio.sleep(1.0)
             stalled()
 
-    async def read(self, job_id: int, offset: int, limit: int) -> bytes:
-        """Up to ``limit`` bytes of the job's log from ``offset``."""
+    async def read(self, job_id: int, offset: int, size: int, end: int | None = None) -> bytes:
+        """Up to ``size`` bytes of the job's log from ``offset``, and none past ``end`` (None: up to its end)."""
+        limit = size if end is None else max(0, min(size, end - offset))
+        if not limit:
+            return b""
         conn = await self._connection()
         cur = await conn.execute(
             'SELECT "offset", data FROM log_chunks WHERE job_id = %s AND "offset" + length(data) > %s'

@@ -30,7 +30,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS commits (
     sha TEXT PRIMARY KEY, branch TEXT NOT NULL, author TEXT NOT NULL, subject TEXT NOT NULL,
-    time REAL NOT NULL, seen_at REAL NOT NULL
+    time REAL NOT NULL, seen_at REAL NOT NULL, skipped INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tips (branch TEXT PRIMARY KEY, sha TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -185,6 +185,8 @@ class Store:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
+        if "skipped" not in {row[1] for row in db.execute("PRAGMA table_info(commits)")}:  # made before it was
+            db.execute("ALTER TABLE commits ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0")
         integrity = db.execute("PRAGMA quick_check").fetchone()[0]
         if integrity != "ok":
             raise sqlite3.DatabaseError(f"{self.path}: database is damaged: {integrity}")
@@ -193,8 +195,9 @@ class Store:
         return Snapshot(
             meta=meta,
             commits=[
-                CommitInfo(sha=r[0], branch=r[1], author=r[2], subject=r[3], time=r[4])
-                for r in db.execute("SELECT sha, branch, author, subject, time FROM commits ORDER BY seen_at, rowid")
+                CommitInfo(sha=r[0], branch=r[1], author=r[2], subject=r[3], time=r[4], skipped=bool(r[5]))
+                for r in db.execute(
+                    "SELECT sha, branch, author, subject, time, skipped FROM commits ORDER BY seen_at, rowid")
             ],
             tips=dict(db.execute("SELECT branch, sha FROM tips")),
             jobs=[(_job_dec.decode(b), p) for b, p in db.execute("SELECT body, priority FROM jobs ORDER BY id")],
@@ -211,8 +214,8 @@ class Store:
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", batch.meta.items())
             if batch.commits:
                 db.executemany(
-                    "INSERT OR IGNORE INTO commits VALUES (?, ?, ?, ?, ?, ?)",
-                    [(c.sha, c.branch, c.author, c.subject, c.time, seen) for c, seen in batch.commits],
+                    "INSERT OR IGNORE INTO commits VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(c.sha, c.branch, c.author, c.subject, c.time, seen, c.skipped) for c, seen in batch.commits],
                 )
             for branch, sha in batch.tips.items():
                 if sha is None:

@@ -56,6 +56,21 @@ class JobLogs:
                 await asyncio.sleep(1.0)
             stalled()
 
+    async def read(self, job_id: int, offset: int, size: int, end: int | None) -> bytes:
+        """Up to ``size`` bytes of the job's log from ``offset``, and none past ``end`` (None: up to its end)."""
+        if end is not None:
+            size = max(0, min(size, end - offset))
+        return await self._run(self._read, self.state.job_log(job_id), offset, size) if size else b""
+
+    @staticmethod
+    def _read(path: Path, offset: int, size: int) -> bytes:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(size)
+        except FileNotFoundError:
+            return b""
+
     def close(self, job_id: int) -> None:
         """Close the job's log behind the writes already asked for (they are unbuffered: nothing waits for it)."""
         fh = self._files.pop(job_id, None)

@@ -139,7 +139,11 @@ class Journal:
 
     async def durable(self) -> None:
         """Return once every change made so far is on disk."""
-        if not self._pending and (self._flush_task is None or self._flush_task.done()):
+        if not self._pending:
+            # Nothing new: the batch being written, if any, is all there is to wait for. (A waiter added now would
+            # be missed: the flush took its waiters with its batch, and stops when nothing is pending after it.)
+            if self._flush_task is not None and not self._flush_task.done():
+                await asyncio.shield(self._flush_task)
             return
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)

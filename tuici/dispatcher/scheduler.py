@@ -162,6 +162,7 @@ class Scheduler:
         self.jobs: dict[int, p.JobInfo] = {}
         self.attempts: dict[tuple[int, int], p.AttemptInfo] = {}
         self.active_job: dict[str, int] = {}  # commit -> its queued or running job
+        self.tries: set[str] = set()  # commits that are snapshots of a work tree (`tuici try`), not a branch's
         self.queue: list[tuple[int, int]] = []  # heap of (-job.priority, job id); stale entries are skipped
         self.runners: dict[str, Runner] = {}
         self.cancel_requested: set[int] = set()  # running jobs that end as cancelled, whatever the runner says
@@ -187,10 +188,12 @@ class Scheduler:
                 self.active_job[job.commit] = job.id
             if job.state == "queued":
                 heapq.heappush(self.queue, (-prio, job.id))
+            if job.kind == "try":
+                self.tries.add(job.commit)
         for a in snap.attempts:
             self.attempts[(a.job_id, a.attempt)] = a
         # Each branch's verdict as it was: only a change from now on is published.
-        judged = (j for j in self.jobs.values() if j.state in VERDICTS)
+        judged = (j for j in self.jobs.values() if j.state in VERDICTS and j.kind == "commit")
         for job in sorted(judged, key=lambda j: (j.finished_at or 0, j.id)):
             self._judge(job, publish=False)
         if any(j.state == "running" for j in self.jobs.values()):
@@ -209,9 +212,11 @@ class Scheduler:
     # ------------------------------------------------------------------ commits and jobs
 
     def commits_seen(self, msg: p.CommitsSeen) -> int:
-        """Record the observer's new commits, each with a job, and the branch's tip; how many were queued."""
+        """Record the observer's new commits, each with a job unless it is skipped, and the branch's tip; how many
+        were queued. With ``cancel_superseded``, the branch's older queued jobs are cancelled once it moved."""
         now = self.clock.time()
         queued = 0
+        moved = self.tips.get(msg.branch) != msg.tip
         for commit in msg.commits:
             if commit.sha in self.commits:
                 continue
@@ -219,21 +224,39 @@ class Scheduler:
             self.commit_rank[commit.sha] = len(self.commit_rank)
             self._effects.append(SaveCommit(commit, now))
             self._publish("commit.seen", commit=commit)
+            if commit.skipped:
+                continue
             self._new_job(commit.sha, commit.branch, priority=0)
             queued += 1
         self.tips[msg.branch] = msg.tip
         self._effects.append(SaveTip(msg.branch, msg.tip))
+        if msg.cancel_superseded and moved:
+            self._cancel_queued(msg.branch, f"superseded by {msg.tip}")
         return queued
 
-    def branch_gone(self, branch: str) -> None:
-        self.tips.pop(branch, None)
-        self.verdicts.pop(branch, None)
-        self._effects.append(SaveTip(branch, None))
-        self._publish("branch.deleted", message=branch)
+    def branch_gone(self, msg: p.BranchGone) -> None:
+        self.tips.pop(msg.branch, None)
+        self.verdicts.pop(msg.branch, None)
+        self._effects.append(SaveTip(msg.branch, None))
+        self._publish("branch.deleted", message=msg.branch)
+        if msg.cancel_queued:
+            self._cancel_queued(msg.branch, f"branch {msg.branch} was deleted")
 
-    def _new_job(self, sha: str, branch: str, priority: int) -> p.JobInfo:
+    def _cancel_queued(self, branch: str, reason: str) -> None:
+        """Cancel the queued jobs the observer made for ``branch``'s commits, but not a job someone asked for (a
+        rerun or a try: a priority or kind of its own), nor one whose commit is a branch's tip now (a branch
+        merged by fast-forward and deleted leaves its last commit to the branch it was merged into)."""
+        tips = set(self.tips.values())
+        for job_id in sorted(self.active_job.values()):
+            job = self.jobs[job_id]
+            if (job.state == "queued" and job.kind == "commit" and job.priority == 0 and job.branch == branch
+                    and job.commit not in tips):
+                job.error = reason
+                self._finish(job, "cancelled", "cancelled", reason)
+
+    def _new_job(self, sha: str, branch: str, priority: int, kind: p.JobKind = "commit") -> p.JobInfo:
         job = p.JobInfo(id=self.next_job_id, commit=sha, branch=branch, state="queued",
-                        queued_at=self.clock.time(), priority=priority)
+                        queued_at=self.clock.time(), priority=priority, kind=kind)
         self.next_job_id += 1
         self.jobs[job.id] = job
         self.active_job[sha] = job.id
@@ -242,6 +265,24 @@ class Scheduler:
         self._publish("job.queued", job=job)
         return job
 
+    def _front(self) -> int:
+        """A priority above every job's: what someone asks for (a rerun, a try) goes ahead of everything queued."""
+        return max((j.priority for j in self.jobs.values()), default=0) + 1
+
+    def try_commit(self, commit: p.CommitInfo) -> p.Reply:
+        """Queue a snapshot of a work tree (`tuici try`) at the front, as a job of kind try."""
+        if commit.sha not in self.commits:
+            commit.skipped = False  # a try is asked for: its message has no say
+            self.commits[commit.sha] = commit
+            self._effects.append(SaveCommit(commit, self.clock.time()))
+            self._publish("commit.seen", commit=commit)
+        self.tries.add(commit.sha)
+        active = self.active_job.get(commit.sha)
+        if active is not None:
+            return p.Reply(ok=True, message=f"job {active} is testing {commit.sha[:10]} already", job=self.jobs[active])
+        job = self._new_job(commit.sha, commit.branch, self._front(), kind="try")
+        return p.Reply(ok=True, message=f"job {job.id} queued at the front", job=job)
+
     def rerun(self, prefix: str) -> p.Reply:
         """Queue the commit again, ahead of every other job (or move its queued job there)."""
         prefix = prefix.strip().lower()
@@ -249,7 +290,7 @@ class Scheduler:
         if len(matches) != 1:
             return p.Reply(ok=False, message=f"{'no' if not matches else 'more than one'} commit matches {prefix!r}")
         sha = matches[0]
-        top = max((j.priority for j in self.jobs.values()), default=0) + 1
+        top = self._front()
         active = self.active_job.get(sha)
         if active is not None and self.jobs[active].state == "queued":
             job = self.jobs[active]
@@ -260,7 +301,8 @@ class Scheduler:
             return p.Reply(ok=True, message=f"job {job.id} moved to the front of the queue", job=job)
         if active is not None:
             return p.Reply(ok=False, message=f"job {active} for {sha[:10]} is running already")
-        job = self._new_job(sha, self.commits[sha].branch, priority=top)
+        job = self._new_job(sha, self.commits[sha].branch, priority=top,
+                            kind="try" if sha in self.tries else "commit")
         return p.Reply(ok=True, message=f"job {job.id} queued at the front", job=job)
 
     def cancel(self, job_id: int) -> p.Reply:
@@ -421,7 +463,7 @@ class Scheduler:
         self._end_attempt(job, outcome, reason, job.finished_at)
         self._save(job)
         self._publish("job.finished", job=job, message=reason)
-        if state in VERDICTS:
+        if state in VERDICTS and job.kind == "commit":  # a try's work tree says nothing of its branch
             self._judge(job, publish=True)
 
     def _judge(self, job: p.JobInfo, publish: bool) -> None:

@@ -15,14 +15,16 @@ import logging
 import os
 import socket
 import ssl
+import subprocess
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import localconfig
 from .. import wire as p
-from ..errors import AlreadyRunning, ConfigError
+from ..errors import AlreadyRunning, CommandError, ConfigError
 from ..localconfig import LocalConfig
 from ..notify import Hook, Notification, notification_for
 from ..sizes import format_size
@@ -172,6 +174,7 @@ class Dispatcher:
         self.queries = Queries(store if isinstance(store, Store) else None, self.sched.jobs.get)
         self.conns: dict[str, p.Connection] = {}  # connected runners' connections, by name
         self.subscribers: set[Subscriber] = set()
+        self.log_followers: dict[int, set[asyncio.Event]] = {}  # job id -> a wake-up per `log -f` following it
         self._servers: list[asyncio.base_events.Server] = []
         self._bound_socket_file = False  # whether we made state.socket (and remove it at stop)
         self._tasks: set[asyncio.Task] = set()
@@ -290,6 +293,8 @@ class Dispatcher:
                     notification = notification_for(self.journal.publish(kind, fields))
                     if notification is not None:
                         self._spawn(self._notify(notification))
+                    if "job" in fields:
+                        self._wake_log_followers(fields["job"].id)
                 case s.SaveJob(job):
                     self.journal.save_job(job)
                     self.status.jobs.changed(job.id)
@@ -373,13 +378,35 @@ class Dispatcher:
                 await self.journal.store.forget_job_rows(ids)
             events = 0
             if config.keep_days < float("inf"):
-                events = await self.journal.prune_events(self.sched.clock.time() - config.keep_days * s.DAY)
+                cutoff = self.sched.clock.time() - config.keep_days * s.DAY
+                events = await self.journal.prune_events(cutoff)
+                await self._prune_tries(cutoff)
             self.last_gc = self.sched.clock.time()
             if ids or events:
                 message = f"deleted {len(ids)} job logs ({format_size(freed)}) and {events} events"
                 log.info("retention: %s", message)
                 self.journal.publish("history.pruned", {"message": message})
             return p.GcReply(logs=len(ids), log_bytes=freed, events=events, history=await self.history())
+
+    async def _prune_tries(self, cutoff: float) -> None:
+        """Delete the refs of tries (`tuici try`) whose result is older than ``cutoff``, in the repository when it
+        is on this machine; a failure is logged (the next run tries again)."""
+        from ..trying import prune_try_refs
+
+        repo = self.sched.repo_url
+        if not repo or not os.path.isdir(repo):
+            return
+        finished: dict[str, float | None] = {}
+        for job in sorted(self.sched.jobs.values(), key=lambda j: j.id):  # the latest job of a commit last
+            if job.kind == "try":
+                finished[job.commit] = job.finished_at if job.state in p.FINAL_STATES else None
+        try:
+            removed = await asyncio.to_thread(prune_try_refs, Path(repo), finished, cutoff)
+        except (OSError, subprocess.CalledProcessError, CommandError) as exc:
+            log.warning("retention: could not remove old try refs in %s: %s", repo, exc)
+            return
+        if removed:
+            log.info("retention: removed %d try refs", len(removed))
 
     async def history(self) -> p.History:
         """What the history takes, and the retention in force (none, keep_bytes 0, while the settings are bad)."""
@@ -498,7 +525,7 @@ class Dispatcher:
                 await self.journal.durable()
                 await conn.send(p.TipsAck(branch=msg.branch, tip=msg.tip, queued=queued))
             elif isinstance(msg, p.BranchGone):
-                self.sched.branch_gone(msg.branch)
+                self.sched.branch_gone(msg)
                 self._carry_out()
                 await self.journal.durable()
                 await conn.send(p.TipsAck(branch=msg.branch, tip="", queued=0))
@@ -553,6 +580,7 @@ class Dispatcher:
         offset = self.sched.output_written(runner, msg, data)
         if offset is None:
             return
+        self._wake_log_followers(msg.job_id)
         for sub in self.subscribers:
             if sub.output:
                 sub.offer(p.JobOutput(job_id=msg.job_id, offset=offset, data=data))
@@ -607,11 +635,63 @@ class Dispatcher:
                 for answer in await self.queries.answer(msg):
                     conn.send_nowait(answer)
                     await conn.writer.drain()
+            elif isinstance(msg, p.TryRequest):
+                reply = self.sched.try_commit(msg.commit)
+                self._carry_out()
+                await self.journal.durable()
+                await conn.send(reply)
+                self._dispatch()
+            elif isinstance(msg, p.LogRequest):
+                await self._send_log(conn, msg)
+                return
             elif isinstance(msg, p.Notice):
                 self.journal.publish(msg.kind, {"message": f"{msg.name}: {msg.message}"})
                 await conn.send(p.Reply(ok=True))
             else:
                 raise p.ProtocolError(f"a control client may not send {type(msg).__name__}")
+
+    def _wake_log_followers(self, job_id: int) -> None:
+        for wake in self.log_followers.get(job_id, ()):
+            wake.set()
+
+    async def _send_log(self, conn: p.Connection, req: p.LogRequest) -> None:
+        """The job's stored output from ``req.offset``, then (following) what it prints until it is final, then a
+        reply with the job. Read from the log on the logs' thread (behind the writes before it), never ahead of
+        what the scheduler counts as written, so a lost attempt's emptied log is seen as such (``log_size``
+        back below our offset, or another attempt begun): the next attempt's output is then sent from offset 0."""
+        job = self.sched.jobs.get(req.job_id)
+        if job is None:
+            await conn.send(p.Reply(ok=False, message=f"no job {req.job_id}"))
+            return
+        offset, attempt = req.offset, job.attempts
+        wake = asyncio.Event()
+        self.log_followers.setdefault(job.id, set()).add(wake)
+        closed = asyncio.ensure_future(conn.reader.read(1))
+        try:
+            while not closed.done():
+                wake.clear()
+                final = job.state in p.FINAL_STATES
+                if job.attempts != attempt or (job.log_size < offset and not final):
+                    offset, attempt = 0, job.attempts  # the attempt was lost, and its output with it
+                data = await self.logs.read(job.id, offset, p.OUTPUT_CHUNK, None if final else job.log_size)
+                if data:
+                    await conn.send(p.JobOutput(job_id=job.id, offset=offset, data=data))
+                    offset += len(data)
+                    continue
+                if final or not req.follow:
+                    await self.journal.durable()  # the state we tell is one a crash cannot take back
+                    await conn.send(p.Reply(ok=True, message=job.state, job=job))
+                    return
+                woken = asyncio.ensure_future(wake.wait())
+                await asyncio.wait([closed, woken], return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+        finally:
+            closed.cancel()
+            followers = self.log_followers.get(job.id)
+            if followers is not None:
+                followers.discard(wake)
+                if not followers:
+                    del self.log_followers[job.id]
 
     async def _stream(self, conn: p.Connection, sub_msg: p.Subscribe) -> None:
         """Send every event after the subscriber's cursor, then live ones; no gaps, no duplicates."""

@@ -63,7 +63,7 @@ class Status:
         return p.StatusReply(
             repo_url=sched.repo_url, last_seq=last_seq, commits=commits, jobs=jobs,
             runners=[r.info for r in sched.runners.values()],
-            attempts=[a for a in sched.attempts.values() if a.job_id in ids], history=history,
+            attempts=[a for a in sched.attempts.values() if a.job_id in ids], tips=dict(sched.tips), history=history,
             dispatchers=self.group(),
         )
 
@@ -77,5 +77,6 @@ class Status:
         return p.to_json_bytes(p.StatusReply(
             repo_url=sched.repo_url, last_seq=last_seq, commits=cast(Any, self.commits.array(sched.commits)),
             jobs=cast(Any, self.jobs.array(sched.jobs)), runners=[r.info for r in sched.runners.values()],
-            attempts=cast(Any, self.attempts.array(sched.attempts)), history=history, dispatchers=self.group(),
+            attempts=cast(Any, self.attempts.array(sched.attempts)), tips=dict(sched.tips), history=history,
+            dispatchers=self.group(),
         ))

@@ -156,8 +156,11 @@ class Workspace:
     # ------------------------------------------------------------------ the clone
 
     def _fetch(self) -> None:
+        """Branches, tags and tries (`tuici try`: commits only ``refs/tuici/try/*`` points to), for a clone that
+        does not borrow the repository's objects (it finds them through its alternates otherwise)."""
         self.git("fetch", "--quiet", "--no-write-fetch-head", "--prune", "origin",
-                 "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*", check=False)
+                 "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*",
+                 "+refs/tuici/try/*:refs/tuici/try/*", check=False)
 
     def _open(self, url: str) -> None:
         if self._url == url:

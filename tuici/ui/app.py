@@ -40,6 +40,7 @@ from .components.queue import QueuePanel
 from .components.runners import RunnerRow, RunnersPanel
 from .components.status_bar import StatusBar, StatusInfo
 from .components.tests import TestsPanel
+from .components.tries import TriesPanel
 from .feed import Connection, Feed, Heartbeats, Snapshot, Update
 from .logindex import failure_heading, find_line
 from .model import Model
@@ -139,7 +140,9 @@ class ControlCenter(App[None]):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="top"):
-            yield CommitsPanel(self.model, self.clock, Path(self.backend.label).name, id="commits")
+            with Vertical(id="main"):
+                yield TriesPanel(self.model, self.clock, id="tries")
+                yield CommitsPanel(self.model, self.clock, Path(self.backend.label).name, id="commits")
             with Vertical(id="side"):
                 yield QueuePanel(self.model, self.clock, id="queue")
                 yield RunnersPanel(self.model, self.backend.processes, self.clock, id="runners")
@@ -152,6 +155,10 @@ class ControlCenter(App[None]):
     @property
     def commits(self) -> CommitsPanel:
         return self.query_one(CommitsPanel)
+
+    @property
+    def tries(self) -> TriesPanel:
+        return self.query_one(TriesPanel)
 
     @property
     def queue_panel(self) -> QueuePanel:
@@ -232,6 +239,8 @@ class ControlCenter(App[None]):
             return
         with self.batch_update():
             self.commits.apply(changes)
+            if changes.tries or changes.reset or not changes.jobs.isdisjoint(self.model.tries):
+                self.tries.rebuild()
             if changes.jobs or changes.reset:
                 self.queue_panel.rebuild()
             self.runners.rebuild()
@@ -265,6 +274,7 @@ class ControlCenter(App[None]):
             return
         with self.batch_update():
             self.commits.table.redraw()
+            self.tries.table.redraw()
             self.queue_panel.table.redraw()
             self.runners.rebuild()
             self._update_status()
@@ -294,8 +304,8 @@ class ControlCenter(App[None]):
     # ------------------------------------------------------------------ what is selected
 
     def _focused_panel(self) -> str:
-        """commits, queue, runners, tests or output: where the keys act."""
-        for panel in (self.commits, self.queue_panel, self.runners, self.tests, self.output):
+        """commits, tries, queue, runners, tests or output: where the keys act."""
+        for panel in (self.commits, self.tries, self.queue_panel, self.runners, self.tests, self.output):
             if panel.has_focus_within and panel.id is not None:
                 return panel.id
         return "commits"
@@ -305,7 +315,9 @@ class ControlCenter(App[None]):
         if panel == "commits":
             sha = self.commits.selected_sha
             return None if sha is None else self.model.job_for_commit(sha)
-        if panel == "queue":
+        if panel == "tries":
+            job_id = self.tries.selected_job
+        elif panel == "queue":
             job_id = self.queue_panel.selected_job
         elif panel == "runners":
             runner = self.runners.selected

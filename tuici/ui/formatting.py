@@ -30,6 +30,7 @@ JOB_BADGES: dict[str, Badge] = {
     "cancelled": Badge("⊘", "cancelled", "cancelled"),
 }
 NO_JOB = Badge("·", "no job", "cancelled")
+SKIPPED = Badge("↷", "skipped", "cancelled")  # [skip ci] in its message: it has no job
 
 RUNNER_BADGES: dict[str, Badge] = {
     "idle": Badge("○", "idle", "queued"),
@@ -69,6 +70,11 @@ STATE_VARIABLES = ("pass", "fail", "running", "queued", "errored", "cancelled")
 
 def job_badge(job: p.JobInfo | None) -> Badge:
     return NO_JOB if job is None else JOB_BADGES.get(job.state, NO_JOB)
+
+
+def commit_badge(commit: p.CommitInfo, job: p.JobInfo | None) -> Badge:
+    """Its latest job's state; ``skipped`` for a commit whose message said [skip ci] and that has no job."""
+    return SKIPPED if job is None and commit.skipped else job_badge(job)
 
 
 def duration(seconds: float | None) -> str:

@@ -30,19 +30,23 @@ class Changes:
     commits: set[str] = field(default_factory=set)  # shas whose row must be redrawn
     commits_added: bool = False  # new rows: the commit order must be rebuilt
     jobs: set[int] = field(default_factory=set)
+    tries: bool = False  # a try job was added: the tries panel must be rebuilt
     runners: bool = False
     processes: bool = False
     reset: bool = False  # a status snapshot replaced everything
 
     def __bool__(self) -> bool:
-        return bool(self.commits or self.commits_added or self.jobs or self.runners or self.processes or self.reset)
+        return bool(self.commits or self.commits_added or self.jobs or self.tries or self.runners or self.processes
+                    or self.reset)
 
 
 class Model:
     def __init__(self) -> None:
         self.commits: dict[str, p.CommitInfo] = {}
-        self.arrival: list[str] = []  # shas, oldest first: newest-first is this reversed
+        self.arrival: list[str] = []  # branch commits' shas, oldest first: newest-first is this reversed
         self.jobs: dict[int, p.JobInfo] = {}
+        self.tries: list[int] = []  # try jobs (`tuici try`), oldest first; their commits are not in ``arrival``
+        self.try_commits: set[str] = set()
         self.latest_job: dict[str, int] = {}  # sha -> its newest job id
         self.runners: dict[str, p.RunnerInfo] = {}
         self.processes: dict[str, str] = {}  # process name -> what its last process.* event said: started, exited…
@@ -141,7 +145,7 @@ class Model:
         self.commits[commit.sha] = msgspec.structs.replace(
             commit, branch=safe(commit.branch), author=safe(commit.author), subject=safe(commit.subject)
         )
-        if not known:
+        if not known and commit.sha not in self.try_commits:
             self.arrival.append(commit.sha)
             self.changes.commits_added = True
         self.changes.commits.add(commit.sha)
@@ -157,6 +161,13 @@ class Model:
         sha = job.commit
         if sha not in self.commits:  # its commit.seen is older than what we were sent
             self._upsert_commit(p.CommitInfo(sha=sha, branch=job.branch))
+        if job.kind == "try" and old is None:
+            self.tries.append(job.id)
+            self.changes.tries = True
+            if sha not in self.try_commits:  # listed apart from the branch commits (it came as one first)
+                self.try_commits.add(sha)
+                self.arrival.remove(sha)
+                self.changes.commits_added = True
         if self.latest_job.get(sha, 0) <= job.id:
             self.latest_job[sha] = job.id
             self.changes.commits.add(sha)

@@ -235,11 +235,13 @@ def connect(address: Address, timeout: float) -> socket.socket:
     return sock
 
 
-def endpoint_for(state: StateDir, token: str | None = None) -> Endpoint:
+def endpoint_for(state: StateDir | None, token: str | None = None) -> Endpoint:
     """This repository's dispatcher (or $TUICI_DISPATCHER), joined with its token, and over TCP with the CA in
-    $TUICI_TLS_CA."""
-    text = os.environ.get("TUICI_DISPATCHER") or state.address()
+    $TUICI_TLS_CA. Without a state dir (on another machine), $TUICI_DISPATCHER and the token must be given."""
+    text = os.environ.get("TUICI_DISPATCHER") or (state.address() if state is not None else None)
     if not text:
+        if state is None:
+            raise NoDispatcher("no repository here: set TUICI_DISPATCHER (and TUICI_TOKEN) to reach a dispatcher")
         raise NoDispatcher(f"no dispatcher has run for this repository ({state.path} has no address)")
     try:
         addresses = parse_addresses(text)

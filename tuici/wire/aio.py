@@ -18,15 +18,18 @@ from .messages import (
     Event,
     Hello,
     JobOutput,
+    LogRequest,
     Message,
     Notice,
     NoticeKind,
     Refused,
     Reply,
+    ReportedCommit,
     RerunRequest,
     StatusReply,
     StatusRequest,
     Subscribe,
+    TryRequest,
     Welcome,
 )
 
@@ -248,6 +251,9 @@ class Control:
     async def cancel(self, job_id: int) -> Reply:
         return expect(await self.request(CancelRequest(job_id=job_id)), Reply)
 
+    async def try_commit(self, commit: ReportedCommit) -> Reply:
+        return expect(await self.request(TryRequest(commit=commit)), Reply)
+
     async def notice(self, kind: NoticeKind, name: str, message: str, patience: float = 30.0) -> None:
         """Have the dispatcher publish a supervisor event; waits (a while) for one that is restarting."""
         loop = asyncio.get_running_loop()
@@ -272,6 +278,21 @@ class Control:
             while (msg := await conn.recv()) is not None:
                 if isinstance(msg, (Event, JobOutput, StatusReply)):
                     yield msg
+        finally:
+            await conn.close()
+
+    async def log(self, job_id: int, offset: int = 0, follow: bool = False) -> AsyncIterator[JobOutput | Reply]:
+        """The job's output from ``offset`` (see ``LogRequest``), ending with the reply that carries the job; a
+        connection of its own. ``ConnectionError`` if it drops before that reply."""
+        conn = await self._connect()
+        try:
+            await conn.send(LogRequest(job_id=job_id, offset=offset, follow=follow))
+            while (msg := await conn.recv()) is not None:
+                if isinstance(msg, Reply):
+                    yield msg
+                    return
+                yield expect(msg, JobOutput)
+            raise ConnectionError("dispatcher closed the connection")
         finally:
             await conn.close()
 

@@ -1,4 +1,4 @@
-"""Requests to a dispatcher over a blocking socket, for the one-shot commands (status, log, rerun, cancel,
+"""Requests to a dispatcher over a blocking socket, for the one-shot commands (status, log, rerun, cancel, wait,
 tests, history, flaky).
 
 They need no event loop, and without asyncio's import a command answers ~30 ms sooner. ``aio.Control``
@@ -12,7 +12,20 @@ from typing import BinaryIO, Iterator
 from .addresses import Address, Endpoint, TcpAddress, connect, parse_address
 from .errors import NoDispatcher, ProtocolError, RefusedError
 from .framing import HEADER, MAX_FRAME, body_length, decode, encode, expect
-from .messages import Hello, Message, Refused, StatusJson, StatusReply, StatusRequest, Welcome
+from .messages import (
+    Event,
+    Hello,
+    JobOutput,
+    LogRequest,
+    Message,
+    Refused,
+    Reply,
+    StatusJson,
+    StatusReply,
+    StatusRequest,
+    Subscribe,
+    Welcome,
+)
 
 
 def read_message_blocking(stream: BinaryIO, max_size: int = MAX_FRAME) -> Message | None:
@@ -107,6 +120,30 @@ class Query:
         while reply.more:
             reply = expect(self._receive(), StatusJson)
             out.write(reply.data)
+
+    def log(self, job_id: int, offset: int = 0, follow: bool = False) -> Iterator[JobOutput | Reply]:
+        """The job's output from ``offset`` (see ``LogRequest``), ending with the reply that carries the job;
+        the connection's last request."""
+        self._sock.sendall(encode(LogRequest(job_id=job_id, offset=offset, follow=follow)))
+        while True:
+            msg = self._receive()
+            if isinstance(msg, Reply):
+                yield msg
+                return
+            yield expect(msg, JobOutput)
+
+    def events(self, after_seq: int) -> Iterator[Event]:
+        """Every event after ``after_seq``, then live ones, until the connection drops (``ConnectionError``);
+        the connection's last request."""
+        self._sock.sendall(encode(Subscribe(after_seq=after_seq)))
+        while True:
+            msg = self._receive()
+            if isinstance(msg, Event):
+                yield msg
+
+    def settimeout(self, seconds: float | None) -> None:
+        """How long a read may wait from now on (``TimeoutError`` after it); None: as long as it takes."""
+        self._sock.settimeout(seconds)
 
     def close(self) -> None:
         self._stream.close()

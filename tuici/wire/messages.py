@@ -14,11 +14,15 @@ import msgspec
 # a hello of another version. 2: ``Refused.permanent``. 3: test cases (``TestCases``, the tests, history and
 # flaky requests, the jobs' ``failed_tests`` and ``flaky_tests``); branch and history events,
 # ``JobInfo.log_deleted``, ``StatusReply.history``, ``gc``, and a ``StatusReply`` in an event stream that resumed
-# past deleted events.
+# past deleted events; tries and log streams (``TryRequest``, ``LogRequest``), skipped commits, superseded jobs
+# (``CommitsSeen.cancel_superseded``, ``BranchGone.cancel_queued``), status tips; ``Refused.active`` and the
+# ``dispatcher.active`` event of a group sharing a store.
 PROTOCOL_VERSION = 3
 
 Role = Literal["runner", "observer", "control"]
 JobState = Literal["queued", "running", "passed", "failed", "error", "cancelled"]
+# What a job tests: a commit the observer reported on a branch, or a snapshot of a work tree (`tuici try`).
+JobKind = Literal["commit", "try"]
 RunnerState = Literal["idle", "busy", "lost"]
 FINAL_STATES = frozenset({"passed", "failed", "error", "cancelled"})
 # How an attempt ended ("" while it runs): a job's final state, or the runner lost, or the job's timeout.
@@ -71,6 +75,7 @@ class CommitInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
     author: str = ""
     subject: str = ""
     time: Timestamp = 0.0  # committer time
+    skipped: bool = False  # its message says [skip ci] or [ci skip]: it gets no job (a rerun still queues one)
 
 
 class ReportedCommit(CommitInfo):
@@ -103,6 +108,9 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
     failed_tests: list[str] = []  # the first MAX_LISTED_TESTS tests that failed (or erred)
     flaky_tests: list[str] = []  # the first MAX_LISTED_TESTS that failed, then passed when retried
     log_deleted: bool = False  # retention deleted its log (``log_size`` still says how much it printed)
+    # "try": a snapshot of a work tree, not a commit of its branch (``branch`` is the one its HEAD was on); tip
+    # statuses, superseding and the commits list leave it out
+    kind: JobKind = "commit"
 
 
 class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -232,10 +240,12 @@ class CommitsSeen(_Msg, tag="commits"):
     branch: Branch
     tip: Sha
     commits: list[ReportedCommit]  # oldest first
+    cancel_superseded: bool = False  # the tip's config says so: new commits cancel the branch's older queued jobs
 
 
 class BranchGone(_Msg, tag="branch_gone"):
     branch: Branch
+    cancel_queued: bool = False  # its last tip's config says cancel_superseded: its queued jobs are cancelled
 
 
 class TipsAck(_Msg, tag="tips_ack"):
@@ -394,6 +404,7 @@ class StatusReply(_Msg, tag="status_reply"):
     attempts: list[AttemptInfo] = []
     history: History = msgspec.field(default_factory=History)
     dispatchers: list[DispatcherInfo] = []  # with a shared store: the group, the active one first
+    tips: dict[str, str] = {}  # each watched branch's tip, as the observer last reported it
 
 
 class TestsRequest(_Msg, tag="tests"):
@@ -458,6 +469,23 @@ class GcReply(_Msg, tag="gc_reply"):
     history: History  # what is kept now
 
 
+class TryRequest(_Msg, tag="try"):
+    """Test a snapshot of a work tree (`tuici try`): a commit no branch points to, queued at the front. The
+    dispatcher replies with the job (a ``Reply``)."""
+
+    commit: ReportedCommit  # its branch is the one the work tree's HEAD was on
+
+
+class LogRequest(_Msg, tag="log"):
+    """A job's stored output from ``offset`` on, as ``JobOutput`` pieces, then a ``Reply`` with the job once all
+    of it is sent: at once, or with ``follow``, when the job is final. Output of an attempt that was lost is
+    dropped from the log: the next piece then starts again at offset 0. The last request on its connection."""
+
+    job_id: int
+    offset: Offset = 0
+    follow: bool = False
+
+
 class Notice(_Msg, tag="notice"):
     """A supervisor telling the dispatcher what happened to a process, to publish as an event."""
 
@@ -476,8 +504,9 @@ Message = Union[
     Hello, Welcome, Refused,
     CommitsSeen, BranchGone, TipsAck,
     Heartbeat, Bye, Assign, CancelJob, Output, TestCases, JobResult, ResultAck,
-    Subscribe, Event, JobOutput, StatusRequest, StatusReply, StatusJson, RerunRequest, CancelRequest, GcRequest,
-    GcReply, Notice, Reply, TestsRequest, TestsReply, HistoryRequest, HistoryReply, FlakyRequest, FlakyReply,
+    Subscribe, Event, JobOutput, StatusRequest, StatusReply, StatusJson, RerunRequest, CancelRequest, TryRequest,
+    LogRequest, GcRequest, GcReply, Notice, Reply, TestsRequest, TestsReply, HistoryRequest, HistoryReply,
+    FlakyRequest, FlakyReply,
 ]
 
 _json_encoder = msgspec.json.Encoder()

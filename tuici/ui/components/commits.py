@@ -1,4 +1,4 @@
-"""The commits panel: every commit, newest first, with the state of its latest job; ``/`` filters it."""
+"""The commits panel: every branch commit, newest first, with the state of its latest job; ``/`` filters it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Input
 
-from ..formatting import age, job_badge, job_duration, short_sha, test_counts
+from ..formatting import age, commit_badge, job_duration, short_sha, test_counts
 from ..model import Changes, Model
 from .inputs import ClearableInput
 from .table import Cell, Column, RecordTable
@@ -86,7 +86,7 @@ class CommitsPanel(Vertical):
     def _cells(self, sha: str) -> list[Cell]:
         commit = self.model.commits[sha]
         job = self.model.job_for_commit(sha)
-        badge = job_badge(job)
+        badge = commit_badge(commit, job)
         now = self.clock()
         return [
             (short_sha(sha), "record-table--muted"), (badge.text, badge.style), (commit.branch, ""),
@@ -113,7 +113,7 @@ class CommitsPanel(Vertical):
         self._update_title()
 
     def _update_title(self) -> None:
-        shown, total = len(self.table.keys), len(self.model.commits)
+        shown, total = len(self.table.keys), len(self.model.arrival)
         query = self.query_one(ClearableInput).value.strip()
         self.border_title = Content.assemble("Commits · ", (self.repo_name, "italic"))
         self.border_subtitle = Content.assemble(f"filter “{query}”: {shown} of {total}") if query else f"{total}"
