@@ -333,6 +333,21 @@ class TestAlerts:
         assert ("main is broken", "9999999999 Retry the flaky network test (failed, 1 failed, job 10)", "error") \
             in toasts
 
+    async def test_a_dispatcher_taking_over_is_a_toast_and_named_in_the_status_bar(self, tmp_path):
+        from tuici.ui.components.status_bar import StatusBar
+
+        events = recorded_events()
+        events.append(p.Event(seq=events[-1].seq + 1, ts=NOW, kind="dispatcher.active",
+                              message="dispatcher b-42-a1b2c3 at b.example:7700 is active (epoch 7)"))
+        app, _ = make_app(tmp_path, events=events)
+        async with app.run_test(size=SIZE, notifications=True) as pilot:
+            await settle(pilot)
+            toasts = [(n.title, n.message) for n in app._notifications]
+            bar = str(app.query_one(StatusBar).render())
+        assert ("Another dispatcher took over", "dispatcher b-42-a1b2c3 at b.example:7700 is active (epoch 7)") \
+            in toasts
+        assert "active b.example:7700" in bar
+
 
 class TestManyCommits:
     async def test_ten_thousand_commits_fill_the_table_newest_first(self, tmp_path):

@@ -232,6 +232,8 @@ class ControlCenter(App[None]):
                 self._announce(update)
         for alert in self.model.take_alerts():
             self._alert(alert)
+        for message in self.model.take_takeovers():
+            self.notify(message, title="Another dispatcher took over", severity="warning", markup=False, timeout=10)
         changes = self.model.take_changes()
         if not changes:
             if pending:
@@ -298,7 +300,7 @@ class ControlCenter(App[None]):
         self.query_one(StatusBar).show(StatusInfo(
             health=(("dispatcher", self._health("dispatcher")), ("observer", self._health("observer"))),
             connection=self.connection, counts=dict(self.model.counts), following=self.log_view.follow,
-            note=self._note,
+            note=self._note, dispatcher=self.model.active_dispatcher,
         ))
 
     # ------------------------------------------------------------------ what is selected

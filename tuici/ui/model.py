@@ -55,6 +55,8 @@ class Model:
         self.loaded = False
         self.changes = Changes()
         self.alerts: list[Notification] = []  # branches broken or fixed since the app last looked
+        self.takeovers: list[str] = []  # dispatchers of a group that took over since the app last looked
+        self.active_dispatcher = ""  # with a shared store: the address of the active dispatcher
         self._snapshot_seq = 0  # events up to here are already reflected in the last snapshot
 
     # ------------------------------------------------------------------ input
@@ -73,6 +75,7 @@ class Model:
         self.runners = {}
         for runner in status.runners:
             self._upsert_runner(runner)
+        self.active_dispatcher = next((safe(d.address) for d in status.dispatchers if d.role == "active"), "")
         self._snapshot_seq = status.last_seq
         if not self.loaded:  # nothing seen yet: follow on from the snapshot, not from the start
             self.last_seq = status.last_seq
@@ -90,6 +93,11 @@ class Model:
             self.changes.processes = True
             return
         if event.seq <= self._snapshot_seq:
+            return
+        if kind == "dispatcher.active":  # "dispatcher NAME at ADDRESS is active (epoch N)"
+            self.takeovers.append(safe(event.message))
+            self.active_dispatcher = safe(event.message.partition(" at ")[2].rpartition(" is active")[0])
+            self.changes.processes = True
             return
         notification = notification_for(event)
         if notification is not None:
@@ -116,6 +124,10 @@ class Model:
     def take_changes(self) -> Changes:
         changes, self.changes = self.changes, Changes()
         return changes
+
+    def take_takeovers(self) -> list[str]:
+        takeovers, self.takeovers = self.takeovers, []
+        return takeovers
 
     def take_alerts(self) -> list[Notification]:
         alerts, self.alerts = self.alerts, []

@@ -1,6 +1,7 @@
-"""The status bar: process health, the connection, job counts, and whether the output is followed.
+"""The status bar: process health, the connection (and with a shared store, the active dispatcher), job counts,
+and whether the output is followed.
 
-It shortens itself to fit: first the process names, then the words of the counts (their
+It shortens itself to fit: first the process names, then the active dispatcher and the words of the counts (their
 glyphs stay, so the meaning never rests on colour alone).
 """
 
@@ -23,6 +24,7 @@ class StatusInfo:
     counts: dict[str, int] = field(default_factory=dict)
     following: bool = True
     note: str = ""  # e.g. "stopping…"
+    dispatcher: str = ""  # with a shared store: the active dispatcher's address
 
 
 SHORT_NAMES = {"dispatcher": "disp", "observer": "obs"}
@@ -58,7 +60,10 @@ class StatusBar(Widget):
             badge = HEALTH_BADGES[state]
             parts += [SHORT_NAMES.get(name, name) if short_names else name, " ", (badge.text, f"${badge.style}"), "  "]
         badge = HEALTH_BADGES[info.connection]
-        parts += [(badge.text, f"${badge.style}"), " │ "]
+        parts += [(badge.text, f"${badge.style}")]
+        if info.dispatcher and not short_counts:
+            parts += [" ", ("active ", "dim"), info.dispatcher]
+        parts += [" │ "]
         for state in COUNTED:
             badge = JOB_BADGES[state]
             count = info.counts.get(state, 0)
