@@ -52,13 +52,19 @@ class Sizes:
     ui_presses: int = 200  # keys pressed meanwhile (j and k in turn)
     ui_history: int = 10_000  # commits in history for the control center's first frame
     ui_starts: int = 5  # control-center starts timed to their first frame, per way of starting
+    bb_workers: int = 4  # Buildbot workers, and tuici runners beside them, in the backlog, idle, start-up, replay rows
+    bb_commits: int = 20  # spaced-out commits each system tests in the Buildbot latency and overhead rows
+    bb_backlog: int = 100  # commits made at once for each system
+    bb_replay: int = 30  # commits of the generated history, merged a commit a second
+    bb_replay_suite: float = 3.0  # aimed-at duration of that history's pytest suite, in seconds
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(files=50, latency_commits=5, gap=0.1, overhead_jobs=5, suite_seconds=0.3, suite_repeats=1,
                    backlog_commits=20, backlog_runners="2", log_mb=5, log_repeats=1, idle_seconds=2.0,
                    idle_runners=2, startup_runners=2, startup_repeats=1, scale_runners=4, scale_history=200,
-                   scale_sleep=0.5, status_repeats=2, ui_presses=12, ui_history=200, ui_starts=1)
+                   scale_sleep=0.5, status_repeats=2, ui_presses=12, ui_history=200, ui_starts=1,
+                   bb_workers=2, bb_commits=3, bb_backlog=10, bb_replay=4, bb_replay_suite=0.5)
 
     def override(self, key: str, value: str) -> None:
         kinds = {f.name: f.type for f in fields(self)}
