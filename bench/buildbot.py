@@ -9,9 +9,9 @@ The master and workers run in the foreground (``--nodaemon``), so the bench owns
 other processes. The generated ``master.cfg`` is a constant text reading ``bench-settings.json`` beside it: SQLite,
 workers on 127.0.0.1 with a password, one builder (a Git step, then a ShellCommand), every commit its own build
 (``collapseRequests=False``, no tree-stable timer), changes from Buildbot's GitPoller or from its web change hook
-(``base`` dialect, on 127.0.0.1, which needs the ``buildbot-www`` package) that a git post-commit hook calls with
-curl. A small service in the master writes the time of each change, build start, build end and worker connection
-to ``bench-events.jsonl``, the way tuici's dispatcher stamps its jobs.
+(``base`` dialect, on 127.0.0.1, which needs the ``buildbot-www`` package) that git's post-commit, post-merge and
+post-receive hooks call with curl. A small service in the master writes the time of each change, build start,
+build end and worker connection to ``bench-events.jsonl``, the way tuici's dispatcher stamps its jobs.
 """
 
 from __future__ import annotations
@@ -119,13 +119,26 @@ c["services"] = [BenchEvents(os.path.join(HERE, "bench-events.jsonl"))]
 
 # Called by git after a commit (post-commit) and after a merge (post-merge), as a Buildbot user would set it up:
 # curl posts the new tip to the change hook in the background, its output detached, so that git returns at once.
-HOOK = '''\
+HOOK = """\
 #!/bin/sh
 rev=$(git rev-parse HEAD)
 curl -s -o /dev/null --max-time 30 --data-urlencode "revision=$rev" --data-urlencode "branch=main" \\
   --data-urlencode {repository} --data-urlencode "author=Bench <bench@example.com>" \\
   --data-urlencode "comments=commit $rev" {url} </dev/null >/dev/null 2>&1 &
-'''
+"""
+
+# What a push runs on a shared repository (post-receive, as Buildbot's contrib/git_buildbot.py): a change posted for
+# each new commit of each updated branch, oldest first, one after the other.
+RECEIVE_HOOK = """\
+#!/bin/sh
+while read old new ref; do
+  for rev in $(git rev-list --reverse "$old..$new"); do
+    curl -s -o /dev/null --max-time 30 --data-urlencode "revision=$rev" \\
+      --data-urlencode "branch=${{ref#refs/heads/}}" --data-urlencode {repository} \\
+      --data-urlencode "author=Bench <bench@example.com>" --data-urlencode "comments=commit $rev" {url}
+  done
+done
+"""
 
 
 def cache_dir() -> Path:
@@ -215,9 +228,9 @@ class Buildbot:
                       f"127.0.0.1:{self.pb_port}", name, PASSWORD)
         if source == "hook":
             url = f"http://127.0.0.1:{self.www_port}/change_hook/base"
-            for hook in ("post-commit", "post-merge"):
+            for hook, text in (("post-commit", HOOK), ("post-merge", HOOK), ("post-receive", RECEIVE_HOOK)):
                 path = repo / ".git" / "hooks" / hook
-                path.write_text(HOOK.format(repository=shlex.quote(f"repository={repo}"), url=url))
+                path.write_text(text.format(repository=shlex.quote(f"repository={repo}"), url=url))
                 path.chmod(0o755)
 
     @staticmethod
@@ -281,9 +294,15 @@ class Buildbot:
         self.procs.stop([n for n in self.names[:1] if n in self.procs.procs], grace=20)
 
     def notify(self) -> None:
-        """Run the repository's hook by hand (for a commit made without one, such as the first)."""
+        """Run the repository's post-commit hook by hand (for a commit made without one, such as the first)."""
         subprocess.run([str(self.repo / ".git" / "hooks" / "post-commit")], cwd=self.repo, check=True,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+    def pushed(self, old: str, new: str, branch: str = "main") -> None:
+        """Run the post-receive hook as a push of ``old..new`` to ``branch`` would (for commits that arrived
+        without a hook, such as a `git fast-import`)."""
+        subprocess.run([str(self.repo / ".git" / "hooks" / "post-receive")], cwd=self.repo, check=True,
+                       input=f"{old} {new} refs/heads/{branch}\n".encode(), stdout=subprocess.DEVNULL)
 
     # ------------------------------------------------------------------ what it did
 

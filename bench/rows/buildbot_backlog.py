@@ -1,6 +1,6 @@
 """buildbot-backlog: commits made at once (one ref update) through Buildbot's workers, beside tuici's backlog row
-on the same sizes. Buildbot hears of them through its GitPoller (every second): a post-commit hook does not run for
-commits that arrive together, and its GitPoller makes a change, so a build, of each."""
+on the same sizes. Buildbot hears of them as from a push: the repository's post-receive hook posts each new commit
+to its change hook (its GitPoller, the other way, took 50 s to record 100 commits on a loaded 2-core machine)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ def buildbot_backlog(ctx: Context) -> list[Figure]:
                           backlog_runners=str(s.bb_workers))
     tag = "bb-backlog"
     repo = Repo(ctx.tmp / f"{tag}-repo", toml("true", 30), files=10)
-    bot = Buildbot(bb, ctx.procs, ctx.dir(tag), tag, repo.path, s.bb_workers, "true", "poller")
+    bot = Buildbot(bb, ctx.procs, ctx.dir(tag), tag, repo.path, s.bb_workers, "true", "hook")
     try:
         bot.start()
         warm_up(bot, repo)
-        before = len(bot.events("builds.finished"))
+        before, old = len(bot.events("builds.finished")), repo.head()
         shas, made = repo.fast_import(s.bb_backlog)
+        bot.pushed(old, shas[-1])
         bot.wait_finished(before + len(shas), timeout=max(120.0, 3.0 * len(shas)), interval=0.2)
     finally:
         bot.stop()
@@ -44,5 +45,5 @@ def buildbot_backlog(ctx: Context) -> list[Figure]:
         stats={"jobs_per_s": rate, "steady_jobs_per_s": (len(shas) - 1) / max(1e-9, last - first)},
         details={"commits": len(shas), "seconds_from_ref_update_to_last_result": last - made,
                  "first_build_started_after_ref_update_s": first - made,
-                 "all_changes_recorded_after_ref_update_s": max(changes[sha] for sha in shas) - made,
+                 "all_changes_posted_after_ref_update_s": max(changes[sha] for sha in shas) - made,
                  "builds_per_worker": per_worker, "tuici": tuici.spread, "versions": versions(bb)})]
