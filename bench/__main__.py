@@ -22,6 +22,7 @@ from .harness import (
     LoadMeter,
     Procs,
     Profiler,
+    RowSkipped,
     become_subreaper,
     load_text,
     machine_info,
@@ -29,21 +30,23 @@ from .harness import (
     tuici_root,
     wait_quiet,
 )
-from .rows import ROWS, Context, Sizes
+from .rows import GROUPS, ROWS, Context, Sizes
 
 HERE = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     keys = ", ".join(f"{k}={v}" for k, v in asdict(Sizes()).items())
+    groups = "; ".join(f"{group} = {' '.join(rows)}" for group, rows in GROUPS.items())
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark tuici end to end (real processes, real git, real sockets) against the physical "
                     "limits measured in the same run; print the table and write bench/RESULTS.md.",
-        epilog=f"rows: {', '.join(ROWS)}. sizes (defaults): {keys}",
+        epilog=f"rows: {', '.join(ROWS)}. groups: {groups}. sizes (defaults): {keys}",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, well under a minute")
-    parser.add_argument("--only", metavar="NAME[,NAME]", help="run only these rows")
+    parser.add_argument("--only", metavar="NAME[,NAME]",
+                        help=f"run only these rows (or groups: {', '.join(GROUPS)}, e.g. --only buildbot)")
     parser.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
                         help="override one size (repeatable), e.g. --size files=200 --size latency_commits=20")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", metavar="PATH",
@@ -58,10 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.rows = list(ROWS)
     if args.only:
-        args.rows = [r.strip() for r in args.only.split(",") if r.strip()]
-        unknown = [r for r in args.rows if r not in ROWS]
+        names = [r.strip() for r in args.only.split(",") if r.strip()]
+        unknown = [r for r in names if r not in ROWS and r not in GROUPS]
         if unknown:
-            parser.error(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(ROWS)}")
+            parser.error(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(ROWS)}; groups: {', '.join(GROUPS)}")
+        args.rows = list(dict.fromkeys(row for r in names for row in GROUPS.get(r, [r])))
     args.sizes = Sizes.quick() if args.quick else Sizes()
     for item in args.size:
         key, sep, value = item.partition("=")
@@ -109,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 got = ROWS[name](ctx)
             except KeyboardInterrupt:
                 raise
+            except RowSkipped as exc:
+                say(f"{name}: skipped: {exc}")
+                got = [Figure(name, name, "", None, "-", None, note=f"skipped: {exc}")]
             except Exception as exc:
                 say(f"{name}: ERROR {exc}\n{traceback.format_exc()}")
                 got = [Figure(name, name, "", None, "-", None, error=f"{type(exc).__name__}: {exc}")]
@@ -133,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["seconds"] = round(time.monotonic() - started, 1)
     print()
     print(report.table(figures))
+    if report.beside(figures):
+        print("\nBuildbot beside tuici:\n")
+        print(report.beside(figures))
     print(f"\n{len(figures)} figures in {meta['seconds']:.0f} s; load {meta['load_end']}")
     if not args.no_write:
         args.out.parent.mkdir(parents=True, exist_ok=True)

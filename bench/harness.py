@@ -50,6 +50,11 @@ class BenchError(Exception):
     """A row could not be measured (a process died, a wait ran out of time)."""
 
 
+class RowSkipped(Exception):
+    """A row cannot run on this machine (a tool it compares tuici with cannot be installed): reported as not
+    measured, with the reason, rather than as an error."""
+
+
 def become_subreaper() -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -447,6 +452,27 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
+def tree_cpu_seconds(roots: Iterable[int]) -> float:
+    """User+system CPU seconds of some processes and everything below them, as `top` would count it: each live
+    process's own times and those of its children it has reaped (which include their own reaped children)."""
+    procs: dict[int, psutil.Process] = {}
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            procs[root.pid] = root
+            procs.update((p.pid, p) for p in root.children(recursive=True))
+        except psutil.Error:
+            pass
+    total = 0.0
+    for proc in procs.values():
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
 def make_wheel(folder: Path, name: str, version: str, code: str) -> Path:
     """A pure-Python wheel of one module, written by hand: what an index would serve."""
     path = folder / f"{name}-{version}-py3-none-any.whl"
@@ -618,6 +644,7 @@ class Figure:
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     error: str = ""  # the row could not be measured
+    tuici: float | None = None  # for another CI's figure (value): tuici's on the same workload, in the same run
 
     @property
     def verdict(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from .harness import Figure
@@ -28,6 +28,23 @@ def table(figures: list[Figure]) -> str:
         if f.error:
             spread = f"error: {f.error}"
         rows.append([f.figure, value_text(f), spread, f.limit, f.target, f.verdict])
+    return "\n".join("| " + " | ".join(_cell(c) for c in r) + " |" for r in rows)
+
+
+def beside(figures: list[Figure]) -> str:
+    """Another CI's figures (Buildbot's) with tuici's on the same workload, in the same run, and their ratio; a row
+    that could not run says why. Empty where no such figure was measured."""
+    head = ["workload", "tuici", "Buildbot", "Buildbot / tuici"]
+    rows = [head, ["---"] * len(head)]
+    for f in figures:
+        if f.tuici is not None:
+            ratio = f"{f.value / f.tuici:.3g}x" if f.value is not None and f.tuici else "-"
+            theirs = value_text(replace(f, value=f.tuici))
+            rows.append([f.figure, theirs, value_text(f), ratio])
+        elif f.row.startswith("buildbot-") and (f.error or f.note):
+            rows.append([f.figure, "-", "-", f"error: {f.error}" if f.error else f.note])
+    if len(rows) == 2:
+        return ""
     return "\n".join("| " + " | ".join(_cell(c) for c in r) + " |" for r in rows)
 
 
@@ -58,6 +75,8 @@ def markdown(machine: dict[str, str], meta: dict[str, Any], figures: list[Figure
     out.append(f"| load average at end | {meta['load_end']} |")
     out.append(f"| during the whole run | {meta['busy']} |")
     out += ["", "## Results", "", table(figures), ""]
+    if beside(figures):
+        out += ["## Buildbot beside tuici", "", BESIDE, "", beside(figures), ""]
     out += ["## Details", ""]
     for f in figures:
         if not (f.details or f.stats or f.note or f.error):
@@ -119,6 +138,33 @@ METHOD = """\
   its engine (the first start a discarded warm-up) and attaching to a running one; `q` quits it each time.
   Limit: a bare Textual app (one Line-API widget, `bench/_bare_app.py`) started and driven the same way, in
   the same run (its keys during the same flood, and on a quiet machine).
+- **Buildbot beside tuici** (`--only buildbot`): Buildbot (`buildbot`, `buildbot-worker`, `buildbot-www`, pinned
+  in `bench/buildbot.py`) in a virtualenv the bench makes in its cache dir (`$TUICI_BENCH_CACHE`, else
+  `~/.cache/tuici-bench`) and reuses; skipped, with the reason, where it cannot be installed. A generated
+  `master.cfg`: SQLite, workers on 127.0.0.1 with a password, one builder (Git step `mode=full, method=fresh`,
+  i.e. clean -ffdx, fetch, checkout; then a ShellCommand), every commit its own build (no tree-stable timer,
+  `collapseRequests=False`); changes come from the web change hook (`base` dialect on 127.0.0.1, posted with curl in
+  the background by git's post-commit and post-merge hooks) or from GitPoller (`pollInterval=1`). Master and
+  workers run with `--nodaemon`, so the bench owns and stops their pids; a service in the master stamps each
+  change, build start and end, and worker connection. tuici's side of each row is tuici's own row on the same
+  sizes, measured just before. Latency and overhead: `runners` workers, `bb_commits` spaced-out commits, `date`
+  writing its start time, the build's start (a worker assigned) to its end less `sh -c true`. Backlog:
+  `bb_backlog` commits in one ref update, through GitPoller (a post-commit hook does not run for them),
+  `bb_workers` workers, every commit exactly one passed build. Idle: the whole process tree of the master and
+  `bb_workers` workers (psutil: each live process's own and reaped children's CPU time), after a build on each
+  worker, over `idle_seconds`. Start-up: the master spawned, the workers spawned once its log says it is running
+  (as `buildbot start` waits), to the last worker connected; the first start a discarded warm-up. Replay:
+  `bb_replay` generated commits (a small Python project, a pytest suite of ~`bb_replay_suite` s, every tenth
+  commit from the third adds a failing test the next one mends), fast-forwarded into main one a second, through
+  `tuici serve --runners bb_workers` and through Buildbot with as many workers; merge -> result is from
+  `git merge` returning to the result recorded.
+"""
+
+
+BESIDE = """\
+The same workloads through Buildbot (installed by the bench into a virtualenv of its own) in the same run, each
+right after tuici's side measured by tuici's own row on the same sizes. Buildbot's figure is in the Results table
+too, with its spread; the physical limit there is that of tuici's row.\
 """
 
 

@@ -1,8 +1,9 @@
 """The benchmark rows, one module each: each starts real tuici processes on a real repository, measures one
-figure of issue 5 end to end, measures its physical limit in the same run, and stops everything it started.
+figure of issue 5 end to end, measures its physical limit in the same run, and stops everything it started. The
+``buildbot-*`` rows (issue 15) run Buildbot beside tuici on the same workloads.
 
-``ROWS`` maps each ``--only`` name to its function; what the rows share (``Sizes``, ``Context``, starting a
-cluster, ...) is in ``common``."""
+``ROWS`` maps each ``--only`` name to its function, ``GROUPS`` a name to several rows; what the rows share
+(``Sizes``, ``Context``, starting a cluster, ...) is in ``common``, what the Buildbot rows share in ``beside``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from typing import Callable
 
 from ..harness import Figure
 from .backlog import backlog
+from .buildbot_backlog import buildbot_backlog
+from .buildbot_idle import buildbot_idle
+from .buildbot_latency import buildbot_latency
+from .buildbot_overhead import buildbot_overhead
+from .buildbot_replay import buildbot_replay
+from .buildbot_startup import buildbot_startup
 from .commit_latency import commit_latency
 from .common import Context, Sizes
 from .control_center import control_center
@@ -23,7 +30,7 @@ from .scale import scale
 from .startup import startup
 from .tests_storage import tests_storage
 
-__all__ = ["ROWS", "Context", "Sizes"]
+__all__ = ["GROUPS", "ROWS", "Context", "Sizes"]
 
 ROWS: dict[str, Callable[[Context], list[Figure]]] = {
     "commit-latency": commit_latency,
@@ -38,4 +45,12 @@ ROWS: dict[str, Callable[[Context], list[Figure]]] = {
     "control-center": control_center,
     "tests-storage": tests_storage,
     "failover": failover,
+    "buildbot-latency": buildbot_latency,
+    "buildbot-overhead": buildbot_overhead,
+    "buildbot-backlog": buildbot_backlog,
+    "buildbot-idle": buildbot_idle,
+    "buildbot-startup": buildbot_startup,
+    "buildbot-replay": buildbot_replay,
 }
+
+GROUPS: dict[str, list[str]] = {"buildbot": [name for name in ROWS if name.startswith("buildbot-")]}

@@ -58,6 +58,11 @@ class Sizes:
     failover_lease: float = 5.0  # the lease of the dispatchers in the failover row (tuici's default)
     failover_backlog: int = 300  # commits at once, on SQLite and on PostgreSQL, 4 runners
     failover_latency: int = 20  # spaced commits timed to their test's start, on SQLite and on PostgreSQL
+    bb_workers: int = 4  # Buildbot workers, and tuici runners beside them, in the backlog, idle, start-up, replay rows
+    bb_commits: int = 20  # spaced-out commits each system tests in the Buildbot latency and overhead rows
+    bb_backlog: int = 100  # commits made at once for each system
+    bb_replay: int = 30  # commits of the generated history, merged a commit a second
+    bb_replay_suite: float = 3.0  # aimed-at duration of that history's pytest suite, in seconds
 
     @classmethod
     def quick(cls) -> "Sizes":
@@ -66,7 +71,7 @@ class Sizes:
                    idle_runners=2, startup_runners=2, startup_repeats=1, scale_runners=4, scale_history=200,
                    scale_sleep=0.5, status_repeats=2, ui_presses=12, ui_history=200, ui_starts=1,
                    tests_cases=2000, tests_repeats=1, failover_rounds=2, failover_lease=2.0, failover_backlog=20,
-                   failover_latency=3)
+                   failover_latency=3, bb_workers=2, bb_commits=3, bb_backlog=10, bb_replay=4, bb_replay_suite=0.5)
 
     def override(self, key: str, value: str) -> None:
         kinds = {f.name: f.type for f in fields(self)}
