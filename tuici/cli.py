@@ -29,18 +29,19 @@ QUERIES = ("status", "log", "rerun", "cancel")  # one request to a dispatcher, p
 def status_schema() -> str:
     """What `status --json` prints, read off the structs it is encoded from (README.md shows the same, and a
     test holds the two together)."""
-    lines = ["status --json prints one object:", f'  {"type":<10}"{p.StatusReply.__struct_config__.tag}"']
+    lines = ["status --json prints one object:", f'  {"type":<12}"{p.StatusReply.__struct_config__.tag}"']
     for field in msgspec.structs.fields(p.StatusReply):
         if typing.get_origin(field.type) is list:
-            text = f"  {field.name:<10}[{{{_fields(typing.get_args(field.type)[0])}}}]".replace(": ", ":\0")
-            wrapped = textwrap.fill(text, 110, subsequent_indent=" " * 14, break_on_hyphens=False)
+            text = f"  {field.name:<12}[{{{_fields(typing.get_args(field.type)[0])}}}]".replace(": ", ":\0")
+            wrapped = textwrap.fill(text, 110, subsequent_indent=" " * 16, break_on_hyphens=False)
             lines.append(wrapped.replace("\0", " "))  # a field and its values kept on one line
         else:
-            lines.append(f"  {field.name:<10}{field.type.__name__}")
+            lines.append(f"  {field.name:<12}{field.type.__name__}")
     lines.append(textwrap.fill(
         "Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code, a priority of 0) "
-        "are left out. Queued jobs run highest priority first, then oldest; env is the key of the environment "
-        "setup made.", 110))
+        "are left out. Queued jobs run highest priority first (reruns 1 and up, new commits 0, a bisection's -1, "
+        "older commits a newer one went ahead of -2, these newest first), then oldest; env is the key of the "
+        "environment setup made; a bisection's first_bad is null until found.", 110))
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
@@ -52,7 +52,9 @@ _BAD_REF_NAME = re.compile(r"(^|/)\.|\.lock(/|$)|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\
 class Report:
     branch: str
     tip: str
-    commits: list[p.ReportedCommit]
+    commits: list[p.ReportedCommit]  # oldest first
+    untested: set[str] = field(default_factory=set)  # among commits: those recorded without a job
+    order: p.Order = "newest-first"
 
 
 class Source:
@@ -203,6 +205,10 @@ class Source:
         """Commits reachable from ``tip`` but from none of ``exclude``, oldest first."""
         return self._log(tip, "--not", *exclude, "--reverse", "--topo-order")
 
+    def first_parent_chain(self, tip: str, exclude: list[str]) -> set[str]:
+        """The commits reachable from ``tip`` through first parents only, but from none of ``exclude``."""
+        return set(self.repo.git.rev_list("--first-parent", tip, "--not", *exclude, "--").split())
+
     def has(self, sha: str) -> bool:
         """Whether the object is still in the repository (a force-push and gc may have dropped it)."""
         return self._type(sha) is not None
@@ -272,8 +278,9 @@ def _text(raw: bytes, limit: int) -> str:
 def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]]:
     """What to tell the dispatcher, given the tips it knows: reports for changed branches, names of gone ones.
 
-    Which branches are watched comes from the default branch's committed config; whether to coalesce, from
-    each branch tip's own.
+    Which branches are watched comes from the default branch's committed config; which new commits get a job
+    (``coalesce``, ``first_parent``) and in which order (``order``), from each branch tip's own. Every new
+    commit is reported, those without a job as ``untested``: bisections test them.
     """
     branches = source.branches()
     default = source.default_branch(branches)
@@ -287,30 +294,37 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[str]
         if known.get(branch) == tip:
             continue
         try:
-            commits = _new_commits(source, tip, exclude)
+            report = _new_commits(source, branch, tip, exclude)
         except git.GitCommandError:
             # A gc may have pruned a known tip since ``has`` found it (or found it in a pack that it still
             # held open, deleted since): look again, with a new cat-file, and try once more.
             source.restart_cat_file()
             exclude = [sha for sha in exclude if sha in tips or source.has(sha)]
             try:
-                commits = _new_commits(source, tip, exclude)
+                report = _new_commits(source, branch, tip, exclude)
             except git.GitCommandError as exc:  # a broken commit object: the other branches are still reported
                 log.error("cannot list the new commits of %s at %s: %s", branch, tip, exc.stderr.strip())
                 continue
-        for c in commits:
+        for c in report.commits:
             c.branch = branch
-        reports.append(Report(branch, tip, commits))
+        reports.append(report)
     gone = sorted(b for b in known if b not in heads)
     return reports, gone
 
 
-def _new_commits(source: Source, tip: str, exclude: list[str]) -> list[p.ReportedCommit]:
+def _new_commits(source: Source, branch: str, tip: str, exclude: list[str]) -> Report:
+    conf = source.config(tip)
     if not exclude:
         # First start (or every known tip is gone): the tip only, not the whole history.
-        return source.tip_alone(tip)
+        return Report(branch, tip, source.tip_alone(tip), order=conf.order)
     commits = source.new_commits(tip, exclude)
-    return commits[-1:] if source.config(tip).coalesce else commits
+    tested = [c.sha for c in commits]
+    if conf.first_parent:
+        chain = source.first_parent_chain(tip, exclude)
+        tested = [sha for sha in tested if sha in chain]
+    if conf.coalesce:
+        tested = tested[-1:]
+    return Report(branch, tip, commits, {c.sha for c in commits} - set(tested), conf.order)
 
 
 class Observer:
@@ -383,7 +397,9 @@ class Observer:
         chunks = [commits[i:i + REPORT_CHUNK] for i in range(0, len(commits), REPORT_CHUNK)] or [[]]
         for i, chunk in enumerate(chunks):
             tip = report.tip if i == len(chunks) - 1 else chunk[-1].sha
-            ack = await asyncio.wait_for(conn.request(p.CommitsSeen(branch=report.branch, tip=tip, commits=chunk)), 30)
+            untested = [c.sha for c in chunk if c.sha in report.untested]
+            seen = p.CommitsSeen(branch=report.branch, tip=tip, commits=chunk, untested=untested, order=report.order)
+            ack = await asyncio.wait_for(conn.request(seen), 30)
             p.expect(ack, p.TipsAck)
         if commits:
             log.info("reported %d new commit(s) on %s", len(commits), report.branch)

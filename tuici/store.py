@@ -1,4 +1,4 @@
-"""The durable record: commits, branch tips, jobs, attempts and events in SQLite (WAL).
+"""The durable record: commits, branch tips, jobs, attempts, bisections and events in SQLite (WAL).
 
 All access happens on one dedicated thread, so the dispatcher's event loop never
 blocks on disk and writes land in the order they were made.
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from .wire import AttemptInfo, CommitInfo, Event, JobInfo
+from .wire import AttemptInfo, BisectionInfo, CommitInfo, Event, JobInfo
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -33,12 +33,15 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (job_id, attempt)
 );
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS bisections (id INTEGER PRIMARY KEY, body BLOB NOT NULL, made BLOB NOT NULL);
 """
 
 _enc = msgspec.msgpack.Encoder()
 _job_dec = msgspec.msgpack.Decoder(JobInfo)
 _attempt_dec = msgspec.msgpack.Decoder(AttemptInfo)
 _event_dec = msgspec.msgpack.Decoder(Event)
+_bisection_dec = msgspec.msgpack.Decoder(BisectionInfo)
+_ids_dec = msgspec.msgpack.Decoder(list[int])
 
 
 @dataclass
@@ -49,11 +52,13 @@ class Batch:
     tips: dict[str, str | None] = field(default_factory=dict)  # None deletes
     jobs: dict[int, tuple[JobInfo, int]] = field(default_factory=dict)  # id -> (job, priority)
     attempts: dict[tuple[int, int], AttemptInfo] = field(default_factory=dict)
+    bisections: dict[int, tuple[BisectionInfo, list[int]]] = field(default_factory=dict)  # id -> (it, jobs it made)
     events: list[Event] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.commits or self.tips or self.jobs or self.attempts or self.events or self.meta)
+        return bool(self.commits or self.tips or self.jobs or self.attempts or self.bisections or self.events
+                    or self.meta)
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Snapshot:
     jobs: list[tuple[JobInfo, int]]
     attempts: list[AttemptInfo]
     last_seq: int
+    bisections: list[tuple[int, BisectionInfo, list[int]]] = field(default_factory=list)
 
 
 class Store:
@@ -99,6 +105,8 @@ class Store:
             attempts=[_attempt_dec.decode(b)
                       for (b,) in db.execute("SELECT body FROM attempts ORDER BY job_id, attempt")],
             last_seq=db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0],
+            bisections=[(i, _bisection_dec.decode(b), _ids_dec.decode(m))
+                        for i, b, m in db.execute("SELECT id, body, made FROM bisections ORDER BY id")],
         )
 
     def write(self, batch: Batch) -> None:
@@ -127,6 +135,11 @@ class Store:
                 db.executemany(
                     "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?)",
                     [(a.job_id, a.attempt, _enc.encode(a)) for a in batch.attempts.values()],
+                )
+            if batch.bisections:
+                db.executemany(
+                    "INSERT OR REPLACE INTO bisections VALUES (?, ?, ?)",
+                    [(i, _enc.encode(b), _enc.encode(made)) for i, (b, made) in batch.bisections.items()],
                 )
             if batch.events:
                 db.executemany(

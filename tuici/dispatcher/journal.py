@@ -61,6 +61,11 @@ class Journal:
         self._pending.attempts[(a.job_id, a.attempt)] = a
         self._schedule_flush()
 
+    def save_bisection(self, bisection_id: int, info: p.BisectionInfo, made: list[int]) -> None:
+        """``info`` must not change afterwards (the scheduler hands over a copy)."""
+        self._pending.bisections[bisection_id] = (info, made)
+        self._schedule_flush()
+
     def save_meta(self, key: str, value: str) -> None:
         self._pending.meta[key] = value
         self._schedule_flush()
@@ -123,6 +128,7 @@ def _merge(first: Batch, second: Batch) -> Batch:
     first.tips.update(second.tips)
     first.jobs.update(second.jobs)
     first.attempts.update(second.attempts)
+    first.bisections.update(second.bisections)
     first.events += second.events
     first.meta.update(second.meta)
     return first

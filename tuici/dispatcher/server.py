@@ -244,6 +244,8 @@ class Dispatcher:
                     self.journal.save_commit(commit, seen_at)
                 case s.SaveTip(branch, sha):
                     self.journal.save_tip(branch, sha)
+                case s.SaveBisection(bisection_id, info, made):
+                    self.journal.save_bisection(bisection_id, info, made)
                 case s.Send(runner, message):
                     self.conns[runner].send_nowait(message)
                 case s.Disconnect(runner):
@@ -471,6 +473,7 @@ class Dispatcher:
                 if reply.ok and reply.job is not None and reply.job.state == "cancelled":  # no longer queued
                     await self.journal.durable()
                 await conn.send(reply)
+                self._dispatch()  # a bisection may have queued another commit in its place
             elif isinstance(msg, p.Notice):
                 self.journal.publish(msg.kind, {"message": f"{msg.name}: {msg.message}"})
                 await conn.send(p.Reply(ok=True))

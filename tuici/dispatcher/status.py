@@ -63,6 +63,7 @@ class Status:
             repo_url=sched.repo_url, last_seq=last_seq, commits=commits, jobs=jobs,
             runners=[r.info for r in sched.runners.values()],
             attempts=[a for a in sched.attempts.values() if a.job_id in ids],
+            bisections=[b.info for b in sched.bisections.values()],
         )
 
     def json(self, last_seq: int, limit: int) -> bytes:
@@ -76,4 +77,5 @@ class Status:
             repo_url=sched.repo_url, last_seq=last_seq, commits=cast(Any, self.commits.array(sched.commits)),
             jobs=cast(Any, self.jobs.array(sched.jobs)), runners=[r.info for r in sched.runners.values()],
             attempts=cast(Any, self.attempts.array(sched.attempts)),
+            bisections=[b.info for b in sched.bisections.values()],
         ))

@@ -35,6 +35,8 @@ from .messages import (
     Assign,
     AttemptInfo,
     AttemptOutcome,
+    BisectionInfo,
+    BisectionState,
     Branch,
     BranchGone,
     Bye,
@@ -55,7 +57,9 @@ from .messages import (
     Notice,
     NoticeKind,
     Offset,
+    Order,
     Output,
+    Priority,
     Refused,
     Reply,
     ReportedCommit,
@@ -72,6 +76,7 @@ from .messages import (
     Timestamp,
     TipsAck,
     Welcome,
+    dispatch_order,
     to_json,
     to_json_bytes,
 )
@@ -81,16 +86,17 @@ if TYPE_CHECKING:
 
 _AIO = frozenset({"READ_LIMIT", "Connection", "Control", "handshake", "join", "read_message", "reconnect"})
 
-__all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "Branch", "BranchGone", "Bye",
-    "CancelJob", "CancelRequest", "CommitInfo", "CommitsSeen", "Connection", "Control", "Endpoint", "Event",
-    "EventKind", "FINAL_STATES", "Heartbeat", "HeldJob", "Hello", "JobInfo", "JobOutput", "JobResult", "JobState",
-    "MAX_FRAME", "MAX_HELLO", "Message", "NoDispatcher", "Notice", "NoticeKind", "OUTPUT_CHUNK", "Offset", "Output",
-    "PROTOCOL_VERSION", "ProtocolError", "Query", "READ_LIMIT", "Refused", "RefusedError", "Reply", "ReportedCommit",
-    "RerunRequest", "ResultAck", "Role", "RunnerInfo", "RunnerState", "SUN_PATH_MAX", "Sha", "StatusJson",
-    "StatusReply", "StatusRequest", "Subscribe", "TcpAddress", "Timestamp", "TipsAck", "UnixAddress", "Welcome",
-    "address_of", "client_tls", "connect", "decode", "encode", "endpoint_for", "expect", "handshake", "join",
-    "listeners", "parse_address", "read_message", "read_message_blocking", "reconnect", "remove_socket_file",
-    "server_tls", "socket_path", "to_json", "to_json_bytes"]
+__all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "BisectionInfo", "BisectionState",
+    "Branch", "BranchGone", "Bye", "CancelJob", "CancelRequest", "CommitInfo", "CommitsSeen", "Connection",
+    "Control", "Endpoint", "Event", "EventKind", "FINAL_STATES", "Heartbeat", "HeldJob", "Hello", "JobInfo",
+    "JobOutput", "JobResult", "JobState", "MAX_FRAME", "MAX_HELLO", "Message", "NoDispatcher", "Notice",
+    "NoticeKind", "OUTPUT_CHUNK", "Offset", "Order", "Output", "PROTOCOL_VERSION", "Priority", "ProtocolError",
+    "Query", "READ_LIMIT", "Refused", "RefusedError", "Reply", "ReportedCommit", "RerunRequest", "ResultAck",
+    "Role", "RunnerInfo", "RunnerState", "SUN_PATH_MAX", "Sha", "StatusJson", "StatusReply", "StatusRequest",
+    "Subscribe", "TcpAddress", "Timestamp", "TipsAck", "UnixAddress", "Welcome", "address_of", "client_tls",
+    "connect", "decode", "dispatch_order", "encode", "endpoint_for", "expect", "handshake", "join", "listeners",
+    "parse_address", "read_message", "read_message_blocking", "reconnect", "remove_socket_file", "server_tls",
+    "socket_path", "to_json", "to_json_bytes"]
 
 
 def __getattr__(name: str) -> Any:

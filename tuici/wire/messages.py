@@ -6,13 +6,14 @@ field. Kinds and states are ``Literal``s, so a value outside them is refused on 
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Literal, Union
 
 import msgspec
 
 # Bumped whenever a message changes shape in a way the other side's decoder would refuse; the dispatcher refuses
-# a hello of another version. 2: ``Refused.permanent``.
-PROTOCOL_VERSION = 2
+# a hello of another version. 2: ``Refused.permanent``. 3: ``CommitsSeen.untested`` and ``order``, bisections.
+PROTOCOL_VERSION = 3
 
 Role = Literal["runner", "observer", "control"]
 JobState = Literal["queued", "running", "passed", "failed", "error", "cancelled"]
@@ -26,8 +27,12 @@ EventKind = Literal[
     "commit.seen", "branch.deleted",
     "job.queued", "job.started", "job.finished", "job.requeued",
     "runner.joined", "runner.idle", "runner.lost", "runner.left",
+    "bisection.started", "bisection.job", "bisection.found", "bisection.abandoned",
     NoticeKind,
 ]
+# Which of a branch's queued new commits goes first when runners are scarce (``order`` in tuici.toml).
+Order = Literal["newest-first", "oldest-first"]
+BisectionState = Literal["running", "found", "abandoned"]
 
 # A full object id (SHA-1 or SHA-256): never an option or a path. Checked where a sha comes in: in what an
 # observer reports (the dispatcher queues it) and in what a runner is told to check out. Control clients only
@@ -80,9 +85,24 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
     started_at: float | None = None
     finished_at: float | None = None
     log_size: int = 0
-    priority: int = 0  # dispatch order: the highest first, then the lowest id; a rerun goes above every other
+    priority: int = 0  # a ``Priority`` level (reruns: 1 and up); the order is ``dispatch_order``
     env: str = ""  # the key of the environment ``setup`` made (none without setup)
     env_reused: bool = False  # whether that environment was reused rather than made for this job
+
+
+class Priority(enum.IntEnum):
+    """Where a queued job stands (``JobInfo.priority``): a higher level is handed out first."""
+
+    BACKFILL = -2  # an older new commit that a newer one of its branch went ahead of (order = "newest-first")
+    BISECT = -1  # a commit a bisection tests: behind every new commit, so new work is never starved by one
+    NEW = 0  # a new commit: under "newest-first", the newest of its branch
+    FRONT = 1  # `tuici rerun` (and tries, to come): 1 and up, each above every job queued before it
+
+
+def dispatch_order(job: JobInfo) -> tuple[int, int]:
+    """The key queued jobs are handed out by, smallest first: the highest priority, then the oldest job, except
+    that older commits left behind by newer ones go newest first (the nearer the tip, the more it tells)."""
+    return -job.priority, -job.id if job.priority == Priority.BACKFILL else job.id
 
 
 class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -103,6 +123,18 @@ class AttemptInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     ended_at: float | None = None
     outcome: AttemptOutcome = ""
     reason: str = ""
+
+
+class BisectionInfo(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A search for the first failing commit between a passing one (``good``) and a failing one (``bad``) of a
+    branch, over the commits between them that have no verdict; ``jobs`` are those it queued or moved up."""
+
+    branch: str
+    good: str
+    bad: str
+    first_bad: str | None = None  # null until found
+    state: BisectionState = "running"
+    jobs: list[int] = []
 
 
 class HeldJob(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -151,6 +183,9 @@ class CommitsSeen(_Msg, tag="commits"):
     branch: Branch
     tip: Sha
     commits: list[ReportedCommit]  # oldest first
+    # Commits recorded without a job (coalesced, or off the first-parent chain), for bisections to test.
+    untested: list[Sha] = []
+    order: Order = "newest-first"  # the branch's own, from its tip's config
 
 
 class BranchGone(_Msg, tag="branch_gone"):
@@ -234,6 +269,7 @@ class Event(_Msg, tag="event"):
     commit: CommitInfo | None = None
     job: JobInfo | None = None
     runner: RunnerInfo | None = None
+    bisection: BisectionInfo | None = None
     message: str = ""
 
 
@@ -268,6 +304,7 @@ class StatusReply(_Msg, tag="status_reply"):
     jobs: list[JobInfo]
     runners: list[RunnerInfo]
     attempts: list[AttemptInfo] = []
+    bisections: list[BisectionInfo] = []
 
 
 class RerunRequest(_Msg, tag="rerun"):
