@@ -10,7 +10,7 @@ import pytest
 
 from tuici.ui.themes import load_themes, theme_dirs
 
-from ui_fixtures import SHAS, isolated_config, make_app, settle  # noqa: F401
+from ui_fixtures import SHAS, bisection_events, isolated_config, make_app, settle  # noqa: F401
 
 WIDE = (160, 48)
 BUNDLED_THEMES = sorted(theme.name for theme in load_themes(theme_dirs())[0])
@@ -75,6 +75,12 @@ class TestFilter:
         app, _ = make_app(tmp_path)
         keys = ["slash", *"branch:login", "enter"]
         assert snap_compare(app, terminal_size=WIDE, run_before=pressing(*keys))
+
+
+class TestBisection:
+    def test_the_first_bad_commit_is_marked_and_the_status_bar_says_so(self, snap_compare, tmp_path):
+        app, _ = make_app(tmp_path, events=bisection_events())
+        assert snap_compare(app, terminal_size=WIDE, run_before=pressing())
 
 
 class TestThemes:

@@ -30,6 +30,8 @@ JOB_BADGES: dict[str, Badge] = {
     "cancelled": Badge("⊘", "cancelled", "cancelled"),
 }
 NO_JOB = Badge("·", "no job", "cancelled")
+FIRST_BAD = Badge("⚑", "first bad", "fail")  # the commit a bisection found to be the first failing one
+BISECTING = Badge("⌕", "bisecting", "running")
 
 RUNNER_BADGES: dict[str, Badge] = {
     "idle": Badge("○", "idle", "queued"),
