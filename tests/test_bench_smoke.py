@@ -17,9 +17,8 @@ import pytest
 from tuici.supervisor import MARK
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ["commit-latency", "job-overhead", "environments", "real-suite", "backlog", "log-throughput", "idle", "startup",
-        "scale",
-        "control-center"]
+ROWS = ["commit-latency", "job-overhead", "environments", "real-suite", "backlog", "bisect", "log-throughput", "idle",
+        "startup", "scale", "control-center"]
 
 
 @pytest.mark.timeout(300)

@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..harness import Figure
 from .backlog import backlog
+from .bisect import bisect_cost
 from .commit_latency import commit_latency
 from .common import Context, Sizes
 from .control_center import control_center
@@ -29,6 +30,7 @@ ROWS: dict[str, Callable[[Context], list[Figure]]] = {
     "environments": environments,
     "real-suite": real_suite,
     "backlog": backlog,
+    "bisect": bisect_cost,
     "log-throughput": log_throughput,
     "idle": idle_cost,
     "startup": startup,
