@@ -274,18 +274,22 @@ class Repo:
             raise BenchError(f"git commit failed: {res.stderr.decode(errors='replace').strip()}")
         return self.head(), returned
 
-    def fast_import(self, n: int, path: str = "bench/counter.txt") -> tuple[list[str], float]:
-        """``n`` commits on main in one `git fast-import` (one ref update); (shas, time it returned)."""
+    def fast_import(self, n: int, path: str = "bench/counter.txt",
+                    extra: Callable[[int], dict[str, str]] | None = None) -> tuple[list[str], float]:
+        """``n`` commits on main in one `git fast-import` (one ref update), commit ``i`` also writing the files
+        ``extra(i)``; (shas, time it returned)."""
         parent = self.head()
         parts = []
         for i in range(n):
             msg = f"bulk {i}\n".encode()
-            body = f"{i}\n".encode()
+            files = {path: f"{i}\n", **(extra(i) if extra else {})}
             parts.append(b"commit refs/heads/main\nmark :%d\ncommitter Bench <bench@example.com> now\n" % (i + 1))
             parts.append(b"data %d\n%s" % (len(msg), msg))
             if i == 0:
                 parts.append(b"from %s\n" % parent.encode())
-            parts.append(b"M 100644 inline %s\ndata %d\n%s\n" % (path.encode(), len(body), body))
+            for name, text in files.items():
+                body = text.encode()
+                parts.append(b"M 100644 inline %s\ndata %d\n%s\n" % (name.encode(), len(body), body))
         stream = b"".join(parts)
         marks = self.path / ".git" / "bench-marks"
         res = subprocess.run(["git", "fast-import", "--quiet", "--date-format=now", f"--export-marks={marks}"],

@@ -21,8 +21,8 @@ import pytest
 from tuici.supervisor import MARK
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ["commit-latency", "job-overhead", "environments", "real-suite", "backlog", "log-throughput", "idle", "startup",
-        "scale", "control-center", "tests-storage"]
+ROWS = ["commit-latency", "job-overhead", "environments", "real-suite", "backlog", "bisect", "log-throughput", "idle",
+        "startup", "scale", "control-center", "tests-storage"]
 BUILDBOT_ROWS = ["buildbot-latency", "buildbot-overhead", "buildbot-backlog", "buildbot-idle", "buildbot-startup",
                  "buildbot-replay"]
 

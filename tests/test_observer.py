@@ -17,6 +17,11 @@ def shas(reports):
     return {r.branch: [c.sha for c in r.commits] for r in reports}
 
 
+def queued(reports):
+    """The commits of each report that get a job (the others are recorded for bisections only)."""
+    return {r.branch: [c.sha for c in r.commits if c.sha not in r.untested] for r in reports}
+
+
 def test_first_start_reports_only_each_branch_tip(repo):
     repo.commit("two")
     repo.git("branch", "feature")
@@ -33,12 +38,31 @@ def test_every_new_commit_is_reported_oldest_first(repo):
     assert reports[0].tip == new[-1]
 
 
-def test_coalesce_reports_only_the_newest_per_branch(repo):
+def test_coalesce_queues_only_the_newest_per_branch_and_records_the_rest_for_bisections(repo):
     repo.commit("coalescing", config=toml_command("true") + "coalesce = true\n")
     known = {"main": repo.head()}
     new = [repo.commit(f"c{i}") for i in range(3)]
     reports, _ = plan(Source(str(repo.path)), known)
-    assert shas(reports) == {"main": [new[-1]]}
+    assert shas(reports) == {"main": new}
+    assert queued(reports) == {"main": [new[-1]]}
+
+
+def test_first_parent_queues_the_merges_of_an_integration_branch_and_the_order_comes_with_them(repo):
+    repo.commit("integration", config=toml_command("true") + "first_parent = true\norder = 'oldest-first'\n")
+    known = {"main": repo.head()}
+    merges, side = [], []
+    for n in range(2):
+        repo.git("checkout", "-q", "-b", f"topic{n}", "main")
+        side += [repo.commit(f"topic {n} a"), repo.commit(f"topic {n} b")]
+        repo.git("checkout", "-q", "main")
+        direct = repo.commit(f"on main before merging topic {n}")  # the merge is not a fast-forward
+        repo.git("merge", "-q", "--no-ff", "-m", f"merge topic {n}", f"topic{n}")
+        merges += [direct, repo.head()]
+    reports, _ = plan(Source(str(repo.path)), known)
+    [report] = [r for r in reports if r.branch == "main"]
+    assert set(shas(reports)["main"]) == set(merges + side)  # every new commit is recorded ...
+    assert queued(reports)["main"] == merges  # ... and only the first-parent chain's are queued, oldest first
+    assert report.order == "oldest-first"
 
 
 def test_branch_patterns_limit_what_is_watched(repo):
@@ -161,7 +185,7 @@ def test_coalesce_is_read_from_each_branch_tip(repo):
     repo.git("checkout", "-q", "main")
     main = [repo.commit(f"m{i}") for i in range(3)]
     reports, _ = plan(Source(str(repo.path)), {"main": base, "feature": base})
-    assert shas(reports) == {"main": main, "feature": [feature[-1]]}
+    assert queued(reports) == {"main": main, "feature": [feature[-1]]}
 
 
 def test_uncommitted_config_edits_change_nothing(repo, cluster):

@@ -3,6 +3,7 @@ test moves. The wiring (effects carried out over real sockets) is tested with re
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from tuici import wire as p
@@ -35,14 +36,18 @@ def sched(clock) -> s.Scheduler:
     return s.Scheduler(heartbeat_timeout=5.0, max_attempts=3, repo_url="file:///repo", clock=clock)
 
 
-def commit(sched: s.Scheduler, *numbers: int, branch: str = "main", skipped: tuple[int, ...] = (),
-           cancel_superseded: bool = False) -> list[p.JobInfo]:
-    """Report commits ``numbers`` as the observer would; the jobs of those not ``skipped``."""
+def commit(sched: s.Scheduler, *numbers: int, branch: str = "main", order: p.Order = "oldest-first",
+           untested: tuple[int, ...] = (), skipped: tuple[int, ...] = (), cancel_superseded: bool = False
+           ) -> list[p.JobInfo]:
+    """Report commits ``numbers`` as the observer would (oldest first: the rules that are not about the order
+    of a backlog are shown with the plainer one); the jobs of those neither ``untested`` nor ``skipped``."""
     commits = [p.ReportedCommit(sha=sha(n), branch=branch, skipped=n in skipped) for n in numbers]
     sched.commits_seen(p.CommitsSeen(branch=branch, tip=commits[-1].sha, commits=commits,
+                                     untested=[sha(n) for n in untested], order=order,
                                      cancel_superseded=cancel_superseded))
     newest = {job.commit: job for job in sched.jobs.values()}
-    return [newest[c.sha] for c in commits if not c.skipped]
+    left_out = {sha(n) for n in untested}
+    return [newest[c.sha] for c in commits if c.sha in newest and not c.skipped and c.sha not in left_out]
 
 
 def join(sched: s.Scheduler, name: str, *held: p.HeldJob) -> s.Runner:
@@ -361,7 +366,7 @@ def test_an_older_commits_late_result_does_not_change_the_branch(sched):
     assert (first.info.job, second.info.job) == (old.id, new.id)
     sched.result(second, result(new, exit_code=0))
     sched.result(first, result(old, exit_code=1))
-    assert branch_events(sched.effects()) == [] and sched.verdicts["main"].job_id == new.id
+    assert branch_events(sched.effects()) == [] and sched.branch_verdicts["main"].job_id == new.id
 
 
 def test_a_rerun_of_the_tip_that_passes_fixes_the_branch(sched):
@@ -381,7 +386,7 @@ def test_error_and_cancelled_are_no_verdict_and_branches_are_judged_apart(sched)
     assert branch_events(finish(sched, runner, broken_setup, exit_code=None, error="setup failed")) == []
     sched.cancel(cancelled.id)
     assert branch_events(finish(sched, runner, other, exit_code=1)) == []  # feature's first verdict
-    assert sched.verdicts["main"].job_id == good.id and sched.verdicts["feature"].state == "failed"
+    assert sched.branch_verdicts["main"].job_id == good.id and sched.branch_verdicts["feature"].state == "failed"
 
 
 def test_verdicts_are_rebuilt_from_the_store_so_a_restart_publishes_only_new_changes(clock):
@@ -390,7 +395,7 @@ def test_verdicts_are_rebuilt_from_the_store_so_a_restart_publishes_only_new_cha
     sched = s.Scheduler(clock=clock)
     sched.load(Snapshot(meta={}, commits=[p.CommitInfo(sha=sha(n), branch="main") for n in (1, 2)], tips={},
                         jobs=[(job, 0) for job in jobs], attempts=[], last_seq=0))
-    assert sched.effects() == [] and sched.verdicts["main"].state == "failed"
+    assert sched.effects() == [] and sched.branch_verdicts["main"].state == "failed"
     runner = join(sched, "r1")
     [fix] = commit(sched, 3)
     assert [kind for kind, _, _ in branch_events(finish(sched, runner, fix))] == ["branch.fixed"]
@@ -540,8 +545,150 @@ def test_a_failing_try_says_nothing_of_its_branch_and_is_its_own_notification(sc
     finish(sched, runner, good)
     tried = sched.try_commit(p.CommitInfo(sha=sha(7), branch="main")).job
     effects = finish(sched, runner, tried, exit_code=1)
-    assert branch_events(effects) == [] and sched.verdicts["main"].job_id == good.id
+    assert branch_events(effects) == [] and sched.branch_verdicts["main"].job_id == good.id
     [ended] = [e for e in effects if isinstance(e, s.Publish) and e.kind == "job.finished"]
     notice = notification_for(p.Event(seq=1, ts=0.0, kind="job.finished", job=ended.fields["job"]))
     assert notice is not None and notice.kind == "try" and notice.title == "try on main failed"
     assert notice.environment()["TUICI_EVENT"] == "try"
+# ------------------------------------------------------------------ the order of a backlog, and bisections
+
+
+def finish_next(sched: s.Scheduler, runner: s.Runner, first_bad: int | None = None) -> p.JobInfo | None:
+    """End the runner's job (failing from commit ``first_bad`` on, passing before it; an idle runner is given
+    one first), then hand it the next; the job it ended."""
+    if runner.info.job is None:
+        sched.dispatch()
+    job = sched.jobs[runner.info.job] if runner.info.job is not None else None
+    if job is not None:
+        number = int(job.commit[:2], 16)
+        failed = first_bad is not None and number >= first_bad
+        sched.result(runner, result(job, exit_code=1 if failed else 0))
+        sched.result_durable(runner)
+    sched.dispatch()
+    return job
+
+
+def order_tested(sched: s.Scheduler, runner: s.Runner, first_bad: int | None = None) -> list[int]:
+    """Commit numbers in the order one runner tests them until the queue is empty."""
+    order = []
+    while (job := finish_next(sched, runner, first_bad)) is not None:
+        order.append(int(job.commit[:2], 16))
+    return order
+
+
+def test_newest_first_the_newest_commit_of_each_branch_goes_first_then_the_rest_newest_first(sched):
+    runner = join(sched, "r1")
+    commit(sched, 1, order="newest-first")
+    sched.dispatch()
+    assert runner.info.job == 1  # busy: a backlog builds up behind it
+    commit(sched, 2, 3, 4, order="newest-first")
+    commit(sched, 10, branch="feature", order="newest-first")
+    commit(sched, 5, order="newest-first")
+    levels = {int(j.commit[:2], 16): j.priority for j in sched.jobs.values() if j.state == "queued"}
+    assert levels == {2: p.Priority.BACKFILL, 3: p.Priority.BACKFILL, 4: p.Priority.BACKFILL,
+                      10: p.Priority.NEW, 5: p.Priority.NEW}
+    assert order_tested(sched, runner) == [1, 10, 5, 4, 3, 2]
+
+
+def test_oldest_first_keeps_a_backlog_in_commit_order(sched):
+    runner = join(sched, "r1")
+    commit(sched, 1, 2, 3)
+    commit(sched, 4, 5)
+    assert order_tested(sched, runner) == [1, 2, 3, 4, 5]
+
+
+def test_a_rerun_goes_ahead_of_new_commits_and_older_commits_behind_them(sched):
+    runner = join(sched, "r1")
+    commit(sched, 1, 2, 3, order="newest-first")
+    sched.dispatch()
+    assert not sched.rerun(sha(3)).ok  # running already
+    sched.rerun(sha(1))  # queued behind 3: moved to the front
+    commit(sched, 4, order="newest-first")
+    assert sched.jobs[1].priority == p.Priority.FRONT
+    assert order_tested(sched, runner) == [3, 1, 4, 2]
+
+
+def bisection_setup(sched: s.Scheduler, n: int, **report) -> s.Runner:
+    """Commit 0 tested and passed; commits 1..n reported at once (``report``: how); the runner testing n."""
+    runner = join(sched, "r1")
+    commit(sched, 0)
+    assert finish_next(sched, runner) is not None
+    commit(sched, *range(1, n + 1), order="newest-first", **report)
+    sched.dispatch()
+    assert sched.jobs[runner.info.job].commit == sha(n)
+    return runner
+
+
+def test_a_bisection_over_coalesced_commits_finds_the_first_failing_one_behind_new_commits(sched):
+    runner = bisection_setup(sched, 16, untested=tuple(range(1, 16)))
+    assert finish_next(sched, runner, first_bad=11).commit == sha(16)
+    [bisection] = sched.bisections.values()
+    assert (bisection.info.good, bisection.info.bad, bisection.info.state) == (sha(0), sha(16), "running")
+    probe = sched.jobs[runner.info.job]
+    assert (probe.commit, probe.priority) == (sha(8), p.Priority.BISECT)
+    commit(sched, 17, order="newest-first")  # pushed while the bisection runs: tested before its next job
+    assert order_tested(sched, runner, first_bad=11) == [8, 17, 12, 10, 11]
+    info = bisection.info
+    assert (info.state, info.first_bad) == ("found", sha(11))
+    assert [int(sched.jobs[j].commit[:2], 16) for j in info.jobs] == [8, 12, 10, 11]
+    assert sched.bisecting == {}
+
+
+def test_a_newer_commit_that_passes_abandons_the_bisection_and_ends_the_job_it_queued(sched):
+    runner = bisection_setup(sched, 8, untested=tuple(range(1, 8)))
+    finish_next(sched, runner, first_bad=5)
+    probe = sched.jobs[runner.info.job]  # commit 4 is being tested
+    commit(sched, 9, order="newest-first")
+    finish_next(sched, runner, first_bad=5)  # 4 passed: the bisection queues 6; 9 goes first
+    queued = sched.jobs[sched.active_job[sha(6)]]
+    assert probe.commit == sha(4) and queued.priority == p.Priority.BISECT
+    sched.effects()
+    finish_next(sched, runner)  # 9 passes: the branch is fixed
+    info = sched.bisections[1].info
+    assert info.state == "abandoned" and info.first_bad is None and queued.state == "cancelled"
+    assert "bisection.abandoned" in kinds(sched.effects())
+
+
+def test_a_bisection_moves_up_queued_older_commits_and_puts_them_back_when_it_ends(sched):
+    runner = bisection_setup(sched, 8)  # every commit queued: 8 first, 1..7 behind it
+    finish_next(sched, runner, first_bad=7)
+    probe = sched.jobs[runner.info.job]
+    assert probe.commit == sha(4) and probe.priority == p.Priority.BISECT  # moved up, not queued again
+    commit(sched, 9, order="newest-first")
+    finish_next(sched, runner, first_bad=7)  # 4 passed: 6 moves up, behind 9
+    moved = sched.jobs[sched.active_job[sha(6)]]
+    assert (moved.state, moved.priority) == ("queued", p.Priority.BISECT)
+    assert sched.bisections[1].info.jobs == [probe.id, moved.id]
+    finish_next(sched, runner)  # 9 passed: the branch is fixed
+    assert sched.bisections[1].info.state == "abandoned"
+    assert (moved.state, moved.priority) == ("queued", p.Priority.BACKFILL)  # back where it was
+    assert order_tested(sched, runner) == [7, 6, 5, 3, 2, 1]
+
+
+def test_cancelling_a_bisection_job_abandons_it_for_good(sched):
+    runner = bisection_setup(sched, 4, untested=(1, 2, 3))
+    finish_next(sched, runner, first_bad=3)
+    probe = sched.jobs[runner.info.job]
+    assert sched.cancel(probe.id).ok
+    assert sched.bisections[1].info.state == "abandoned"
+    sched.result(runner, result(probe, exit_code=-15, cancelled=True))
+    sched.result_durable(runner)
+    sched.dispatch()
+    assert runner.info.job is None and len(sched.bisections) == 1  # not started again for the same failure
+
+
+def test_a_restarted_scheduler_goes_on_with_a_running_bisection(sched, clock):
+    runner = bisection_setup(sched, 8, untested=tuple(range(1, 8)))
+    finish_next(sched, runner, first_bad=3)
+    probe = sched.jobs[runner.info.job]
+    saved = sched.effects()  # what the store was told, as it was last
+    commits = [e.commit for e in saved if isinstance(e, s.SaveCommit)]
+    jobs = {e.job.id: msgspec.structs.replace(e.job) for e in saved if isinstance(e, s.SaveJob)}
+    bisections = {e.id: (e.id, e.info, e.made) for e in saved if isinstance(e, s.SaveBisection)}
+    again = s.Scheduler(clock=clock)
+    again.load(Snapshot(meta={}, commits=commits, tips={}, jobs=[(j, j.priority) for j in jobs.values()],
+                        attempts=[], last_seq=0, bisections=list(bisections.values())))
+    assert again.bisecting == {"main": 1}
+    runner = join(again, "r1", p.HeldJob(job_id=probe.id, attempt=1))
+    assert order_tested(again, runner, first_bad=3) == [4, 2, 3]  # 4: the job queued before the restart
+    assert again.bisections[1].info.first_bad == sha(3)

@@ -24,6 +24,7 @@ from ui_fixtures import (  # noqa: F401
     SHAS,
     TRY_SHAS,
     RecordedBackend,
+    bisection_events,
     events_with_tries,
     isolated_config,
     recorded_events,
@@ -83,6 +84,26 @@ class TestModel:
                                     queued(2, 1, priority=3), queued(3, 2, priority=1), queued(4, 3),
                                     queued(5, 0, priority=2)]))
         assert [job.id for job in model.queue()] == [2, 5, 3, 4]
+
+    def test_the_queue_shows_older_commits_left_behind_newest_first_after_a_bisections_commits(self):
+        def queued(job_id: int, priority: int) -> p.JobInfo:
+            return p.JobInfo(id=job_id, commit=SHAS[job_id], branch="main", state="queued", priority=priority)
+        model = Model()
+        model.load(_status(9, jobs=[queued(1, p.Priority.BACKFILL), queued(2, p.Priority.BACKFILL),
+                                    queued(3, p.Priority.BISECT), queued(4, p.Priority.NEW),
+                                    queued(5, p.Priority.BACKFILL), queued(6, p.Priority.FRONT)]))
+        assert [job.id for job in model.queue()] == [6, 4, 3, 5, 2, 1]
+
+    def test_a_found_bisection_marks_its_first_bad_commit_and_is_the_latest_news(self):
+        model = Model()
+        for event in bisection_events():
+            model.apply(event)
+        assert set(model.first_bad) == {SHAS[6]}
+        latest = model.latest_bisection()
+        assert latest is not None and (latest.state, latest.first_bad, latest.jobs) == ("found", SHAS[6], [11])
+        abandoned = p.BisectionInfo(branch="feature/login", good=SHAS[1], bad=SHAS[7], state="abandoned")
+        model.apply(p.Event(seq=900, ts=NOW, kind="bisection.abandoned", bisection=abandoned))
+        assert model.latest_bisection() is None and len(model.bisections) == 2
 
     def test_a_replayed_event_is_applied_once(self):
         model = Model()

@@ -10,7 +10,7 @@ import pytest
 
 from tuici.ui.themes import load_themes, theme_dirs
 
-from ui_fixtures import SHAS, events_with_tries, isolated_config, make_app, settle  # noqa: F401
+from ui_fixtures import SHAS, bisection_events, events_with_tries, isolated_config, make_app, settle  # noqa: F401
 
 WIDE = (160, 48)
 BUNDLED_THEMES = sorted(theme.name for theme in load_themes(theme_dirs())[0])
@@ -93,6 +93,12 @@ class TestFilter:
 class TestTries:
     def test_tries_are_listed_apart_and_a_skipped_commit_says_so(self, snap_compare, tmp_path):
         app, _ = make_app(tmp_path, events=events_with_tries())
+        assert snap_compare(app, terminal_size=WIDE, run_before=pressing())
+
+
+class TestBisection:
+    def test_the_first_bad_commit_is_marked_and_the_status_bar_says_so(self, snap_compare, tmp_path):
+        app, _ = make_app(tmp_path, events=bisection_events())
         assert snap_compare(app, terminal_size=WIDE, run_before=pressing())
 
 

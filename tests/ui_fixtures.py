@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import AsyncIterator
 
+import msgspec
 import pytest
 
 from tuici import wire as p
@@ -139,6 +140,8 @@ def failing_log_lines() -> list[str]:
               "ERROR tests/test_session.py::TestSession::test_expiry[short] - KeyError: 'SECRET'",
               "======================== 2 failed, 40 passed in 74.50s ========================="]
     return lines
+
+
 TRY_SHAS = ["a" * 40, "b" * 40]
 SKIPPED_SHA = "c" * 40
 
@@ -168,6 +171,29 @@ def events_with_tries() -> list[p.Event]:
     first = len(events) + 1
     return events + [p.Event(seq=seq, ts=NOW, **{"kind": kind, **fields})
                      for seq, (kind, fields) in enumerate(more, first)]
+
+
+def bisection_events() -> list[p.Event]:
+    """The recorded session, then a bisection on main between commit 1 (passed) and commit 9 (failed): it tests
+    commit 7 (job 11), which fails, and finds it the first failing commit."""
+    events = recorded_events()
+    good, bad, first_bad = SHAS[0], SHAS[8], SHAS[6]
+    running = p.BisectionInfo(branch="main", good=good, bad=bad)
+    probe = _job(11, 7, "queued", priority=p.Priority.BISECT)
+    started = dict(runner="runner-3", attempts=1, started_at=NOW - 20)
+    more: list[tuple[str, dict]] = [
+        ("bisection.started", {"bisection": running}),
+        ("job.queued", {"job": probe}),
+        ("bisection.job", {"bisection": msgspec.structs.replace(running, jobs=[11])}),
+        ("job.started", {"job": msgspec.structs.replace(probe, state="running", **started)}),
+        ("job.finished", {"job": msgspec.structs.replace(probe, state="failed", exit_code=1, duration_s=6.0, passed=11,
+                                                         failed=1, skipped=0, finished_at=NOW - 14, **started)}),
+        ("bisection.found", {"bisection": msgspec.structs.replace(running, jobs=[11], state="found",
+                                                                  first_bad=first_bad),
+                             "message": f"first failing commit {first_bad[:10]}"}),
+    ]
+    return events + [p.Event(seq=seq, ts=NOW, **{"kind": kind, **fields})
+                     for seq, (kind, fields) in enumerate(more, len(events) + 1)]
 
 
 def running_log_lines(count: int = 300) -> list[str]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 import msgspec
 
 from .errors import ConfigError
+from .wire.messages import Order
 
 if TYPE_CHECKING:
     import git
@@ -33,6 +34,8 @@ class RepoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     branches: list[str] = msgspec.field(default_factory=lambda: ["*"])
     coalesce: bool = False
     cancel_superseded: bool = False  # a newer commit cancels the branch's older queued jobs
+    order: Order = "newest-first"  # which of a branch's queued new commits goes first when runners are scarce
+    first_parent: bool = False  # true: only the commits of the branch's first-parent chain get a job
     setup: str | list[str] | None = None  # run first, in a virtualenv made (and kept) for the job
     python: str | None = None  # the interpreter that virtualenv is made from (default: tuici's own)
     cache_key: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_CACHE_KEY))

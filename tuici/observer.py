@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
@@ -54,7 +54,9 @@ _BAD_REF_NAME = re.compile(r"(^|/)\.|\.lock(/|$)|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\
 class Report:
     branch: str
     tip: str
-    commits: list[p.ReportedCommit]
+    commits: list[p.ReportedCommit]  # oldest first
+    untested: set[str] = field(default_factory=set)  # among commits: those recorded without a job
+    order: p.Order = "newest-first"
     cancel_superseded: bool = False  # the tip's config: the branch's older queued jobs are cancelled
 
 
@@ -214,6 +216,10 @@ class Source:
         """Commits reachable from ``tip`` but from none of ``exclude``, oldest first."""
         return self._log(tip, "--not", *exclude, "--reverse", "--topo-order")
 
+    def first_parent_chain(self, tip: str, exclude: list[str]) -> set[str]:
+        """The commits reachable from ``tip`` through first parents only, but from none of ``exclude``."""
+        return set(self.repo.git.rev_list("--first-parent", tip, "--not", *exclude, "--").split())
+
     def has(self, sha: str) -> bool:
         """Whether the object is still in the repository (a force-push and gc may have dropped it)."""
         return self._type(sha) is not None
@@ -289,9 +295,10 @@ def _text(raw: bytes, limit: int) -> str:
 def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[Gone]]:
     """What to tell the dispatcher, given the tips it knows: reports for changed branches, and gone ones.
 
-    Which branches are watched comes from the default branch's committed config; whether to coalesce and to
-    cancel superseded jobs, from each branch tip's own (a gone branch's: its last known tip's, if git still has
-    it).
+    Which branches are watched comes from the default branch's committed config; which new commits get a job
+    (``coalesce``, ``first_parent``, ``[skip ci]``), in which order (``order``) and whether they cancel older
+    queued jobs (``cancel_superseded``), from each branch tip's own (a gone branch's: its last known tip's, if git
+    still has it). Every new commit is reported, those without a job as ``untested``: bisections test them.
     """
     branches = source.branches()
     default = source.default_branch(branches)
@@ -305,31 +312,38 @@ def plan(source: Source, known: dict[str, str]) -> tuple[list[Report], list[Gone
         if known.get(branch) == tip:
             continue
         try:
-            commits = _new_commits(source, tip, exclude)
+            report = _new_commits(source, branch, tip, exclude)
         except git.GitCommandError:
             # A gc may have pruned a known tip since ``has`` found it (or found it in a pack that it still
             # held open, deleted since): look again, with a new cat-file, and try once more.
             source.restart_cat_file()
             exclude = [sha for sha in exclude if sha in tips or source.has(sha)]
             try:
-                commits = _new_commits(source, tip, exclude)
+                report = _new_commits(source, branch, tip, exclude)
             except git.GitCommandError as exc:  # a broken commit object: the other branches are still reported
                 log.error("cannot list the new commits of %s at %s: %s", branch, tip, exc.stderr.strip())
                 continue
-        for c in commits:
+        for c in report.commits:
             c.branch = branch
-        reports.append(Report(branch, tip, commits, source.config(tip).cancel_superseded))
+        reports.append(report)
     gone = [Gone(b, source.config(known[b] if source.has(known[b]) else None).cancel_superseded)
             for b in sorted(known) if b not in heads]
     return reports, gone
 
 
-def _new_commits(source: Source, tip: str, exclude: list[str]) -> list[p.ReportedCommit]:
+def _new_commits(source: Source, branch: str, tip: str, exclude: list[str]) -> Report:
+    conf = source.config(tip)
     if not exclude:
         # First start (or every known tip is gone): the tip only, not the whole history.
-        return source.tip_alone(tip)
+        return Report(branch, tip, source.tip_alone(tip), order=conf.order, cancel_superseded=conf.cancel_superseded)
     commits = source.new_commits(tip, exclude)
-    return commits[-1:] if source.config(tip).coalesce else commits
+    tested = [c.sha for c in commits]
+    if conf.first_parent:
+        chain = source.first_parent_chain(tip, exclude)
+        tested = [sha for sha in tested if sha in chain]
+    if conf.coalesce:
+        tested = tested[-1:]
+    return Report(branch, tip, commits, {c.sha for c in commits} - set(tested), conf.order, conf.cancel_superseded)
 
 
 class Observer:
@@ -402,8 +416,10 @@ class Observer:
         chunks = [commits[i:i + REPORT_CHUNK] for i in range(0, len(commits), REPORT_CHUNK)] or [[]]
         for i, chunk in enumerate(chunks):
             tip = report.tip if i == len(chunks) - 1 else chunk[-1].sha
-            ack = await asyncio.wait_for(conn.request(p.CommitsSeen(branch=report.branch, tip=tip, commits=chunk,
-                                                                    cancel_superseded=report.cancel_superseded)), 30)
+            untested = [c.sha for c in chunk if c.sha in report.untested]
+            seen = p.CommitsSeen(branch=report.branch, tip=tip, commits=chunk, untested=untested, order=report.order,
+                                 cancel_superseded=report.cancel_superseded)
+            ack = await asyncio.wait_for(conn.request(seen), 30)
             p.expect(ack, p.TipsAck)
         if commits:
             log.info("reported %d new commit(s) on %s", len(commits), report.branch)

@@ -22,7 +22,7 @@ import msgspec
 
 from .errors import ConfigError, LeaseLost
 from .store import PRUNED_THROUGH
-from .wire import AttemptInfo, CommitInfo, Event, JobInfo
+from .wire import AttemptInfo, BisectionInfo, CommitInfo, Event, JobInfo
 
 if TYPE_CHECKING:
     import psycopg
@@ -38,6 +38,8 @@ _enc = msgspec.msgpack.Encoder()
 _job_dec = msgspec.msgpack.Decoder(JobInfo)
 _attempt_dec = msgspec.msgpack.Decoder(AttemptInfo)
 _event_dec = msgspec.msgpack.Decoder(Event)
+_bisection_dec = msgspec.msgpack.Decoder(BisectionInfo)
+_ids_dec = msgspec.msgpack.Decoder(list[int])
 
 
 def _psycopg() -> Any:
@@ -241,16 +243,20 @@ class PgStore:
         async with self._using, conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             meta = dict(await rows("SELECT key, value FROM meta"))
-            commits = [CommitInfo(sha=r[0], branch=r[1], author=r[2], subject=r[3], time=r[4]) for r in
-                       await rows("SELECT sha, branch, author, subject, time FROM commits ORDER BY seen_at, ord")]
+            commits = [CommitInfo(sha=r[0], branch=r[1], author=r[2], subject=r[3], time=r[4], skipped=r[5])
+                       for r in await rows("SELECT sha, branch, author, subject, time, skipped FROM commits"
+                                           " ORDER BY seen_at, ord")]
             tips = dict(await rows("SELECT branch, sha FROM tips"))
             jobs = [(_job_dec.decode(b), pr) for b, pr in await rows("SELECT body, priority FROM jobs ORDER BY id")]
             attempts = [_attempt_dec.decode(b)
                         for (b,) in await rows("SELECT body FROM attempts ORDER BY job_id, attempt")]
+            bisections = [(i, _bisection_dec.decode(b), _ids_dec.decode(m))
+                          for i, b, m in await rows("SELECT id, body, made FROM bisections ORDER BY id")]
             newest = (await rows("SELECT COALESCE(MAX(seq), 0) FROM events"))[0][0]
             pruned = int(meta.get(PRUNED_THROUGH, 0))  # retention deletes events, never their numbers
             last = max(newest, pruned)
-        return Snapshot(meta=meta, commits=commits, tips=tips, jobs=jobs, attempts=attempts, last_seq=last)
+        return Snapshot(meta=meta, commits=commits, tips=tips, jobs=jobs, attempts=attempts, last_seq=last,
+                        bisections=bisections)
 
     async def _check_lease(self, conn: psycopg.AsyncConnection) -> None:
         """In the caller's transaction: that the lease is still ours, held so until the transaction ends (a
@@ -272,9 +278,9 @@ class PgStore:
                                         " SET value = excluded.value", list(batch.meta.items()))
                 if batch.commits:
                     await c.executemany(
-                        "INSERT INTO commits (sha, branch, author, subject, time, seen_at)"
-                        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (sha) DO NOTHING",
-                        [(m.sha, m.branch, m.author, m.subject, m.time, seen) for m, seen in batch.commits])
+                        "INSERT INTO commits (sha, branch, author, subject, time, seen_at, skipped)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sha) DO NOTHING",
+                        [(m.sha, m.branch, m.author, m.subject, m.time, seen, m.skipped) for m, seen in batch.commits])
                 for branch, sha in batch.tips.items():
                     if sha is None:
                         await c.execute("DELETE FROM tips WHERE branch = %s", (branch,))
@@ -291,6 +297,11 @@ class PgStore:
                         "INSERT INTO attempts VALUES (%s, %s, %s) ON CONFLICT (job_id, attempt) DO UPDATE"
                         " SET body = excluded.body",
                         [(a.job_id, a.attempt, _enc.encode(a)) for a in batch.attempts.values()])
+                if batch.bisections:
+                    await c.executemany(
+                        "INSERT INTO bisections VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE"
+                        " SET body = excluded.body, made = excluded.made",
+                        [(i, _enc.encode(b), _enc.encode(made)) for i, (b, made) in batch.bisections.items()])
                 if batch.events:
                     await c.executemany("INSERT INTO events VALUES (%s, %s, %s)",
                                         [(e.seq, e.ts, _enc.encode(e)) for e in batch.events])

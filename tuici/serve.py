@@ -171,6 +171,9 @@ def describe(event: p.Event) -> str:
     elif event.runner is not None:
         r = event.runner
         parts.append(f"{r.name} ({r.host}, pid {r.pid}) {r.state}")
+    elif event.bisection is not None:
+        b = event.bisection
+        parts.append(f"{b.branch} {b.good[:10]}..{b.bad[:10]} {b.state}, {len(b.jobs)} job(s)")
     if event.message:
         parts.append(f"- {event.message}")
     return " ".join(parts)

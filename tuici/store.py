@@ -1,4 +1,4 @@
-"""The durable record: commits, branch tips, jobs, attempts, events and test results in SQLite (WAL).
+"""The durable record: commits, branch tips, jobs, attempts, bisections, events and test results in SQLite (WAL).
 
 All access happens on one dedicated thread, so the dispatcher's event loop never
 blocks on disk and writes land in the order they were made.
@@ -24,7 +24,18 @@ import msgspec
 
 from . import testcases
 from .testcases import Tested
-from .wire import AttemptInfo, CommitInfo, Event, FlakyTest, HistoryEntry, JobInfo, TestCase, TestOutcome, TestReport
+from .wire import (
+    AttemptInfo,
+    BisectionInfo,
+    CommitInfo,
+    Event,
+    FlakyTest,
+    HistoryEntry,
+    JobInfo,
+    TestCase,
+    TestOutcome,
+    TestReport,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,6 +76,7 @@ CREATE TEMP TABLE IF NOT EXISTS incoming (
     name TEXT NOT NULL, outcome INTEGER NOT NULL, duration REAL NOT NULL, flaky INTEGER NOT NULL,
     message TEXT, details TEXT
 );
+CREATE TABLE IF NOT EXISTS bisections (id INTEGER PRIMARY KEY, body BLOB NOT NULL, made BLOB NOT NULL);
 """
 
 # How an outcome is stored: these codes are on disk, so the order never changes.
@@ -84,6 +96,8 @@ _enc = msgspec.msgpack.Encoder()
 _job_dec = msgspec.msgpack.Decoder(JobInfo)
 _attempt_dec = msgspec.msgpack.Decoder(AttemptInfo)
 _event_dec = msgspec.msgpack.Decoder(Event)
+_bisection_dec = msgspec.msgpack.Decoder(BisectionInfo)
+_ids_dec = msgspec.msgpack.Decoder(list[int])
 
 
 @dataclass
@@ -94,12 +108,14 @@ class Batch:
     tips: dict[str, str | None] = field(default_factory=dict)  # None deletes
     jobs: dict[int, tuple[JobInfo, int]] = field(default_factory=dict)  # id -> (job, priority)
     attempts: dict[tuple[int, int], AttemptInfo] = field(default_factory=dict)
+    bisections: dict[int, tuple[BisectionInfo, list[int]]] = field(default_factory=dict)  # id -> (it, jobs it made)
     events: list[Event] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     tests: list[JobTests] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.commits or self.tips or self.jobs or self.attempts or self.events or self.meta or self.tests)
+        return bool(self.commits or self.tips or self.jobs or self.attempts or self.bisections or self.events
+                    or self.meta or self.tests)
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,7 @@ class Snapshot:
     jobs: list[tuple[JobInfo, int]]
     attempts: list[AttemptInfo]
     last_seq: int
+    bisections: list[tuple[int, BisectionInfo, list[int]]] = field(default_factory=list)
 
 
 class RecordStore(Protocol):
@@ -204,6 +221,8 @@ class Store:
             attempts=[_attempt_dec.decode(b)
                       for (b,) in db.execute("SELECT body FROM attempts ORDER BY job_id, attempt")],
             last_seq=_last_seq(db),
+            bisections=[(i, _bisection_dec.decode(b), _ids_dec.decode(m))
+                        for i, b, m in db.execute("SELECT id, body, made FROM bisections ORDER BY id")],
         )
 
     def write(self, batch: Batch) -> None:
@@ -231,6 +250,11 @@ class Store:
                 db.executemany(
                     "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?)",
                     [(a.job_id, a.attempt, _enc.encode(a)) for a in batch.attempts.values()],
+                )
+            if batch.bisections:
+                db.executemany(
+                    "INSERT OR REPLACE INTO bisections VALUES (?, ?, ?)",
+                    [(i, _enc.encode(b), _enc.encode(made)) for i, (b, made) in batch.bisections.items()],
                 )
             if batch.events:
                 db.executemany(

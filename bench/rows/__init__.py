@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..harness import Figure
 from .backlog import backlog
+from .bisect import bisect_cost
 from .buildbot_backlog import buildbot_backlog
 from .buildbot_idle import buildbot_idle
 from .buildbot_latency import buildbot_latency
@@ -38,6 +39,7 @@ ROWS: dict[str, Callable[[Context], list[Figure]]] = {
     "environments": environments,
     "real-suite": real_suite,
     "backlog": backlog,
+    "bisect": bisect_cost,
     "log-throughput": log_throughput,
     "idle": idle_cost,
     "startup": startup,

@@ -38,6 +38,8 @@ class Sizes:
     suite_repeats: int = 21  # direct/tuici pairs of the real-suite row (this VM's CPU speed drifts +-20%)
     backlog_commits: int = 500  # commits made at once
     backlog_runners: str = "2,4"  # runner counts to try
+    bisect_commits: str = "16,100"  # commits pushed at once (coalesced) for a bisection to search
+    bisect_rounds: int = 5  # bisections per size, each with the regression somewhere else
     log_mb: int = 200  # megabytes (10^6) one job prints
     log_repeats: int = 3
     idle_seconds: float = 30.0
@@ -67,11 +69,12 @@ class Sizes:
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(files=50, latency_commits=5, gap=0.1, overhead_jobs=5, suite_seconds=0.3, suite_repeats=1,
-                   backlog_commits=20, backlog_runners="2", log_mb=5, log_repeats=1, idle_seconds=2.0,
-                   idle_runners=2, startup_runners=2, startup_repeats=1, scale_runners=4, scale_history=200,
-                   scale_sleep=0.5, status_repeats=2, ui_presses=12, ui_history=200, ui_starts=1,
-                   tests_cases=2000, tests_repeats=1, failover_rounds=2, failover_lease=2.0, failover_backlog=20,
-                   failover_latency=3, bb_workers=2, bb_commits=3, bb_backlog=10, bb_replay=4, bb_replay_suite=0.5)
+                   backlog_commits=20, backlog_runners="2", bisect_commits="16", bisect_rounds=1, log_mb=5,
+                   log_repeats=1, idle_seconds=2.0, idle_runners=2, startup_runners=2, startup_repeats=1,
+                   scale_runners=4, scale_history=200, scale_sleep=0.5, status_repeats=2, ui_presses=12,
+                   ui_history=200, ui_starts=1, tests_cases=2000, tests_repeats=1, failover_rounds=2,
+                   failover_lease=2.0, failover_backlog=20, failover_latency=3, bb_workers=2, bb_commits=3,
+                   bb_backlog=10, bb_replay=4, bb_replay_suite=0.5)
 
     def override(self, key: str, value: str) -> None:
         kinds = {f.name: f.type for f in fields(self)}

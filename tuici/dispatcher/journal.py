@@ -79,6 +79,10 @@ class Journal:
     def save_tests(self, tests: JobTests) -> None:
         """A finished job's test cases: saved right after the job (``save_job``), they go in its transaction."""
         self._pending.tests.append(tests)
+
+    def save_bisection(self, bisection_id: int, info: p.BisectionInfo, made: list[int]) -> None:
+        """``info`` must not change afterwards (the scheduler hands over a copy)."""
+        self._pending.bisections[bisection_id] = (info, made)
         self._schedule_flush()
 
     def save_meta(self, key: str, value: str) -> None:
@@ -165,6 +169,7 @@ def _merge(first: Batch, second: Batch) -> Batch:
     first.tips.update(second.tips)
     first.jobs.update(second.jobs)
     first.attempts.update(second.attempts)
+    first.bisections.update(second.bisections)
     first.events += second.events
     first.meta.update(second.meta)
     first.tests += second.tests

@@ -9,6 +9,7 @@ can be tested in a few microseconds (tests/test_scheduler.py).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 import time
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import msgspec
 
 from .. import wire as p
+from . import bisection as bi
 
 if TYPE_CHECKING:
     from ..store import Snapshot
@@ -31,8 +33,10 @@ VERDICTS = frozenset({"passed", "failed"})  # the final states that say somethin
 EventKind = Literal[
     "commit.seen", "branch.deleted", "branch.broken", "branch.fixed", "job.queued", "job.started", "job.requeued",
     "job.finished", "runner.joined", "runner.idle", "runner.lost", "runner.left",
+    "bisection.started", "bisection.job", "bisection.found", "bisection.abandoned",
 ]
 DAY = 86400.0
+Verdict = Literal["passed", "failed", "untestable"]  # what a commit's jobs said of it
 
 
 class Clock(Protocol):
@@ -77,6 +81,13 @@ class SaveAttempt:
 
 
 @dataclass(frozen=True)
+class SaveBisection:
+    id: int
+    info: p.BisectionInfo
+    made: list[int]
+
+
+@dataclass(frozen=True)
 class Send:
     """Send a connected runner a message, without waiting."""
 
@@ -110,8 +121,8 @@ class TakeBackAt:
     at: float
 
 
-Effect = (Publish | SaveCommit | SaveTip | SaveJob | SaveAttempt | Send | Disconnect | CloseLog | TruncateLog
-          | TakeBackAt)
+Effect = (Publish | SaveCommit | SaveTip | SaveJob | SaveAttempt | SaveBisection | Send | Disconnect | CloseLog
+          | TruncateLog | TakeBackAt)
 
 
 # ------------------------------------------------------------------ the rules
@@ -135,7 +146,7 @@ class Runner:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class BranchVerdict:
     """What a branch's newest tested commit gave: ``rank`` is when that commit was seen (see
     ``Scheduler.commit_rank``), ``state`` passed or failed."""
 
@@ -157,13 +168,21 @@ class Scheduler:
         self.clock = clock
         self.commits: dict[str, p.CommitInfo] = {}
         self.commit_rank: dict[str, int] = {}  # sha -> the order it was seen in (a branch's newer commits rank higher)
-        self.verdicts: dict[str, Verdict] = {}  # branch -> its newest tested commit's verdict
+        self.branch_verdicts: dict[str, BranchVerdict] = {}  # branch -> its newest tested commit's verdict
         self.tips: dict[str, str] = {}
         self.jobs: dict[int, p.JobInfo] = {}
         self.attempts: dict[tuple[int, int], p.AttemptInfo] = {}
         self.active_job: dict[str, int] = {}  # commit -> its queued or running job
         self.tries: set[str] = set()  # commits that are snapshots of a work tree (`tuici try`), not a branch's
-        self.queue: list[tuple[int, int]] = []  # heap of (-job.priority, job id); stale entries are skipped
+        self.queue: list[tuple[int, int, int]] = []  # heap of (*dispatch_order(job), job id); stale ones skipped
+        self.branch_commits: dict[str, list[str]] = {}  # each branch's commits, oldest first, as reported
+        self.position: dict[str, int] = {}  # commit -> its index in its branch's list
+        self.verdicts: dict[str, Verdict] = {}  # commit -> the newest verdict of its jobs
+        self.tested: dict[str, list[int]] = {}  # branch -> positions of its commits that passed or failed, sorted
+        self.newest_job: dict[str, int] = {}  # branch -> its job queued at Priority.NEW under "newest-first"
+        self.bisections: dict[int, bi.Bisection] = {}
+        self.bisecting: dict[str, int] = {}  # branch -> its running bisection
+        self.bisected: set[str] = set()  # failing commits that had a bisection: one each
         self.runners: dict[str, Runner] = {}
         self.cancel_requested: set[int] = set()  # running jobs that end as cancelled, whatever the runner says
         self.next_job_id = 1
@@ -179,6 +198,7 @@ class Scheduler:
         for c in snap.commits:
             self.commits[c.sha] = c
             self.commit_rank[c.sha] = len(self.commit_rank)
+            self._place(c)
         self.tips = dict(snap.tips)
         for job, prio in snap.jobs:
             self.jobs[job.id] = job
@@ -187,15 +207,24 @@ class Scheduler:
             if job.state in ("queued", "running"):
                 self.active_job[job.commit] = job.id
             if job.state == "queued":
-                heapq.heappush(self.queue, (-prio, job.id))
+                self._enqueue(job)
+                if prio == p.Priority.NEW:
+                    self.newest_job[job.branch] = job.id
             if job.kind == "try":
                 self.tries.add(job.commit)
+            if job.commit in self.position:
+                self._judge(job)
+        for bisection_id, info, made in snap.bisections:
+            self.bisections[bisection_id] = bi.Bisection(bisection_id, info, made)
+            self.bisected.add(info.bad)
+            if info.state == "running":
+                self.bisecting[info.branch] = bisection_id
         for a in snap.attempts:
             self.attempts[(a.job_id, a.attempt)] = a
         # Each branch's verdict as it was: only a change from now on is published.
         judged = (j for j in self.jobs.values() if j.state in VERDICTS and j.kind == "commit")
         for job in sorted(judged, key=lambda j: (j.finished_at or 0, j.id)):
-            self._judge(job, publish=False)
+            self._judge_branch(job, publish=False)
         if any(j.state == "running" for j in self.jobs.values()):
             # Runners that were busy when we went down get this long to reconnect and keep their job.
             self.restart_grace_until = self.clock.monotonic() + self.heartbeat_timeout
@@ -209,36 +238,69 @@ class Scheduler:
     def _save(self, record: p.JobInfo | p.AttemptInfo) -> None:
         self._effects.append(SaveJob(record) if isinstance(record, p.JobInfo) else SaveAttempt(record))
 
+    def _enqueue(self, job: p.JobInfo) -> None:
+        heapq.heappush(self.queue, (*p.dispatch_order(job), job.id))
+
+    def _reprioritize(self, job: p.JobInfo, priority: int, why: str) -> None:
+        """Move a queued job to another level of the queue."""
+        job.priority = int(priority)
+        self._enqueue(job)
+        self._save(job)
+        self._publish("job.queued", job=job, message=why)
+
     # ------------------------------------------------------------------ commits and jobs
 
     def commits_seen(self, msg: p.CommitsSeen) -> int:
-        """Record the observer's new commits, each with a job unless it is skipped, and the branch's tip; how many
-        were queued. With ``cancel_superseded``, the branch's older queued jobs are cancelled once it moved."""
+        """Record the observer's new commits and the branch's tip, and queue a job for each commit not reported
+        ``untested`` and not skipped (``[skip ci]``); how many were queued. Under "newest-first", the newest goes
+        ahead of the branch's older queued commits, which stay behind every new commit (``Priority.BACKFILL``).
+        With ``cancel_superseded``, the branch's older queued jobs are cancelled once it moved."""
         now = self.clock.time()
-        queued = 0
         moved = self.tips.get(msg.branch) != msg.tip
-        for commit in msg.commits:
-            if commit.sha in self.commits:
-                continue
+        fresh = [c for c in msg.commits if c.sha not in self.commits]
+        untested = set(msg.untested)
+        to_queue = [c.sha for c in fresh if c.sha not in untested and not c.skipped]
+        newest_first = msg.order == "newest-first"
+        for commit in fresh:
             self.commits[commit.sha] = commit
             self.commit_rank[commit.sha] = len(self.commit_rank)
+            self._place(commit)
             self._effects.append(SaveCommit(commit, now))
             self._publish("commit.seen", commit=commit)
-            if commit.skipped:
+            if commit.sha not in to_queue:
                 continue
-            self._new_job(commit.sha, commit.branch, priority=0)
-            queued += 1
+            newest = commit.sha == to_queue[-1]
+            job = self._new_job(commit.sha, commit.branch,
+                                p.Priority.BACKFILL if newest_first and not newest else p.Priority.NEW)
+            if newest_first and newest:
+                self._put_behind(msg.branch, commit.sha)
+                self.newest_job[msg.branch] = job.id
         self.tips[msg.branch] = msg.tip
         self._effects.append(SaveTip(msg.branch, msg.tip))
         if msg.cancel_superseded and moved:
             self._cancel_queued(msg.branch, f"superseded by {msg.tip}")
-        return queued
+        return len(to_queue)
+
+    def _place(self, commit: p.CommitInfo) -> None:
+        """Note the commit's place among its branch's (it is reported once: on the first branch it was seen on)."""
+        shas = self.branch_commits.setdefault(commit.branch, [])
+        self.position[commit.sha] = len(shas)
+        shas.append(commit.sha)
+
+    def _put_behind(self, branch: str, newer: str) -> None:
+        """The branch's newest queued commit so far goes behind every new commit: ``newer`` came after it."""
+        previous = self.jobs.get(self.newest_job.pop(branch, 0))
+        if previous is not None and previous.state == "queued" and previous.priority == p.Priority.NEW:
+            self._reprioritize(previous, p.Priority.BACKFILL, f"behind {newer[:10]}, newer on {branch}")
 
     def branch_gone(self, msg: p.BranchGone) -> None:
         self.tips.pop(msg.branch, None)
-        self.verdicts.pop(msg.branch, None)
+        self.branch_verdicts.pop(msg.branch, None)
         self._effects.append(SaveTip(msg.branch, None))
         self._publish("branch.deleted", message=msg.branch)
+        running = self.bisecting.get(msg.branch)
+        if running is not None:
+            self._end_bisection(self.bisections[running], "abandoned", f"{msg.branch} was deleted")
         if msg.cancel_queued:
             self._cancel_queued(msg.branch, f"branch {msg.branch} was deleted")
 
@@ -249,25 +311,26 @@ class Scheduler:
         tips = set(self.tips.values())
         for job_id in sorted(self.active_job.values()):
             job = self.jobs[job_id]
-            if (job.state == "queued" and job.kind == "commit" and job.priority == 0 and job.branch == branch
+            observed = job.priority in (p.Priority.NEW, p.Priority.BACKFILL)  # not a rerun's nor a bisection's
+            if (job.state == "queued" and job.kind == "commit" and observed and job.branch == branch
                     and job.commit not in tips):
                 job.error = reason
                 self._finish(job, "cancelled", "cancelled", reason)
 
     def _new_job(self, sha: str, branch: str, priority: int, kind: p.JobKind = "commit") -> p.JobInfo:
         job = p.JobInfo(id=self.next_job_id, commit=sha, branch=branch, state="queued",
-                        queued_at=self.clock.time(), priority=priority, kind=kind)
+                        queued_at=self.clock.time(), priority=int(priority), kind=kind)
         self.next_job_id += 1
         self.jobs[job.id] = job
         self.active_job[sha] = job.id
-        heapq.heappush(self.queue, (-priority, job.id))
+        self._enqueue(job)
         self._save(job)
         self._publish("job.queued", job=job)
         return job
 
     def _front(self) -> int:
         """A priority above every job's: what someone asks for (a rerun, a try) goes ahead of everything queued."""
-        return max((j.priority for j in self.jobs.values()), default=0) + 1
+        return max(p.Priority.FRONT, max((j.priority for j in self.jobs.values()), default=0) + 1)
 
     def try_commit(self, commit: p.CommitInfo) -> p.Reply:
         """Queue a snapshot of a work tree (`tuici try`) at the front, as a job of kind try."""
@@ -294,10 +357,7 @@ class Scheduler:
         active = self.active_job.get(sha)
         if active is not None and self.jobs[active].state == "queued":
             job = self.jobs[active]
-            job.priority = top
-            heapq.heappush(self.queue, (-top, job.id))
-            self._save(job)
-            self._publish("job.queued", job=job, message="moved to the front")
+            self._reprioritize(job, top, "moved to the front")
             return p.Reply(ok=True, message=f"job {job.id} moved to the front of the queue", job=job)
         if active is not None:
             return p.Reply(ok=False, message=f"job {active} for {sha[:10]} is running already")
@@ -307,13 +367,20 @@ class Scheduler:
 
     def cancel(self, job_id: int) -> p.Reply:
         """A queued job ends at once; a running one's runner is told to end it, and if it has not within
-        ``CANCEL_GRACE``, ``take_back`` ends it."""
+        ``CANCEL_GRACE``, ``take_back`` ends it. Cancelling a job of a running bisection abandons it."""
         job = self.jobs.get(job_id)
         if job is None:
             return p.Reply(ok=False, message=f"no job {job_id}")
+        bisecting = self.bisections.get(self.bisecting.get(job.branch, 0))
+        if bisecting is not None and (job.state not in ("queued", "running") or job_id not in bisecting.info.jobs):
+            bisecting = None
         if job.state == "queued":
-            self._finish(job, "cancelled", "cancelled", "cancelled while queued")
+            self._finish(job, "cancelled", "cancelled", "cancelled while queued", review=bisecting is None)
+            if bisecting is not None:
+                self._end_bisection(bisecting, "abandoned", f"its job {job_id} was cancelled")
             return p.Reply(ok=True, message=f"job {job_id} cancelled", job=job)
+        if bisecting is not None:
+            self._end_bisection(bisecting, "abandoned", f"its job {job_id} was cancelled")
         if job.state == "running":
             if job_id not in self.cancel_requested:
                 self.cancel_requested.add(job_id)
@@ -455,7 +522,8 @@ class Scheduler:
         runner.idle_since = self.clock.monotonic()
         self._publish("runner.idle", runner=runner.info)
 
-    def _finish(self, job: p.JobInfo, state: p.JobState, outcome: Outcome, reason: str) -> None:
+    def _finish(self, job: p.JobInfo, state: p.JobState, outcome: Outcome, reason: str, review: bool = True) -> None:
+        """End the job; then what its end means to its branch's bisection (unless the bisection ended it)."""
         job.state = state
         job.finished_at = self.clock.time()
         self.active_job.pop(job.commit, None)
@@ -464,18 +532,22 @@ class Scheduler:
         self._save(job)
         self._publish("job.finished", job=job, message=reason)
         if state in VERDICTS and job.kind == "commit":  # a try's work tree says nothing of its branch
-            self._judge(job, publish=True)
+            self._judge_branch(job, publish=True)
+        if job.commit in self.position:
+            self._judge(job)
+            if review:
+                self._review(self.commits[job.commit].branch)
 
-    def _judge(self, job: p.JobInfo, publish: bool) -> None:
+    def _judge_branch(self, job: p.JobInfo, publish: bool) -> None:
         """Take ``job``'s verdict as its branch's, unless a newer commit of the branch has one already (jobs
         finish out of order: an older commit's result says nothing about the branch now). A change from passed
         to failed publishes ``branch.broken``, back ``branch.fixed``; a branch's first verdict publishes
         nothing, and error and cancelled are no verdict on the code (tuici could not run it)."""
         rank = self.commit_rank.get(job.commit, -1)
-        before = self.verdicts.get(job.branch)
+        before = self.branch_verdicts.get(job.branch)
         if before is not None and rank < before.rank:
             return
-        self.verdicts[job.branch] = Verdict(rank, job.id, job.commit, job.state)
+        self.branch_verdicts[job.branch] = BranchVerdict(rank, job.id, job.commit, job.state)
         if not publish or before is None or before.state == job.state:
             return
         broken = job.state == "failed"
@@ -553,7 +625,7 @@ class Scheduler:
             # Everything it printed belongs to the lost attempt; the next attempt starts a fresh log.
             job.log_size = 0
             self._effects.append(TruncateLog(job.id))
-            heapq.heappush(self.queue, (-job.priority, job.id))
+            self._enqueue(job)
             self._save(job)
             self._publish("job.requeued", job=job, message=reason)
 
@@ -572,10 +644,116 @@ class Scheduler:
                     self._requeue(job, "runner lost")
             self.dispatch()
 
+    # ------------------------------------------------------------------ bisections
+
+    def _judge(self, job: p.JobInfo) -> None:
+        """Take a finished job's verdict on its commit: passed or failed replaces any earlier one; an error only
+        says the commit cannot be tested while nothing else is known; a cancelled job says nothing."""
+        sha = job.commit
+        before = self.verdicts.get(sha)
+        if job.state in ("passed", "failed"):
+            self.verdicts[sha] = job.state
+            if before not in ("passed", "failed"):
+                bisect.insort(self.tested.setdefault(self.commits[sha].branch, []), self.position[sha])
+        elif job.state == "error" and before is None:
+            self.verdicts[sha] = "untestable"
+
+    def _mark(self, sha: str) -> bi.Mark:
+        active = self.active_job.get(sha)
+        if active is not None:
+            return "running" if self.jobs[active].state == "running" else "queued"
+        return self.verdicts.get(sha, "untested")
+
+    def _review(self, branch: str) -> None:
+        """A job of the branch ended: take its running bisection a step on, or start one if the branch's newest
+        tested commit now fails where the tested one before it passed, with commits between them untested."""
+        running = self.bisecting.get(branch)
+        if running is not None:
+            self._advance(self.bisections[running])
+        tested = self.tested.get(branch, [])
+        if branch in self.bisecting or not tested:
+            return
+        shas = self.branch_commits[branch]
+        bad = shas[tested[-1]]
+        below = (tested[-2], self.verdicts[shas[tested[-2]]]) if len(tested) > 1 else None
+        if bad in self.bisected or not bi.starts(below, (tested[-1], self.verdicts[bad])):
+            return
+        assert below is not None
+        record = bi.Bisection(id=max(self.bisections, default=0) + 1,
+                              info=p.BisectionInfo(branch=branch, good=shas[below[0]], bad=bad))
+        self.bisections[record.id] = record
+        self.bisecting[branch] = record.id
+        self.bisected.add(bad)
+        log.info("bisecting %s between %s (passed) and %s (failed)", branch, shas[below[0]][:10], bad[:10])
+        self._bisection_changed(record, "bisection.started")
+        self._advance(record)
+
+    def _advance(self, record: bi.Bisection) -> None:
+        info = record.info
+        shas = self.branch_commits[info.branch]
+        low, high = self.position[info.good], self.position[info.bad]
+        span = shas[low:high + 1]
+        tested = self.tested.get(info.branch, [])
+        fixed = any(self.verdicts[shas[i]] == "passed" for i in tested[bisect.bisect_right(tested, high):])
+        current = self._current_job(record)
+        step = bi.step([self._mark(sha) for sha in span], fixed,
+                       None if current is None else self.position[current.commit] - low)
+        if step.state == "found":
+            assert step.first_bad is not None
+            info.first_bad = span[step.first_bad]
+            self._end_bisection(record, "found", f"first failing commit {info.first_bad[:10]}")
+            return
+        if step.state == "abandoned":
+            self._end_bisection(record, "abandoned", "a newer commit passed" if fixed else "nothing left to test")
+            return
+        if step.probe is None:
+            return  # waiting for its running job
+        target = span[step.probe]
+        if current is not None and current.commit != target and current.state == "queued":
+            self._release(record, current)
+        active = self.active_job.get(target)
+        if active is None:
+            job = self._new_job(target, info.branch, p.Priority.BISECT)
+            record.made = [*record.made, job.id]
+        else:
+            job = self.jobs[active]
+            if job.state != "queued" or job.priority >= p.Priority.BISECT:
+                return  # it runs ahead of the bisection anyway (a new commit, a rerun), or runs now: wait for it
+            self._reprioritize(job, p.Priority.BISECT, f"moved up: the bisection of {info.branch} tests it")
+        info.jobs = [*(j for j in info.jobs if j != job.id), job.id]  # moved up again after it was let go
+        self._bisection_changed(record, "bisection.job")
+
+    def _current_job(self, record: bi.Bisection) -> p.JobInfo | None:
+        """The bisection's newest job, while it is queued or running."""
+        job = self.jobs[record.info.jobs[-1]] if record.info.jobs else None
+        return job if job is not None and job.state in ("queued", "running") else None
+
+    def _release(self, record: bi.Bisection, job: p.JobInfo) -> None:
+        """A queued job the bisection no longer needs: ended if it queued the job itself, else moved back."""
+        why = f"no longer needed by the bisection of {record.info.branch}"
+        if job.id in record.made:
+            self._finish(job, "cancelled", "cancelled", why, review=False)
+        else:
+            self._reprioritize(job, p.Priority.BACKFILL, why)
+
+    def _end_bisection(self, record: bi.Bisection, state: p.BisectionState, why: str) -> None:
+        current = self._current_job(record)
+        if current is not None and current.state == "queued":
+            self._release(record, current)
+        record.info.state = state
+        del self.bisecting[record.info.branch]
+        log.info("bisection of %s %s: %s", record.info.branch, state, why)
+        self._bisection_changed(record, "bisection.found" if state == "found" else "bisection.abandoned", why)
+
+    def _bisection_changed(self, record: bi.Bisection, kind: EventKind, why: str = "") -> None:
+        self._effects.append(SaveBisection(record.id, msgspec.structs.replace(record.info), record.made))
+        self._publish(kind, bisection=record.info, message=why)
+
     # ------------------------------------------------------------------ assignment
 
     def dispatch(self) -> None:
-        """Give queued jobs to idle runners: highest priority first, then oldest; longest-idle runner first."""
+        """Give queued jobs to idle runners in ``dispatch_order`` (highest priority first, then oldest, but
+        newest first among those left behind); longest-idle runner first."""
         idle = sorted(
             (r for r in self.runners.values() if r.connected and r.info.state == "idle"),
             key=lambda r: r.idle_since,
@@ -588,9 +766,9 @@ class Scheduler:
 
     def _pop_queue(self) -> p.JobInfo | None:
         while self.queue:
-            neg_prio, job_id = heapq.heappop(self.queue)
+            level, order, job_id = heapq.heappop(self.queue)
             job = self.jobs.get(job_id)
-            if job is not None and job.state == "queued" and -neg_prio == job.priority:
+            if job is not None and job.state == "queued" and p.dispatch_order(job) == (level, order):
                 return job
         return None
 

@@ -305,6 +305,8 @@ class Dispatcher:
                     self.journal.save_commit(commit, seen_at)
                 case s.SaveTip(branch, sha):
                     self.journal.save_tip(branch, sha)
+                case s.SaveBisection(bisection_id, info, made):
+                    self.journal.save_bisection(bisection_id, info, made)
                 case s.Send(runner, message):
                     if self.group is not None and not self.group.may_act():
                         continue  # our lease may have run out: not one more job handed out (we step down)
@@ -631,6 +633,7 @@ class Dispatcher:
                 if reply.ok and reply.job is not None and reply.job.state == "cancelled":  # no longer queued
                     await self.journal.durable()
                 await conn.send(reply)
+                self._dispatch()  # a bisection may have queued another commit in its place
             elif isinstance(msg, (p.TestsRequest, p.HistoryRequest, p.FlakyRequest)):
                 for answer in await self.queries.answer(msg):
                     conn.send_nowait(answer)

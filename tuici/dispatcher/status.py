@@ -64,7 +64,7 @@ class Status:
             repo_url=sched.repo_url, last_seq=last_seq, commits=commits, jobs=jobs,
             runners=[r.info for r in sched.runners.values()],
             attempts=[a for a in sched.attempts.values() if a.job_id in ids], tips=dict(sched.tips), history=history,
-            dispatchers=self.group(),
+            dispatchers=self.group(), bisections=[b.info for b in sched.bisections.values()],
         )
 
     def json(self, last_seq: int, limit: int, history: p.History) -> bytes:
@@ -78,5 +78,5 @@ class Status:
             repo_url=sched.repo_url, last_seq=last_seq, commits=cast(Any, self.commits.array(sched.commits)),
             jobs=cast(Any, self.jobs.array(sched.jobs)), runners=[r.info for r in sched.runners.values()],
             attempts=cast(Any, self.attempts.array(sched.attempts)), tips=dict(sched.tips), history=history,
-            dispatchers=self.group(),
+            dispatchers=self.group(), bisections=[b.info for b in sched.bisections.values()],
         ))

@@ -300,7 +300,7 @@ class ControlCenter(App[None]):
         self.query_one(StatusBar).show(StatusInfo(
             health=(("dispatcher", self._health("dispatcher")), ("observer", self._health("observer"))),
             connection=self.connection, counts=dict(self.model.counts), following=self.log_view.follow,
-            note=self._note, dispatcher=self.model.active_dispatcher,
+            bisection=self.model.latest_bisection(), note=self._note, dispatcher=self.model.active_dispatcher,
         ))
 
     # ------------------------------------------------------------------ what is selected

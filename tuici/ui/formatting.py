@@ -31,6 +31,8 @@ JOB_BADGES: dict[str, Badge] = {
 }
 NO_JOB = Badge("·", "no job", "cancelled")
 SKIPPED = Badge("↷", "skipped", "cancelled")  # [skip ci] in its message: it has no job
+FIRST_BAD = Badge("⚑", "first bad", "fail")  # the commit a bisection found to be the first failing one
+BISECTING = Badge("⌕", "bisecting", "running")
 
 RUNNER_BADGES: dict[str, Badge] = {
     "idle": Badge("○", "idle", "queued"),

@@ -1,4 +1,4 @@
-"""What the control center knows: commits, jobs, runners and process health, kept current from events.
+"""What the control center knows: commits, jobs, runners, bisections and process health, kept current from events.
 
 Plain data, no Textual. Every event carries a full copy of the record it is about, so
 applying one is an upsert by key; the model notes which records changed so the panels
@@ -33,11 +33,12 @@ class Changes:
     tries: bool = False  # a try job was added: the tries panel must be rebuilt
     runners: bool = False
     processes: bool = False
+    bisections: bool = False
     reset: bool = False  # a status snapshot replaced everything
 
     def __bool__(self) -> bool:
         return bool(self.commits or self.commits_added or self.jobs or self.tries or self.runners or self.processes
-                    or self.reset)
+                    or self.bisections or self.reset)
 
 
 class Model:
@@ -50,6 +51,9 @@ class Model:
         self.latest_job: dict[str, int] = {}  # sha -> its newest job id
         self.runners: dict[str, p.RunnerInfo] = {}
         self.processes: dict[str, str] = {}  # process name -> what its last process.* event said: started, exited…
+        # (branch, bad commit) -> the bisection, the one that changed last at the end
+        self.bisections: dict[tuple[str, str], p.BisectionInfo] = {}
+        self.first_bad: dict[str, p.BisectionInfo] = {}  # sha -> the bisection that found it the first failing one
         self.counts: Counter[str] = Counter()  # job state -> number of jobs in it
         self.last_seq = 0
         self.loaded = False
@@ -76,6 +80,8 @@ class Model:
         for runner in status.runners:
             self._upsert_runner(runner)
         self.active_dispatcher = next((safe(d.address) for d in status.dispatchers if d.role == "active"), "")
+        for bisection in status.bisections:
+            self._upsert_bisection(bisection)
         self._snapshot_seq = status.last_seq
         if not self.loaded:  # nothing seen yet: follow on from the snapshot, not from the start
             self.last_seq = status.last_seq
@@ -106,6 +112,8 @@ class Model:
             self._upsert_commit(event.commit)
         if event.job is not None:
             self._upsert_job(event.job)
+        if event.bisection is not None:
+            self._upsert_bisection(event.bisection)
         if event.runner is not None:
             if kind == "runner.left":
                 self.runners.pop(safe(event.runner.name), None)
@@ -140,12 +148,16 @@ class Model:
         return None if job_id is None else self.jobs.get(job_id)
 
     def queue(self) -> list[p.JobInfo]:
-        """Waiting jobs in the order the dispatcher hands them out: highest priority first (the latest
-        rerun has the highest), then oldest. Each job carries its priority, so the order is exact for
-        reruns made before we connected too."""
+        """Waiting jobs in the order the dispatcher hands them out (``dispatch_order``). Each job carries its
+        priority, so the order is exact for reruns made before we connected too."""
         waiting = [job for job in self.jobs.values() if job.state == "queued"]
-        waiting.sort(key=lambda job: (-job.priority, job.id))
+        waiting.sort(key=p.dispatch_order)
         return waiting
+
+    def latest_bisection(self) -> p.BisectionInfo | None:
+        """The bisection that changed last, unless it was abandoned (that is no news worth a place)."""
+        latest = next(reversed(self.bisections.values()), None)
+        return latest if latest is not None and latest.state != "abandoned" else None
 
     def running_jobs(self) -> int:
         return self.counts["running"]
@@ -184,6 +196,16 @@ class Model:
             self.latest_job[sha] = job.id
             self.changes.commits.add(sha)
         self.changes.jobs.add(job.id)
+
+    def _upsert_bisection(self, bisection: p.BisectionInfo) -> None:
+        bisection = msgspec.structs.replace(bisection, branch=safe(bisection.branch))
+        key = (bisection.branch, bisection.bad)
+        self.bisections.pop(key, None)
+        self.bisections[key] = bisection
+        if bisection.first_bad is not None:
+            self.first_bad[bisection.first_bad] = bisection
+            self.changes.commits.add(bisection.first_bad)
+        self.changes.bisections = True
 
     def _upsert_runner(self, runner: p.RunnerInfo) -> None:
         self.runners[runner.name] = msgspec.structs.replace(runner, name=safe(runner.name), host=safe(runner.host))

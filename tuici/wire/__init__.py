@@ -40,6 +40,8 @@ from .messages import (
     Assign,
     AttemptInfo,
     AttemptOutcome,
+    BisectionInfo,
+    BisectionState,
     Branch,
     BranchGone,
     Bye,
@@ -74,7 +76,9 @@ from .messages import (
     Notice,
     NoticeKind,
     Offset,
+    Order,
     Output,
+    Priority,
     Refused,
     Reply,
     ReportedCommit,
@@ -98,6 +102,7 @@ from .messages import (
     TipsAck,
     TryRequest,
     Welcome,
+    dispatch_order,
     to_json,
     to_json_bytes,
 )
@@ -107,20 +112,20 @@ if TYPE_CHECKING:
 
 _AIO = frozenset({"READ_LIMIT", "Connection", "Control", "handshake", "join", "read_message", "reconnect"})
 
-__all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "Branch", "BranchGone", "Bye",
-    "CancelJob", "CancelRequest", "Change", "CommitInfo", "CommitsSeen", "Connection", "Control", "DispatcherInfo",
-    "DispatcherRole", "Endpoint", "Event", "EventKind", "FINAL_STATES", "FlakyReply", "FlakyRequest", "FlakyTest",
-    "GcReply", "GcRequest", "Heartbeat", "HeldJob", "Hello", "History", "HistoryEntry", "HistoryReply",
-    "HistoryRequest", "JobInfo", "JobKind", "JobOutput", "JobResult", "JobState", "LogRequest", "MAX_FRAME",
-    "MAX_HELLO", "MAX_LISTED_TESTS", "MAX_TEST_DETAILS", "MAX_TEST_MESSAGE", "MAX_TEST_NAME", "Message",
-    "NoDispatcher", "Notice", "NoticeKind", "OUTPUT_CHUNK", "Offset", "Output",
-    "PROTOCOL_VERSION", "ProtocolError", "Query", "READ_LIMIT", "Refused", "RefusedError", "Reply", "ReportedCommit",
+__all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "BisectionInfo", "BisectionState",
+    "Branch", "BranchGone", "Bye", "CancelJob", "CancelRequest", "Change", "CommitInfo", "CommitsSeen", "Connection",
+    "Control", "DispatcherInfo", "DispatcherRole", "Endpoint", "Event", "EventKind", "FINAL_STATES", "FlakyReply",
+    "FlakyRequest", "FlakyTest", "GcReply", "GcRequest", "Heartbeat", "HeldJob", "Hello", "History", "HistoryEntry",
+    "HistoryReply", "HistoryRequest", "JobInfo", "JobKind", "JobOutput", "JobResult", "JobState", "LogRequest",
+    "MAX_FRAME", "MAX_HELLO", "MAX_LISTED_TESTS", "MAX_TEST_DETAILS", "MAX_TEST_MESSAGE", "MAX_TEST_NAME", "Message",
+    "NoDispatcher", "Notice", "NoticeKind", "OUTPUT_CHUNK", "Offset", "Order", "Output", "PROTOCOL_VERSION",
+    "Priority", "ProtocolError", "Query", "READ_LIMIT", "Refused", "RefusedError", "Reply", "ReportedCommit",
     "RerunRequest", "ResultAck", "Role", "RunnerInfo", "RunnerState", "SUN_PATH_MAX", "Sha", "StatusJson",
     "StatusReply", "StatusRequest", "Subscribe", "TcpAddress", "TestCase", "TestCases", "TestOutcome",
     "TestReport", "TestsReply", "TestsRequest", "Timestamp", "TipsAck", "TryRequest", "UnixAddress", "Welcome",
-    "address_of", "client_tls", "connect", "decode", "encode", "endpoint_for", "expect", "handshake", "join",
-    "listeners", "parse_address", "parse_addresses", "read_message", "read_message_blocking", "reconnect",
-    "remove_socket_file", "server_tls", "socket_path", "to_json", "to_json_bytes"]
+    "address_of", "client_tls", "connect", "decode", "dispatch_order", "encode", "endpoint_for", "expect",
+    "handshake", "join", "listeners", "parse_address", "parse_addresses", "read_message", "read_message_blocking",
+    "reconnect", "remove_socket_file", "server_tls", "socket_path", "to_json", "to_json_bytes"]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,6 +6,7 @@ field. Kinds and states are ``Literal``s, so a value outside them is refused on 
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Literal, Union
 
 import msgspec
@@ -16,7 +17,8 @@ import msgspec
 # ``JobInfo.log_deleted``, ``StatusReply.history``, ``gc``, and a ``StatusReply`` in an event stream that resumed
 # past deleted events; tries and log streams (``TryRequest``, ``LogRequest``), skipped commits, superseded jobs
 # (``CommitsSeen.cancel_superseded``, ``BranchGone.cancel_queued``), status tips; ``Refused.active`` and the
-# ``dispatcher.active`` event of a group sharing a store.
+# ``dispatcher.active`` event of a group sharing a store;
+# ``CommitsSeen.untested`` and ``order``, bisections.
 PROTOCOL_VERSION = 3
 
 Role = Literal["runner", "observer", "control"]
@@ -37,8 +39,12 @@ EventKind = Literal[
     "runner.joined", "runner.idle", "runner.lost", "runner.left",
     "history.pruned",
     "dispatcher.active",  # a dispatcher of a group took over (its message names it)
+    "bisection.started", "bisection.job", "bisection.found", "bisection.abandoned",
     NoticeKind,
 ]
+# Which of a branch's queued new commits goes first when runners are scarce (``order`` in tuici.toml).
+Order = Literal["newest-first", "oldest-first"]
+BisectionState = Literal["running", "found", "abandoned"]
 
 # A full object id (SHA-1 or SHA-256): never an option or a path. Checked where a sha comes in: in what an
 # observer reports (the dispatcher queues it) and in what a runner is told to check out. Control clients only
@@ -102,7 +108,7 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
     started_at: float | None = None
     finished_at: float | None = None
     log_size: int = 0
-    priority: int = 0  # dispatch order: the highest first, then the lowest id; a rerun goes above every other
+    priority: int = 0  # a ``Priority`` level (reruns: 1 and up); the order is ``dispatch_order``
     env: str = ""  # the key of the environment ``setup`` made (none without setup)
     env_reused: bool = False  # whether that environment was reused rather than made for this job
     failed_tests: list[str] = []  # the first MAX_LISTED_TESTS tests that failed (or erred)
@@ -111,6 +117,21 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
     # "try": a snapshot of a work tree, not a commit of its branch (``branch`` is the one its HEAD was on); tip
     # statuses, superseding and the commits list leave it out
     kind: JobKind = "commit"
+
+
+class Priority(enum.IntEnum):
+    """Where a queued job stands (``JobInfo.priority``): a higher level is handed out first."""
+
+    BACKFILL = -2  # an older new commit that a newer one of its branch went ahead of (order = "newest-first")
+    BISECT = -1  # a commit a bisection tests: behind every new commit, so new work is never starved by one
+    NEW = 0  # a new commit: under "newest-first", the newest of its branch
+    FRONT = 1  # `tuici rerun` (and tries, to come): 1 and up, each above every job queued before it
+
+
+def dispatch_order(job: JobInfo) -> tuple[int, int]:
+    """The key queued jobs are handed out by, smallest first: the highest priority, then the oldest job, except
+    that older commits left behind by newer ones go newest first (the nearer the tip, the more it tells)."""
+    return -job.priority, -job.id if job.priority == Priority.BACKFILL else job.id
 
 
 class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -193,6 +214,18 @@ class FlakyTest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     branch: str
 
 
+class BisectionInfo(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A search for the first failing commit between a passing one (``good``) and a failing one (``bad``) of a
+    branch, over the commits between them that have no verdict; ``jobs`` are those it queued or moved up."""
+
+    branch: str
+    good: str
+    bad: str
+    first_bad: str | None = None  # null until found
+    state: BisectionState = "running"
+    jobs: list[int] = []
+
+
 class HeldJob(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A job a reconnecting runner still owns: running, or finished with an undelivered result."""
 
@@ -241,6 +274,9 @@ class CommitsSeen(_Msg, tag="commits"):
     tip: Sha
     commits: list[ReportedCommit]  # oldest first
     cancel_superseded: bool = False  # the tip's config says so: new commits cancel the branch's older queued jobs
+    # Commits recorded without a job (coalesced, or off the first-parent chain), for bisections to test.
+    untested: list[Sha] = []
+    order: Order = "newest-first"  # the branch's own, from its tip's config
 
 
 class BranchGone(_Msg, tag="branch_gone"):
@@ -341,6 +377,7 @@ class Event(_Msg, tag="event"):
     commit: CommitInfo | None = None
     job: JobInfo | None = None
     runner: RunnerInfo | None = None
+    bisection: BisectionInfo | None = None
     message: str = ""
 
 
@@ -405,6 +442,7 @@ class StatusReply(_Msg, tag="status_reply"):
     history: History = msgspec.field(default_factory=History)
     dispatchers: list[DispatcherInfo] = []  # with a shared store: the group, the active one first
     tips: dict[str, str] = {}  # each watched branch's tip, as the observer last reported it
+    bisections: list[BisectionInfo] = []
 
 
 class TestsRequest(_Msg, tag="tests"):

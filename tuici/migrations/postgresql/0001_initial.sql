@@ -2,7 +2,8 @@
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE commits (
     sha TEXT PRIMARY KEY, branch TEXT NOT NULL, author TEXT NOT NULL, subject TEXT NOT NULL,
-    time DOUBLE PRECISION NOT NULL, seen_at DOUBLE PRECISION NOT NULL, ord BIGSERIAL NOT NULL
+    time DOUBLE PRECISION NOT NULL, seen_at DOUBLE PRECISION NOT NULL, skipped BOOLEAN NOT NULL DEFAULT false,
+    ord BIGSERIAL NOT NULL
 );
 CREATE TABLE tips (branch TEXT PRIMARY KEY, sha TEXT NOT NULL);
 CREATE TABLE jobs (id BIGINT PRIMARY KEY, commit_sha TEXT NOT NULL, priority INTEGER NOT NULL, body BYTEA NOT NULL);
@@ -10,6 +11,7 @@ CREATE INDEX jobs_commit ON jobs (commit_sha);
 CREATE TABLE attempts (
     job_id BIGINT NOT NULL, attempt INTEGER NOT NULL, body BYTEA NOT NULL, PRIMARY KEY (job_id, attempt)
 );
+CREATE TABLE bisections (id BIGINT PRIMARY KEY, body BYTEA NOT NULL, made BYTEA NOT NULL);
 CREATE TABLE events (seq BIGINT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, body BYTEA NOT NULL);
 CREATE INDEX events_ts ON events (ts);
 -- Job output in the pieces it arrived in; a job's log is its chunks in offset order.

@@ -1,4 +1,5 @@
-"""The commits panel: every branch commit, newest first, with the state of its latest job; ``/`` filters it."""
+"""The commits panel: every branch commit, newest first, with the state of its latest job; ``/`` filters it. The
+first failing commit a bisection found says so before its subject."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Input
 
-from ..formatting import age, commit_badge, job_duration, short_sha, test_counts
+from ..formatting import FIRST_BAD, age, commit_badge, job_duration, short_sha, test_counts
 from ..model import Changes, Model
 from .inputs import ClearableInput
 from .table import Cell, Column, RecordTable
@@ -88,10 +89,12 @@ class CommitsPanel(Vertical):
         job = self.model.job_for_commit(sha)
         badge = commit_badge(commit, job)
         now = self.clock()
+        subject = (f"{FIRST_BAD.text} · {commit.subject}", FIRST_BAD.style) if sha in self.model.first_bad \
+            else (commit.subject, "")
         return [
             (short_sha(sha), "record-table--muted"), (badge.text, badge.style), (commit.branch, ""),
             (commit.author, ""), (age(commit.time, now), ""), (job_duration(job, now), ""), (test_counts(job), ""),
-            (commit.subject, ""),
+            subject,
         ]
 
     def apply(self, changes: Changes) -> None:

@@ -1,5 +1,5 @@
 """The status bar: process health, the connection (and with a shared store, the active dispatcher), job counts,
-and whether the output is followed.
+the latest bisection's news, and whether the output is followed.
 
 It shortens itself to fit: first the process names, then the active dispatcher and the words of the counts (their
 glyphs stay, so the meaning never rests on colour alone).
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from textual.content import Content
 from textual.widget import Widget
 
-from ..formatting import HEALTH_BADGES, JOB_BADGES
+from ... import wire as p
+from ..formatting import BISECTING, FIRST_BAD, HEALTH_BADGES, JOB_BADGES, short_sha
 
 COUNTED = ("queued", "running", "passed", "failed")
 
@@ -23,6 +24,7 @@ class StatusInfo:
     connection: str = "connecting"
     counts: dict[str, int] = field(default_factory=dict)
     following: bool = True
+    bisection: p.BisectionInfo | None = None  # the latest one to tell of: running, or found
     note: str = ""  # e.g. "stopping…"
     dispatcher: str = ""  # with a shared store: the active dispatcher's address
 
@@ -69,6 +71,16 @@ class StatusBar(Widget):
             count = info.counts.get(state, 0)
             text = f"{badge.glyph}{count}" if short_counts else f"{badge.glyph} {count} {badge.word}"
             parts += [(text, f"${badge.style}"), " "]
+        if info.bisection is not None:
+            parts += ["│ ", self._bisection(info.bisection, short_counts), " "]
         if info.note:
             parts += ["│ ", (info.note, "bold")]
         return Content.assemble(*parts)
+
+    @staticmethod
+    def _bisection(bisection: p.BisectionInfo, short: bool) -> tuple[str, str]:
+        if bisection.first_bad is not None:
+            badge, text = FIRST_BAD, f"on {bisection.branch}: {short_sha(bisection.first_bad)}"
+        else:
+            badge, text = BISECTING, f"{bisection.branch}: {len(bisection.jobs)} job{'s' * (len(bisection.jobs) != 1)}"
+        return f"{badge.glyph} {text}" if short else f"{badge.glyph} {badge.word} {text}", f"${badge.style}"
