@@ -120,7 +120,8 @@ complete_words tuici completion z
 
 def test_zsh_completes_a_command_in_a_real_line_editor(tmp_path):
     """An interactive zsh on a pseudo-terminal (zpty), the script on its fpath: TAB after `tuici wa` gives
-    `tuici wait`, which the line then echoes. (.ci/run installs zsh.)"""
+    `tuici wait`, which the line then echoes. The rest of the line is typed only once zle has shown the completion:
+    typed ahead on a loaded machine, it reached a zle that was not reading yet. (.ci/run installs zsh.)"""
     (tmp_path / "zfunc").mkdir()
     _completion_script("zsh", tmp_path).rename(tmp_path / "zfunc" / "_tuici")
     driver = r"""
@@ -131,6 +132,7 @@ zpty -w z "echo READY"
 zpty -r z line '*READY*'
 zpty -r z line '*READY*'
 zpty -w -n z $'tuici wa\t'
+zpty -r z line '*wait*'
 zpty -w -n z $'\x01echo COMPLETED: \x05\n'
 zpty -r z line '*COMPLETED: *'
 zpty -r z line '*>*'

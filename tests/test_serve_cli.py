@@ -119,8 +119,8 @@ def test_status_log_rerun_and_cancel_commands(repo, serve):
 
     out = tuici("log", str(job["id"]), str(repo.path), cwd="/").stdout
     assert "ok" in out and "testing" in out
-    missing = tuici("log", "9999", cwd=repo.path, check=False)
-    assert missing.returncode == 2 and "no output stored for job 9999" in missing.stderr
+    missing = tuici("log", "9999", cwd=repo.path, check=False)  # no file here: the dispatcher is asked
+    assert missing.returncode == 2 and missing.stderr == "tuici: no job 9999\n"
 
     rerun = tuici("rerun", first[:8], cwd=repo.path)
     assert "queued at the front" in rerun.stdout
