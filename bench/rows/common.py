@@ -64,7 +64,7 @@ class Sizes:
                    backlog_commits=20, backlog_runners="2", log_mb=5, log_repeats=1, idle_seconds=2.0,
                    idle_runners=2, startup_runners=2, startup_repeats=1, scale_runners=4, scale_history=200,
                    scale_sleep=0.5, status_repeats=2, ui_presses=12, ui_history=200, ui_starts=1,
-                   bb_workers=2, bb_commits=3, bb_backlog=10, bb_replay=4, bb_replay_suite=0.5)
+                   bb_workers=2, bb_commits=2, bb_backlog=6, bb_replay=3, bb_replay_suite=0.5)
 
     def override(self, key: str, value: str) -> None:
         kinds = {f.name: f.type for f in fields(self)}
