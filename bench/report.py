@@ -143,21 +143,21 @@ METHOD = """\
   `~/.cache/tuici-bench`) and reuses; skipped, with the reason, where it cannot be installed. A generated
   `master.cfg`: SQLite, workers on 127.0.0.1 with a password, one builder (Git step `mode=full, method=fresh`,
   i.e. clean -ffdx, fetch, checkout; then a ShellCommand), every commit its own build (no tree-stable timer,
-  `collapseRequests=False`); changes come from the web change hook (`base` dialect on 127.0.0.1, posted with curl in
-  the background by git's post-commit and post-merge hooks) or from GitPoller (`pollInterval=1`). Master and
-  workers run with `--nodaemon`, so the bench owns and stops their pids; a service in the master stamps each
-  change, build start and end, and worker connection. tuici's side of each row is tuici's own row on the same
-  sizes, measured just before. Latency and overhead: `runners` workers, `bb_commits` spaced-out commits, `date`
-  writing its start time, the build's start (a worker assigned) to its end less `sh -c true`. Backlog:
-  `bb_backlog` commits in one ref update, through GitPoller (a post-commit hook does not run for them),
-  `bb_workers` workers, every commit exactly one passed build. Idle: the whole process tree of the master and
-  `bb_workers` workers (psutil: each live process's own and reaped children's CPU time), after a build on each
-  worker, over `idle_seconds`. Start-up: the master spawned, the workers spawned once its log says it is running
-  (as `buildbot start` waits), to the last worker connected; the first start a discarded warm-up. Replay:
-  `bb_replay` generated commits (a small Python project, a pytest suite of ~`bb_replay_suite` s, every tenth
-  commit from the third adds a failing test the next one mends), fast-forwarded into main one a second, through
-  `tuici serve --runners bb_workers` and through Buildbot with as many workers; merge -> result is from
-  `git merge` returning to the result recorded.
+  `collapseRequests=False`); changes come from the web change hook (`base` dialect on 127.0.0.1, posted with curl,
+  in the background, by git's post-commit and post-merge hooks, and for each new commit by its post-receive
+  hook) or from GitPoller (`pollInterval=1`). Master and workers run with `--nodaemon`, so the bench owns and
+  stops their pids; a service in the master stamps each change, build start and end, and worker connection.
+  tuici's side of each row is tuici's own row on the same sizes, measured just before. Latency and overhead:
+  `runners` workers, `bb_commits` spaced-out commits, `date` writing its start time, the build's start (a worker
+  assigned) to its end less `sh -c true`. Backlog: `bb_backlog` commits in one ref update, then the post-receive
+  hook run as a push would run it (a post-commit hook does not run for them), `bb_workers` workers, every commit
+  exactly one passed build. Idle: the whole process tree of the master and `bb_workers` workers (psutil: each
+  live process's own and reaped children's CPU time), after a build on each worker, over `idle_seconds`.
+  Start-up: the master spawned, the workers spawned once its log says it is running (as `buildbot start` waits),
+  to the last worker connected; the first start a discarded warm-up. Replay: `bb_replay` generated commits (a
+  small Python project, a pytest suite of ~`bb_replay_suite` s, every tenth commit from the third adds a failing
+  test the next one mends), fast-forwarded into main one a second, through `tuici serve --runners bb_workers` and
+  through Buildbot with as many workers; merge -> result is from `git merge` returning to the result recorded.
 """
 
 

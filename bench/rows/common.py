@@ -73,8 +73,8 @@ class Sizes:
                    log_repeats=1, idle_seconds=2.0, idle_runners=2, startup_runners=2, startup_repeats=1,
                    scale_runners=4, scale_history=200, scale_sleep=0.5, status_repeats=2, ui_presses=12,
                    ui_history=200, ui_starts=1, tests_cases=2000, tests_repeats=1, failover_rounds=2,
-                   failover_lease=2.0, failover_backlog=20, failover_latency=3, bb_workers=2, bb_commits=3,
-                   bb_backlog=10, bb_replay=4, bb_replay_suite=0.5)
+                   failover_lease=2.0, failover_backlog=20, failover_latency=3, bb_workers=2, bb_commits=2,
+                   bb_backlog=6, bb_replay=3, bb_replay_suite=0.5)
 
     def override(self, key: str, value: str) -> None:
         kinds = {f.name: f.type for f in fields(self)}
