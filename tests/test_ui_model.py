@@ -21,7 +21,8 @@ from ui_fixtures import NOW, SHAS, RecordedBackend, bisection_events, isolated_c
 
 
 def _status(last_seq: int, jobs=(), runners=(), commits=()) -> p.StatusReply:
-    return p.StatusReply(repo_url="", last_seq=last_seq, commits=list(commits), jobs=list(jobs), runners=list(runners))
+    return p.StatusReply(repo_url="", last_seq=last_seq, commits=list(commits), jobs=list(jobs), runners=list(runners),
+                         bisections=[])
 
 
 class TestModel:

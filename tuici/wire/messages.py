@@ -303,8 +303,8 @@ class StatusReply(_Msg, tag="status_reply"):
     commits: list[CommitInfo]
     jobs: list[JobInfo]
     runners: list[RunnerInfo]
+    bisections: list[BisectionInfo]  # always there, even empty: scripts look for it
     attempts: list[AttemptInfo] = []
-    bisections: list[BisectionInfo] = []
 
 
 class RerunRequest(_Msg, tag="rerun"):
