@@ -99,6 +99,8 @@ def test_a_bisection_over_16_commits_pushed_at_once_finds_the_first_bad_one_behi
     # Coalesced: besides the bisection's jobs, only commit 0, the pushed tip and the newer commit had one.
     assert {j.commit for j in jobs.values()} == {history.first, shas[-1], newer} | {jobs[j].commit for j in found.jobs}
     assert {c.sha for c in cluster.status().commits} >= set(shas)  # every pushed commit is recorded
+    listed = tuici("status", str(history.repo.path), cwd=tmp_path).stdout
+    assert f"found     {history.first[:10]}..{shas[-1][:10]}" in listed and f"first bad {shas[10][:10]}" in listed
 
 
 def test_a_newer_commit_that_passes_abandons_the_bisection(tmp_path, outside, cluster_factory):
@@ -157,6 +159,7 @@ def test_with_one_runner_and_a_backlog_the_newest_commit_goes_first(tmp_path, ou
         assert cluster.wait_job(sha).state == "passed"
     started = sorted(cluster.jobs(), key=lambda j: j.started_at or 0)
     assert [shas.index(j.commit) for j in started] == expected
+    assert json.loads(tuici("status", "--json", str(history.repo.path), cwd=tmp_path).stdout)["bisections"] == []
 
 
 def test_first_parent_tests_the_merges_and_a_bisection_finds_the_bad_commit_of_a_merged_branch(
@@ -171,6 +174,7 @@ def test_first_parent_tests_the_merges_and_a_bisection_finds_the_bad_commit_of_a
     topic = [history.commit(state) for state in ("good", "bad", "bad")]
     repo.git("checkout", "-q", "main")
     on_main = repo.commit("on main meanwhile", files={"main.txt": "x\n"})
+    assert cluster.wait_job(on_main).state == "passed"  # the last verdict before the merge
     repo.git("merge", "-q", "--no-ff", "-m", "merge topic", "topic")
     merge = repo.head()
     assert cluster.wait_job(merge).state == "failed"

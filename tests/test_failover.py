@@ -200,8 +200,8 @@ def test_a_standby_takes_over_a_killed_dispatcher_and_the_running_job_is_not_los
     g.start_observer()
     sha = repo.commit("waits", config=toml_command(
         f"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; echo after", timeout=120))
-    wait_for(lambda: any(j.commit == sha and j.state == "running" for j in (g.status_or_none() or p.StatusReply(
-        repo_url="", last_seq=0, commits=[], jobs=[], runners=[])).jobs), 60, message="the job running")
+    wait_for(lambda: (s := g.status_or_none()) and any(j.commit == sha and j.state == "running" for j in s.jobs), 60,
+             message="the job running")
     wait_for(lambda: [(d.role, d.address) for d in g.status().dispatchers] == [
         ("active", g.addresses["d1"]), ("standby", g.addresses["d2"])], 30, message="the group in the status")
     # a standby answers by naming the active one, and the clients follow it

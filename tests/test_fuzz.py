@@ -49,11 +49,12 @@ _commit = p.CommitInfo(sha=SHA, branch="main", author="Dev", subject="s", time=1
 _job = p.JobInfo(id=1, commit=SHA, branch="main", state="passed", runner="r1", attempts=1, exit_code=0)
 _runner = p.RunnerInfo(name="r1", host="h", pid=1, state="idle")
 _case = p.TestCase(name="t.py::t", outcome="failed", duration_s=0.5, message="m", details="d")
+_bisection = p.BisectionInfo(branch="main", good=SHA, bad=SHA, first_bad=SHA, state="found", jobs=[1])
 SAMPLES: list[p.Message] = [
     p.Hello(role="runner", token="t", name="n", host="h", pid=3, held=[p.HeldJob(job_id=1, attempt=1)]),
     p.Welcome(version=1, repo_url="/r", tips={"main": SHA}, log_offsets={1: 5}, name="n"),
     p.Refused(reason="no"),
-    p.CommitsSeen(branch="main", tip=SHA, commits=[_commit]),
+    p.CommitsSeen(branch="main", tip=SHA, commits=[_commit], untested=[SHA], order="oldest-first"),
     p.BranchGone(branch="main"),
     p.TipsAck(branch="main", tip=SHA, queued=1),
     p.Heartbeat(), p.Bye(),
@@ -65,9 +66,10 @@ SAMPLES: list[p.Message] = [
     p.ResultAck(job_id=1, attempt=1, accepted=True),
     p.Subscribe(after_seq=3, output=True),
     p.Event(seq=1, ts=1.0, kind="job.finished", commit=_commit, job=_job, runner=_runner, message="m"),
+    p.Event(seq=2, ts=1.0, kind="bisection.found", bisection=_bisection),
     p.JobOutput(job_id=1, offset=0, data=b"x"),
     p.StatusRequest(limit=2), p.StatusRequest(as_json=True), p.StatusJson(data=b'{"jobs":[', more=True),
-    p.StatusReply(repo_url="/r", last_seq=1, commits=[_commit], jobs=[_job], runners=[_runner],
+    p.StatusReply(repo_url="/r", last_seq=1, commits=[_commit], jobs=[_job], runners=[_runner], bisections=[_bisection],
                   attempts=[p.AttemptInfo(job_id=1, attempt=1, runner="r1", started_at=1.0)]),
     p.RerunRequest(commit="0123"), p.CancelRequest(job_id=1),
     p.GcRequest(), p.GcReply(logs=1, log_bytes=3, events=2, history=p.History(logs=1, log_bytes=3, keep_days=30.0)),

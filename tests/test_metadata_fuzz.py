@@ -187,7 +187,7 @@ def test_the_control_center_keeps_names_and_subjects_safe(data):
     text = data.decode("utf-8", "replace")
     sha = "a" * 40
     model = Model()
-    model.load(p.StatusReply(repo_url="", last_seq=0, jobs=[], runners=[],
+    model.load(p.StatusReply(repo_url="", last_seq=0, jobs=[], runners=[], bisections=[],
                              commits=[p.CommitInfo(sha=sha, branch="main", author=text, subject=text)]))
     for shown in (model.commits[sha].author, model.commits[sha].subject):
         assert_terminal_safe(shown, colour=False)

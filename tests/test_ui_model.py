@@ -32,7 +32,8 @@ from ui_fixtures import (  # noqa: F401
 
 
 def _status(last_seq: int, jobs=(), runners=(), commits=()) -> p.StatusReply:
-    return p.StatusReply(repo_url="", last_seq=last_seq, commits=list(commits), jobs=list(jobs), runners=list(runners))
+    return p.StatusReply(repo_url="", last_seq=last_seq, commits=list(commits), jobs=list(jobs), runners=list(runners),
+                         bisections=[])
 
 
 class TestModel:

@@ -231,7 +231,7 @@ class RecordedBackend(Backend):
         pass
 
     async def status(self, limit: int = 0) -> p.StatusReply:
-        return p.StatusReply(repo_url=self.label, last_seq=0, commits=[], jobs=[], runners=[])
+        return p.StatusReply(repo_url=self.label, last_seq=0, commits=[], jobs=[], runners=[], bisections=[])
 
     async def events(self, after_seq: int) -> AsyncIterator[p.Event]:
         for event in self.recorded:

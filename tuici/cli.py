@@ -621,6 +621,12 @@ def cmd_status(args) -> int:
         dur = f"{j.duration_s:7.2f}s" if j.duration_s is not None else " " * 8
         branch = f"try {one_line(j.branch)}" if j.kind == "try" else one_line(j.branch)
         print(f"  {j.id:>5} {j.state:<9} {one_line(j.commit)[:10]} {branch[:20]:<20} {dur} {subject[:50]}")
+    if status.bisections:
+        print(f"\nbisections ({len(status.bisections)}), newest first")
+    for b in reversed(status.bisections[-args.limit:] if args.limit else status.bisections):
+        first_bad = f"first bad {one_line(b.first_bad)[:10]}" if b.first_bad else ""
+        print(f"  {one_line(b.branch)[:20]:<20} {b.state:<9} {one_line(b.good)[:10]}..{one_line(b.bad)[:10]} "
+              f"{len(b.jobs):>3} jobs {first_bad}")
     return _failing_tips(status) if args.exit_status else 0
 
 

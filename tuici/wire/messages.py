@@ -438,11 +438,11 @@ class StatusReply(_Msg, tag="status_reply"):
     commits: list[CommitInfo]
     jobs: list[JobInfo]
     runners: list[RunnerInfo]
+    bisections: list[BisectionInfo]  # always there, even empty: scripts look for it
     attempts: list[AttemptInfo] = []
     history: History = msgspec.field(default_factory=History)
     dispatchers: list[DispatcherInfo] = []  # with a shared store: the group, the active one first
     tips: dict[str, str] = {}  # each watched branch's tip, as the observer last reported it
-    bisections: list[BisectionInfo] = []
 
 
 class TestsRequest(_Msg, tag="tests"):
