@@ -22,7 +22,7 @@ from .launch import open_control_center
 COMMIT_EVERY = 5.0  # seconds between the demo's commits
 
 SCRIPT = """#!/bin/sh
-# The demo's test suite: a line per test, then a JUnit summary that tuici reads.
+# The demo's test suite: a line per test, then the JUnit XML that tuici reads (each test case).
 tests={tests}; failures={failures}; delay={delay}
 i=1
 while [ $i -le $tests ]; do
@@ -34,7 +34,20 @@ while [ $i -le $tests ]; do
   sleep $delay
   i=$((i + 1))
 done
-printf '<testsuite tests="%d" failures="%d" skipped="0"/>\\n' $tests $failures > "$TUICI_JUNIT_XML"
+{{
+  printf '<testsuite tests="%d" failures="%d" skipped="0">\\n' $tests $failures
+  i=1
+  while [ $i -le $tests ]; do
+    if [ $i -le $failures ]; then
+      printf '<testcase classname="tests.test_demo" name="test_%03d" time="0.02">' $i
+      printf '<failure message="AssertionError: assert %d == 0">assert %d == 0</failure></testcase>\\n' $i $i
+    else
+      printf '<testcase classname="tests.test_demo" name="test_%03d" time="0.02"/>\\n' $i
+    fi
+    i=$((i + 1))
+  done
+  printf '</testsuite>\\n'
+}} > "$TUICI_JUNIT_XML"
 echo "$((tests - failures)) passed, $failures failed"
 [ $failures -eq 0 ]
 """
