@@ -164,3 +164,27 @@ def test_retention_deletes_old_events_and_logs_but_never_their_numbers(pg_dsn):
             await logs.stop()
             await a.release()
     run(main())
+
+
+def test_a_leader_lost_in_the_middle_of_a_write_does_not_hold_up_the_takeover(pg_dsn):
+    """Its session, idle inside a transaction that holds the lease row's share lock (the machine vanished there),
+    is ended by the server after a lease, and the standby takes over; found by the failover bench, where a
+    takeover after a cut link waited for ever."""
+    async def main():
+        a, b = await _store(pg_dsn, "a", lease=1.0), await _store(pg_dsn, "b", lease=1.0)
+        try:
+            assert await a.try_lead() == 1
+            await a._conn.execute("BEGIN")
+            await a._conn.execute("SELECT 1 FROM leader WHERE id = 1 FOR SHARE")  # and then nothing more
+            epoch, deadline = None, time.monotonic() + 20
+            while epoch is None and time.monotonic() < deadline:
+                epoch = await asyncio.wait_for(b.try_lead(), 15)
+                await asyncio.sleep(0.1)
+            assert epoch == 2
+        finally:
+            for s in (a, b):
+                try:
+                    await s.release()
+                except Exception:
+                    pass
+    run(main())

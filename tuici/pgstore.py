@@ -123,8 +123,13 @@ class PgStore:
     async def connect(self) -> None:
         psycopg = _psycopg()
         try:
-            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
-            self._lease_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            # A dispatcher whose machine vanishes in the middle of a transaction leaves its session holding the
+            # lease row's share lock, and a standby's takeover would wait for it for as long as the server takes to
+            # notice (hours, by TCP keepalive): the server ends such a session once it has been idle in its
+            # transaction for a lease (ours last milliseconds).
+            options = f"-c idle_in_transaction_session_timeout={max(1000, int(self.lease_seconds * 1000))}"
+            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, options=options)
+            self._lease_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, options=options)
         except psycopg.Error as exc:
             raise ConfigError(f"cannot connect to {self.path}: {exc}") from exc
         await migrate(self._conn)
@@ -267,7 +272,14 @@ class PgStore:
             raise LeaseLost(f"the lease is held by another dispatcher now (epoch {row[0] if row else '-'})")
 
     async def save(self, batch: Batch) -> None:
-        """Make ``batch`` durable in one transaction, if we still hold the lease (else LeaseLost)."""
+        """Make ``batch`` durable in one transaction, if we still hold the lease (else LeaseLost, also when the
+        connection broke: what we hold may be another's by now, and a standby starts afresh)."""
+        try:
+            await self._save(batch)
+        except _psycopg().OperationalError as exc:
+            raise LeaseLost(f"the connection to {self.path} broke: {exc}") from exc
+
+    async def _save(self, batch: Batch) -> None:
         conn = self._conn
         assert conn is not None
         async with self._using, conn.transaction():
