@@ -168,8 +168,8 @@ def test_retention_deletes_old_events_and_logs_but_never_their_numbers(pg_dsn):
 
 def test_a_leader_lost_in_the_middle_of_a_write_does_not_hold_up_the_takeover(pg_dsn):
     """Its session, idle inside a transaction that holds the lease row's share lock (the machine vanished there),
-    is ended by the server after a lease, and the standby takes over; found by the failover bench, where a
-    takeover after a cut link waited for ever."""
+    is ended by the server after two leases (5 s at least), and the standby takes over; found by the failover
+    bench, where a takeover after a cut link waited for ever."""
     async def main():
         a, b = await _store(pg_dsn, "a", lease=1.0), await _store(pg_dsn, "b", lease=1.0)
         try:

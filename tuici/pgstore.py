@@ -126,8 +126,10 @@ class PgStore:
             # A dispatcher whose machine vanishes in the middle of a transaction leaves its session holding the
             # lease row's share lock, and a standby's takeover would wait for it for as long as the server takes to
             # notice (hours, by TCP keepalive): the server ends such a session once it has been idle in its
-            # transaction for a lease (ours last milliseconds).
-            options = f"-c idle_in_transaction_session_timeout={max(1000, int(self.lease_seconds * 1000))}"
+            # transaction for two leases, five seconds at least (ours last milliseconds, but a loaded machine can
+            # keep a busy dispatcher from its next statement for a while).
+            idle_ms = int(max(5.0, 2 * self.lease_seconds) * 1000)
+            options = f"-c idle_in_transaction_session_timeout={idle_ms}"
             self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, options=options)
             self._lease_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, options=options)
         except psycopg.Error as exc:

@@ -169,6 +169,7 @@ class Dispatcher:
                                on_lease_lost=group.lost if group else None)
         self.logs: JobLogs | PgJobLogs = group.logs if group else JobLogs(self.state)
         self.active = group is None  # a member of a group stands by until it holds the lease
+        self._activated = asyncio.Event()  # set once active (a member of a group: once it loaded the record)
         self.status = Status(self.sched, (lambda: group.members) if group else list)
         self.incoming = Incoming()
         self.queries = Queries(store if isinstance(store, Store) else None, self.sched.jobs.get)
@@ -226,6 +227,7 @@ class Dispatcher:
         self._spawn(self._watch_heartbeats())
         self._spawn(self._retain())
         self.active = True
+        self._activated.set()
 
     def announce_active(self) -> None:
         """Tell subscribers (the control center's status bar and toast) that we took over."""
@@ -438,6 +440,9 @@ class Dispatcher:
             hello = await self._hello(door, conn)
             if hello is None:
                 return
+            if not self.active and self.group is not None and self.group.epoch:
+                # We hold the lease and are loading the record: the peer waits for us rather than be sent to us.
+                await asyncio.wait_for(self._activated.wait(), HELLO_TIMEOUT)
             if not self.active:
                 await conn.send(self._standby_refusal())
                 return
