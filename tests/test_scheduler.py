@@ -585,9 +585,18 @@ def test_newest_first_the_newest_commit_of_each_branch_goes_first_then_the_rest_
     commit(sched, 10, branch="feature", order="newest-first")
     commit(sched, 5, order="newest-first")
     levels = {int(j.commit[:2], 16): j.priority for j in sched.jobs.values() if j.state == "queued"}
-    assert levels == {2: p.Priority.BACKFILL, 3: p.Priority.BACKFILL, 4: p.Priority.BACKFILL,
+    assert levels == {2: p.Priority.BACKFILL, 3: p.Priority.BACKFILL, 4: p.Priority.SUPERSEDED,
                       10: p.Priority.NEW, 5: p.Priority.NEW}
     assert order_tested(sched, runner) == [1, 10, 5, 4, 3, 2]
+
+
+def test_newest_first_the_pushed_tips_left_behind_go_before_the_other_commits_of_their_pushes(sched):
+    runner = join(sched, "r1")
+    commit(sched, 1, order="newest-first")
+    sched.dispatch()
+    for push in ((2, 3), (4, 5), (6, 7)):  # three pushes of two commits each (a merge and its branch's commit)
+        commit(sched, *push, order="newest-first")
+    assert order_tested(sched, runner) == [1, 7, 5, 3, 6, 4, 2]
 
 
 def test_oldest_first_keeps_a_backlog_in_commit_order(sched):

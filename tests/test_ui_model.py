@@ -90,10 +90,11 @@ class TestModel:
         def queued(job_id: int, priority: int) -> p.JobInfo:
             return p.JobInfo(id=job_id, commit=SHAS[job_id], branch="main", state="queued", priority=priority)
         model = Model()
-        model.load(_status(9, jobs=[queued(1, p.Priority.BACKFILL), queued(2, p.Priority.BACKFILL),
+        model.load(_status(9, jobs=[queued(1, p.Priority.BACKFILL), queued(2, p.Priority.SUPERSEDED),
                                     queued(3, p.Priority.BISECT), queued(4, p.Priority.NEW),
-                                    queued(5, p.Priority.BACKFILL), queued(6, p.Priority.FRONT)]))
-        assert [job.id for job in model.queue()] == [6, 4, 3, 5, 2, 1]
+                                    queued(5, p.Priority.BACKFILL), queued(6, p.Priority.FRONT),
+                                    queued(7, p.Priority.SUPERSEDED)]))
+        assert [job.id for job in model.queue()] == [6, 4, 3, 7, 2, 5, 1]
 
     def test_a_found_bisection_marks_its_first_bad_commit_and_is_the_latest_news(self):
         model = Model()

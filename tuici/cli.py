@@ -69,8 +69,9 @@ def status_schema() -> str:
     lines.append(textwrap.fill(
         "Times are unix seconds; unset fields (counts without JUnit XML, a queued job's exit_code, a priority of 0, "
         "skipped false, a kind of commit, empty lists) are left out. Queued jobs run highest priority first "
-        "(reruns and tries 1 and up, new commits 0, a bisection's -1, older commits a newer one went ahead of -2, "
-        "these newest first), then oldest; env is the key of the environment setup made; failed_tests and "
+        "(reruns and tries 1 and up, new commits 0, a bisection's -1, a branch's newest commit a newer one went "
+        "ahead of -2, the other older commits of a push -3, these two newest first), then oldest; env is the key "
+        "of the environment setup made; failed_tests and "
         "flaky_tests name up to 20 tests each; a job of kind try tests a work tree (`tuici try`); tips maps each "
         "watched branch to its tip; a bisection's first_bad is null until found.", 110))
     return "\n".join(lines)

@@ -253,7 +253,8 @@ class Scheduler:
     def commits_seen(self, msg: p.CommitsSeen) -> int:
         """Record the observer's new commits and the branch's tip, and queue a job for each commit not reported
         ``untested`` and not skipped (``[skip ci]``); how many were queued. Under "newest-first", the newest goes
-        ahead of the branch's older queued commits, which stay behind every new commit (``Priority.BACKFILL``).
+        ahead of the branch's older queued commits, which stay behind every new commit: the branch's newest until
+        now first (``Priority.SUPERSEDED``), then the others (``Priority.BACKFILL``).
         With ``cancel_superseded``, the branch's older queued jobs are cancelled once it moved."""
         now = self.clock.time()
         moved = self.tips.get(msg.branch) != msg.tip
@@ -291,7 +292,7 @@ class Scheduler:
         """The branch's newest queued commit so far goes behind every new commit: ``newer`` came after it."""
         previous = self.jobs.get(self.newest_job.pop(branch, 0))
         if previous is not None and previous.state == "queued" and previous.priority == p.Priority.NEW:
-            self._reprioritize(previous, p.Priority.BACKFILL, f"behind {newer[:10]}, newer on {branch}")
+            self._reprioritize(previous, p.Priority.SUPERSEDED, f"behind {newer[:10]}, newer on {branch}")
 
     def branch_gone(self, msg: p.BranchGone) -> None:
         self.tips.pop(msg.branch, None)
@@ -311,7 +312,8 @@ class Scheduler:
         tips = set(self.tips.values())
         for job_id in sorted(self.active_job.values()):
             job = self.jobs[job_id]
-            observed = job.priority in (p.Priority.NEW, p.Priority.BACKFILL)  # not a rerun's nor a bisection's
+            # observed: not a rerun's, a try's nor a bisection's
+            observed = job.priority in (p.Priority.NEW, p.Priority.SUPERSEDED, p.Priority.BACKFILL)
             if (job.state == "queued" and job.kind == "commit" and observed and job.branch == branch
                     and job.commit not in tips):
                 job.error = reason
@@ -729,7 +731,8 @@ class Scheduler:
         return job if job is not None and job.state in ("queued", "running") else None
 
     def _release(self, record: bi.Bisection, job: p.JobInfo) -> None:
-        """A queued job the bisection no longer needs: ended if it queued the job itself, else moved back."""
+        """A queued job the bisection no longer needs: ended if it queued the job itself, else moved back behind
+        every new commit."""
         why = f"no longer needed by the bisection of {record.info.branch}"
         if job.id in record.made:
             self._finish(job, "cancelled", "cancelled", why, review=False)

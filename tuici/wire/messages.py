@@ -122,7 +122,9 @@ class JobInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
 class Priority(enum.IntEnum):
     """Where a queued job stands (``JobInfo.priority``): a higher level is handed out first."""
 
-    BACKFILL = -2  # an older new commit that a newer one of its branch went ahead of (order = "newest-first")
+    # Under order = "newest-first", a branch's older new commits wait behind every other level, newest first:
+    BACKFILL = -3  # the older commits of one report (a push of several commits)
+    SUPERSEDED = -2  # a branch's newest commit, gone behind when a newer one came: what someone pushed
     BISECT = -1  # a commit a bisection tests: behind every new commit, so new work is never starved by one
     NEW = 0  # a new commit: under "newest-first", the newest of its branch
     FRONT = 1  # `tuici rerun` (and tries, to come): 1 and up, each above every job queued before it
@@ -131,7 +133,7 @@ class Priority(enum.IntEnum):
 def dispatch_order(job: JobInfo) -> tuple[int, int]:
     """The key queued jobs are handed out by, smallest first: the highest priority, then the oldest job, except
     that older commits left behind by newer ones go newest first (the nearer the tip, the more it tells)."""
-    return -job.priority, -job.id if job.priority == Priority.BACKFILL else job.id
+    return -job.priority, -job.id if job.priority < Priority.BISECT else job.id
 
 
 class RunnerInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
