@@ -188,3 +188,90 @@ def test_a_leader_lost_in_the_middle_of_a_write_does_not_hold_up_the_takeover(pg
                 except Exception:
                     pass
     run(main())
+
+
+def test_test_results_answer_as_sqlites_do(pg_dsn, tmp_path):
+    """The same jobs written to both stores (as the journal writes them: with their result, in its transaction)
+    give the same answers to every question: a job's tests with where each broke or was fixed and its history
+    strip, a test's history, the flaky tests; and retention forgets a job's results in both, fenced here."""
+    from tuici import wire as p
+    from tuici.store import JobTests, Store
+    from tuici.testrecord import UnknownTest
+
+    sha = [f"{n:040x}" for n in range(11)]
+    commits = Batch(commits=[(CommitInfo(sha=sha[n], branch="main"), float(n)) for n in range(1, 11)])
+    failure = {"message": "assert 1 == 2", "details": "Traceback\n  bad\0byte"}  # a NUL PostgreSQL refuses in text
+    jobs = [
+        (1, sha[1], {"t_a": "passed", "t_b": "failed", "t_flaky": "passed", "T_Case": "skipped"}),
+        (2, sha[2], {"t_a": "passed", "t_b": "passed", "t_x": "xfailed"}),
+        (5, sha[5], {"t_a": "failed", "t_b": "passed", "t_new": "error"}),
+        (7, sha[7], {"t_a": "failed", "t_b": "failed"}),
+        (6, sha[6], {"t_a": "failed", "t_b": "passed"}),  # finished after commit 7's job
+        (8, sha[7], {"t_a": "passed", "t_b": "failed"}),  # a rerun of commit 7: t_a is flaky there
+        (9, sha[9], {"t_a": "passed", "t_b": "passed", "t_flaky": "passed"}),
+    ]
+    batches = [Batch(tests=[JobTests(job_id, commit, "main", float(job_id), [
+        p.TestCase(name=name, outcome=outcome, flaky=name == "t_flaky" and job_id == 9,
+                   **(failure if outcome == "failed" else {}))
+        for name, outcome in outcomes.items()])]) for job_id, commit, outcomes in jobs]
+
+    async def questions(store) -> list:
+        answers: list = [await store.test_report(job_id, failed_only, history)
+                         for job_id, _, _ in jobs for failed_only in (False, True) for history in (0, 2, 20)]
+        answers.append(await store.test_report(99, False, 0))
+        for text, branch, limit in [("t_a", "", 0), ("t_b", "main", 2), ("new", "", 0), ("t_case", "", 0),
+                                    ("t_", "", 0), ("zzz", "", 0)]:
+            try:
+                answers.append(await store.test_history(text, branch, limit))
+            except UnknownTest as exc:
+                answers.append(str(exc))
+        answers.append(await store.flaky_tests())
+        return answers
+
+    async def sqlite_answers() -> tuple[list, list]:
+        store = Store(tmp_path / "tuici.db")
+        await store.load()
+        try:
+            for batch in [commits, *batches]:
+                await store.save(batch)
+            before = await questions(store)
+            await store.forget_job_rows([8, 9])
+            return before, await questions(store)
+        finally:
+            await store.release()
+
+    async def pg_answers() -> tuple[list, list]:
+        a, b = await _store(pg_dsn, "a"), await _store(pg_dsn, "b")
+        try:
+            await a.try_lead()
+            for batch in [commits, *batches]:
+                await a.save(batch)
+            before = await questions(b)  # a standby reads them too
+            await a.forget_job_rows([8, 9])
+            after = await questions(a)
+            await a._lease_conn.close()  # a dies; b leads; a can no longer forget anything
+            epoch, deadline = None, time.monotonic() + 10
+            while epoch is None and time.monotonic() < deadline:
+                epoch = await b.try_lead()
+                await asyncio.sleep(0.05)
+            with pytest.raises(LeaseLost):
+                await a.forget_job_rows([1])
+            assert await b.test_report(1, False, 0) is not None
+            return before, after
+        finally:
+            await a._conn.close()
+            await b.release()
+
+    expected, pg = run(sqlite_answers()), run(pg_answers())
+    assert pg == expected
+    before, after = expected
+    reports = {r.name: r for r in before[2] or []}  # job 1, all its tests, history 20
+    assert reports["t_b"].outcome == "failed" and reports["t_b"].details == "Traceback\n  bad\ufffdbyte"
+    latest = {r.name: r for r in before[5 * 6 + 2] or []}  # job 8
+    assert latest["t_b"].broken_by == p.Change(commit=sha[7], since=sha[7], after=sha[6])
+    assert latest["t_a"].fixed_by == p.Change(commit=sha[7], since=sha[7], after=sha[6])
+    assert latest["t_b"].history == "F...F"
+    *_, case, ambiguous, unknown, flaky = before
+    assert case[0] == "T_Case" and "tests match" in ambiguous and "no test" in unknown  # case as SQLite's LIKE
+    assert {t.name for t in flaky} == {"t_a", "t_flaky"}
+    assert after[5 * 6] is None and after[-1] == []  # jobs 8 and 9 forgotten: no flaky test left

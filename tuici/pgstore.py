@@ -16,13 +16,14 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import msgspec
 
+from . import testrecord
 from .errors import ConfigError, LeaseLost
 from .store import PRUNED_THROUGH
-from .wire import AttemptInfo, BisectionInfo, CommitInfo, Event, JobInfo
+from .wire import AttemptInfo, BisectionInfo, CommitInfo, Event, FlakyTest, HistoryEntry, JobInfo, TestReport
 
 if TYPE_CHECKING:
     import psycopg
@@ -115,7 +116,6 @@ class PgStore:
         self.epoch = 0
         self._conn: psycopg.AsyncConnection | None = None  # writes and reads
         self._lease_conn: psycopg.AsyncConnection | None = None  # the lease, and the advisory lock on it
-        self._said_tests = False
         # One task at a time on ``_conn``: a transaction spans several awaits, which another task's statements
         # (the journal's writes, retention, status) must not fall between.
         self._using = asyncio.Lock()
@@ -319,9 +319,8 @@ class PgStore:
                 if batch.events:
                     await c.executemany("INSERT INTO events VALUES (%s, %s, %s)",
                                         [(e.seq, e.ts, _enc.encode(e)) for e in batch.events])
-        if batch.tests and not self._said_tests:
-            self._said_tests = True
-            log.warning("per-test results are not kept in a PostgreSQL store yet (the jobs' counts and logs are)")
+            for tests in batch.tests:
+                await testrecord.write(_Pg(conn), tests)
 
     async def read_events(self, seq: int, limit: int) -> list[Event]:
         assert self._conn is not None
@@ -349,7 +348,32 @@ class PgStore:
         return len(seqs), max(seqs)
 
     async def forget_job_rows(self, job_ids: list[int]) -> None:
-        """Nothing to do: this store keeps no per-job rows besides the log's (``PgJobLogs.delete``)."""
+        """Delete these jobs' test results (their logs were deleted: ``PgJobLogs.delete``), fenced."""
+        conn = self._conn
+        assert conn is not None
+        if not job_ids:
+            return
+        async with self._using, conn.transaction():
+            await self._check_lease(conn)
+            await testrecord.forget(_Pg(conn), job_ids)
+
+    async def test_report(self, job_id: int, failed_only: bool, history: int) -> list[TestReport] | None:
+        return await self._read(testrecord.job_tests, job_id, failed_only, history)
+
+    async def test_history(self, text: str, branch: str, limit: int) -> tuple[str, str, list[HistoryEntry]]:
+        return await self._read(testrecord.history, text, branch, limit)
+
+    async def flaky_tests(self) -> list[FlakyTest]:
+        return await self._read(testrecord.flaky)
+
+    async def _read(self, question: Callable[..., Any], *args: Any) -> Any:
+        """``question(db, *args)`` from one snapshot of the record (a job stored meanwhile is in it whole or not
+        at all). Read-only: a standby answers too."""
+        conn = self._conn
+        assert conn is not None
+        async with self._using, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            return await question(_Pg(conn), *args)
 
     async def size_bytes(self) -> int:
         assert self._conn is not None
@@ -363,6 +387,28 @@ class PgStore:
             if conn is not None:
                 await conn.close()
         self._conn = self._lease_conn = None
+
+
+class _Pg:
+    """A connection as ``testrecord`` asks it: its ``?`` marks as psycopg's, and rows added by COPY."""
+
+    position = "ord"
+    like = "ILIKE"  # SQLite's LIKE ignores the case of ASCII letters
+
+    def __init__(self, conn: psycopg.AsyncConnection):
+        self.conn = conn
+
+    async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        cur = await self.conn.execute(sql.replace("?", "%s"), params)
+        return await cur.fetchall()
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self.conn.execute(sql.replace("?", "%s"), params)
+
+    async def fill(self, table: str, rows: list[tuple]) -> None:
+        async with self.conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN") as copy:
+            for row in rows:
+                await copy.write_row(row)
 
 
 class PgJobLogs:

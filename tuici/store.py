@@ -3,11 +3,8 @@
 All access happens on one dedicated thread, so the dispatcher's event loop never
 blocks on disk and writes land in the order they were made.
 
-A finished job's test cases are written with its result, in the same transaction: a test's name once
-(``test_names``), then per job one small row each (``job_tests``), the text of failures apart
-(``test_failures``). Where a test broke or was fixed is not stored but read off the branch's tested commits
-(``test_jobs``) when asked for, by the rules of ``testcases``: a job that finishes late, or one a bisect adds,
-is taken into account as soon as it is there.
+A finished job's test cases are written with its result, in the same transaction, by ``testrecord`` (the same
+for the PostgreSQL store).
 """
 
 from __future__ import annotations
@@ -18,12 +15,11 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import msgspec
 
-from . import testcases
-from .testcases import Tested
+from . import testrecord
 from .wire import (
     AttemptInfo,
     BisectionInfo,
@@ -33,7 +29,6 @@ from .wire import (
     HistoryEntry,
     JobInfo,
     TestCase,
-    TestOutcome,
     TestReport,
 )
 
@@ -72,24 +67,9 @@ CREATE TABLE IF NOT EXISTS flaky (
     test_id INTEGER NOT NULL, job_id INTEGER NOT NULL, commit_sha TEXT NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (test_id, job_id)
 );
-CREATE TEMP TABLE IF NOT EXISTS incoming (
-    name TEXT NOT NULL, outcome INTEGER NOT NULL, duration REAL NOT NULL, flaky INTEGER NOT NULL,
-    message TEXT, details TEXT
-);
 CREATE TABLE IF NOT EXISTS bisections (id INTEGER PRIMARY KEY, body BLOB NOT NULL, made BLOB NOT NULL);
 """
 
-# How an outcome is stored: these codes are on disk, so the order never changes.
-OUTCOMES: tuple[TestOutcome, ...] = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
-CODES = {outcome: code for code, outcome in enumerate(OUTCOMES)}
-FAILING_CODES = "(1, 2)"  # failed, error (testcases.FAILING), as SQL
-PASSING_CODES = "(0, 5)"  # passed, xpassed (testcases.PASSING)
-MAX_WALK = 200  # tested commits a branch's history is walked back to find where each failing test broke
-MAX_STRIPS = 500  # failing and flaky tests of a job given a history strip, at most
-_PARAMS = 500  # test ids per IN (...) list
-# Rows that belong to one job and go when retention deletes its log: the job's per-test results. Each table has a
-# ``job_id`` column.
-JOB_DETAIL_TABLES: tuple[str, ...] = ("job_tests", "test_failures", "flaky", "test_jobs")
 PRUNED_THROUGH = "events_pruned_through"  # meta: the newest event number retention deleted
 
 _enc = msgspec.msgpack.Encoder()
@@ -159,6 +139,15 @@ class RecordStore(Protocol):
 
     async def size_bytes(self) -> int: ...
 
+    async def test_report(self, job_id: int, failed_only: bool, history: int) -> list[TestReport] | None:
+        """A job's test cases as ``testrecord.job_tests`` reads them; None if it has no test results."""
+
+    async def test_history(self, text: str, branch: str, limit: int) -> tuple[str, str, list[HistoryEntry]]:
+        """As ``testrecord.history``."""
+
+    async def flaky_tests(self) -> list[FlakyTest]:
+        """As ``testrecord.flaky``."""
+
 
 class Store:
     """The record in one SQLite file. The plain methods run on the store thread; the async ones (the
@@ -193,6 +182,15 @@ class Store:
 
     async def size_bytes(self) -> int:
         return await self.run(self.size)
+
+    async def test_report(self, job_id: int, failed_only: bool, history: int) -> list[TestReport] | None:
+        return await self.run(self.job_tests, job_id, failed_only, history)
+
+    async def test_history(self, text: str, branch: str, limit: int) -> tuple[str, str, list[HistoryEntry]]:
+        return await self.run(self.history, text, branch, limit)
+
+    async def flaky_tests(self) -> list[FlakyTest]:
+        return await self.run(self.flaky)
 
     # ------------------------------------------------------------ on the store thread
 
@@ -264,158 +262,22 @@ class Store:
                 self._write_tests(db, tests)
 
     def _write_tests(self, db: sqlite3.Connection, tests: JobTests) -> None:
-        """A job's cases, and the tests seen flaky by them: passed on retry in this job, or failing here and
-        passing in another job of the same commit (a rerun), or the other way round."""
-        job = tests.job_id
-        for table in ("job_tests", "test_failures", "flaky", "test_jobs"):
-            db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job,))
-        failing = sum(1 for case in tests.cases if case.outcome in testcases.FAILING)
-        db.execute("INSERT INTO test_jobs VALUES (?, ?, ?, COALESCE((SELECT rowid FROM commits WHERE sha = ?), 0), "
-                   "?, ?)", (job, tests.commit, tests.branch, tests.commit, failing, tests.at))
-        db.execute("DELETE FROM temp.incoming")
-        db.executemany("INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?)",
-                       [(c.name, CODES[c.outcome], c.duration_s, c.flaky, c.message or None, c.details or None)
-                        for c in tests.cases])
-        db.execute("INSERT OR IGNORE INTO test_names (name) SELECT name FROM temp.incoming")
-        named = "FROM temp.incoming i JOIN test_names n ON n.name = i.name"
-        db.execute(f"INSERT OR REPLACE INTO job_tests SELECT ?, n.id, i.outcome, i.duration, i.flaky {named}", (job,))
-        db.execute(f"INSERT OR REPLACE INTO test_failures SELECT ?, n.id, i.message, i.details {named} "
-                   "WHERE i.message IS NOT NULL OR i.details IS NOT NULL", (job,))
-        db.execute("DELETE FROM temp.incoming")
-        db.execute("INSERT OR IGNORE INTO flaky SELECT test_id, job_id, ?, ? FROM job_tests WHERE job_id = ? AND flaky",
-                   (tests.commit, tests.at, job))
-        others = db.execute("SELECT job_id FROM test_jobs WHERE commit_sha = ? AND job_id != ?",
-                            (tests.commit, job)).fetchall()
-        for (other,) in others:
-            db.execute(
-                "INSERT OR IGNORE INTO flaky SELECT t.test_id, t.job_id, ?, ? FROM job_tests t "
-                "JOIN job_tests o ON o.job_id = ? AND o.test_id = t.test_id WHERE t.job_id = ? AND ("
-                f"(t.outcome IN {FAILING_CODES} AND o.outcome IN {PASSING_CODES}) OR "
-                f"(t.outcome IN {PASSING_CODES} AND o.outcome IN {FAILING_CODES}))",
-                (tests.commit, tests.at, other, job))
+        testrecord.run_now(testrecord.write(_Sqlite(db), tests))
 
-    # ------------------------------------------------------------ test results, read
+    # ------------------------------------------------------------ test results, read (``testrecord``)
 
     def job_tests(self, job_id: int, failed_only: bool, history: int) -> list[TestReport] | None:
-        """The job's test cases, failures first, each failing one with where it broke, each passing one that
-        failed on the previous tested commit with where it was fixed, and the failing and flaky ones with their
-        last ``history`` outcomes on the branch; None if the job has no test results."""
-        db = self._db
-        assert db is not None
-        row = db.execute("SELECT commit_sha, branch, position FROM test_jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
-            return None
-        this, branch = Tested(row[0], job_id, row[2]), row[1]
-        only = f" AND t.outcome IN {FAILING_CODES}" if failed_only else ""
-        cases = {
-            test_id: TestReport(name=name, outcome=OUTCOMES[outcome], duration_s=duration, flaky=bool(flaky))
-            for test_id, name, outcome, duration, flaky in db.execute(
-                "SELECT t.test_id, n.name, t.outcome, t.duration, t.flaky FROM job_tests t "
-                f"JOIN test_names n ON n.id = t.test_id WHERE t.job_id = ?{only}", (job_id,))
-        }
-        for test_id, message, details in db.execute(
-                "SELECT test_id, message, details FROM test_failures WHERE job_id = ?", (job_id,)):
-            case = cases.get(test_id)
-            if case is not None:
-                case.message, case.details = message or "", details or ""
-        earlier = self._tested_before(branch, this)
-        between = _Between(db, branch)
-        failing = [key for key, case in cases.items() if case.outcome in testcases.FAILING]
-        passing = [key for key, case in cases.items() if case.outcome not in testcases.FAILING]
-        failed_at = _FailedAt(db)
-        walk = ((tested, failed_at(tested, count)) for tested, count in earlier)
-        for key, change in testcases.broken_by(failing, this, walk, between).items():
-            cases[key].broken_by = change
-        previous = (earlier[0][0], failed_at(*earlier[0])) if earlier else None
-        for key, change in testcases.fixed_by(passing, this, previous, between).items():
-            cases[key].fixed_by = change
-        if history:
-            shown = sorted((key for key, case in cases.items() if case.outcome in testcases.FAILING or case.flaky),
-                           key=lambda key: testcases.order_key(cases[key]))[:MAX_STRIPS]
-            steps = [self._outcomes(tested.job, shown) for tested in [this, *(t for t, _ in earlier[:history - 1])]]
-            for key, strip in testcases.history_strip(shown, steps).items():
-                cases[key].history = strip
-        return sorted(cases.values(), key=testcases.order_key)
-
-    def _tested_before(self, branch: str, this: Tested) -> list[tuple[Tested, int]]:
-        """The branch's tested commits before ``this`` one, newest first, each by its latest job with results
-        (and how many tests failed in it); ``MAX_WALK`` at most."""
-        assert self._db is not None
-        found: list[tuple[Tested, int]] = []
-        seen: set[str] = set()
-        for job_id, sha, position, failing in self._db.execute(
-                "SELECT job_id, commit_sha, position, failing FROM test_jobs WHERE branch = ? AND position < ? "
-                "ORDER BY position DESC, job_id DESC", (branch, this.position)):
-            if sha not in seen:
-                seen.add(sha)
-                found.append((Tested(sha, job_id, position), failing))
-                if len(found) >= MAX_WALK:
-                    break
-        return found
-
-    def _outcomes(self, job_id: int, test_ids: list[int]) -> dict[int, TestOutcome]:
-        assert self._db is not None
-        found: dict[int, TestOutcome] = {}
-        for start in range(0, len(test_ids), _PARAMS):
-            chunk = test_ids[start:start + _PARAMS]
-            marks = ",".join("?" * len(chunk))
-            found.update((test_id, OUTCOMES[outcome]) for test_id, outcome in self._db.execute(
-                f"SELECT test_id, outcome FROM job_tests WHERE job_id = ? AND test_id IN ({marks})", (job_id, *chunk)))
-        return found
+        return testrecord.run_now(testrecord.job_tests(self._sqlite(), job_id, failed_only, history))
 
     def history(self, text: str, branch: str, limit: int) -> tuple[str, str, list[HistoryEntry]]:
-        """The test ``text`` names (see ``find_test``): its name, the branch (given, or where it last ran),
-        and its outcomes there, newest first."""
-        db = self._db
-        assert db is not None
-        test_id, name = self.find_test(text)
-        if not branch:
-            row = db.execute("SELECT j.branch FROM test_jobs j JOIN job_tests t ON t.job_id = j.job_id "
-                             "AND t.test_id = ? ORDER BY j.job_id DESC LIMIT 1", (test_id,)).fetchone()
-            branch = row[0] if row else ""
-        entries = [
-            HistoryEntry(commit=sha, job=job_id, outcome=OUTCOMES[outcome], duration_s=duration, flaky=bool(flaky))
-            for sha, job_id, outcome, duration, flaky in db.execute(
-                "SELECT j.commit_sha, j.job_id, t.outcome, t.duration, t.flaky FROM test_jobs j "
-                "JOIN job_tests t ON t.job_id = j.job_id AND t.test_id = ? WHERE j.branch = ? "
-                "ORDER BY j.position DESC, j.job_id DESC LIMIT ?", (test_id, branch, limit or -1))
-        ]
-        return name, branch, entries
-
-    def find_test(self, text: str) -> tuple[int, str]:
-        """The one test ``text`` names: its full name, or a part of one name alone (preferring a name that ends
-        with it after ``::`` or ``/``); ``UnknownTest`` says which match, if not exactly one."""
-        db = self._db
-        assert db is not None
-        row = db.execute("SELECT id, name FROM test_names WHERE name = ?", (text,)).fetchone()
-        if row is not None:
-            return row[0], row[1]
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        matches = db.execute("SELECT id, name FROM test_names WHERE name LIKE ? ESCAPE '\\' ORDER BY name LIMIT 1000",
-                             (pattern,)).fetchall()
-        matches = [m for m in matches if text in m[1]] or matches
-        if len(matches) > 1:
-            matches = [m for m in matches if m[1].endswith((f"::{text}", f"/{text}"))] or matches
-        if len(matches) == 1:
-            return matches[0][0], matches[0][1]
-        if not matches:
-            raise UnknownTest(f"no test is named {text!r}")
-        listed = ", ".join(name for _, name in matches[:10])
-        raise UnknownTest(f"{len(matches)}{'+' if len(matches) >= 1000 else ''} tests match {text!r}: {listed}"
-                          f"{', …' if len(matches) > 10 else ''}")
+        return testrecord.run_now(testrecord.history(self._sqlite(), text, branch, limit))
 
     def flaky(self) -> list[FlakyTest]:
-        """Every test seen flaky: in how many jobs and on how many commits, and when, where, last; the latest
-        first."""
+        return testrecord.run_now(testrecord.flaky(self._sqlite()))
+
+    def _sqlite(self) -> _Sqlite:
         assert self._db is not None
-        return [
-            FlakyTest(name=name, jobs=jobs, commits=commits, last_seen=at, last_commit=sha, last_job=job_id,
-                      branch=branch)
-            for name, jobs, commits, at, sha, job_id, branch in self._db.execute(
-                "SELECT n.name, count(*), count(DISTINCT f.commit_sha), max(f.at), f.commit_sha, f.job_id, j.branch "
-                "FROM flaky f JOIN test_names n ON n.id = f.test_id JOIN test_jobs j ON j.job_id = f.job_id "
-                "GROUP BY f.test_id ORDER BY max(f.at) DESC, n.name")
-        ]
+        return _Sqlite(self._db)
 
     def events_after(self, seq: int, limit: int) -> list[Event]:
         assert self._db is not None
@@ -450,14 +312,13 @@ class Store:
         return deleted, lo - 1
 
     def forget_jobs(self, job_ids: list[int]) -> None:
-        """Delete the rows of ``JOB_DETAIL_TABLES`` that belong to these jobs (their logs were deleted)."""
+        """Delete the rows of ``testrecord.JOB_DETAIL_TABLES`` that belong to these jobs (their logs were deleted)."""
         db = self._db
         assert db is not None
-        if not JOB_DETAIL_TABLES or not job_ids:
+        if not job_ids:
             return
         with _transaction(db):
-            for table in JOB_DETAIL_TABLES:
-                db.executemany(f"DELETE FROM {table} WHERE job_id = ?", [(job_id,) for job_id in job_ids])
+            testrecord.run_now(testrecord.forget(_Sqlite(db), job_ids))
 
     def size(self) -> int:
         """Bytes the database takes on disk, its write-ahead log included. (Deleted rows leave free pages that
@@ -480,41 +341,26 @@ class Store:
         self._executor.shutdown(wait=True)
 
 
-class UnknownTest(LookupError):
-    """A test name that names no test, or more than one (the message says which)."""
+class _Sqlite:
+    """The store's connection as ``testrecord`` asks it, answering at once (on the store thread)."""
 
-
-class _Between:
-    """Commits of a branch strictly between two tested ones (the untested ones: the walk goes over every
-    tested commit in turn), counted once per pair."""
-
-    def __init__(self, db: sqlite3.Connection, branch: str):
-        self.db, self.branch = db, branch
-        self.counted: dict[tuple[int, int], int] = {}
-
-    def __call__(self, after: Tested, since: Tested) -> int:
-        key = (after.position, since.position)
-        if key not in self.counted:
-            self.counted[key] = self.db.execute(
-                "SELECT count(*) FROM commits WHERE branch = ? AND rowid > ? AND rowid < ?",
-                (self.branch, *key)).fetchone()[0]
-        return self.counted[key]
-
-
-class _FailedAt:
-    """The tests that failed in a tested commit's job, read once each (none read when it had no failure)."""
+    position = "rowid"
+    like = "LIKE"
 
     def __init__(self, db: sqlite3.Connection):
         self.db = db
-        self.read: dict[int, frozenset[int]] = {}
 
-    def __call__(self, tested: Tested, failing: int) -> frozenset[int]:
-        if not failing:
-            return frozenset()
-        if tested.job not in self.read:
-            self.read[tested.job] = frozenset(test_id for (test_id,) in self.db.execute(
-                f"SELECT test_id FROM job_tests WHERE job_id = ? AND outcome IN {FAILING_CODES}", (tested.job,)))
-        return self.read[tested.job]
+    async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.db.execute(sql, params).fetchall()
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.db.execute(sql, params)
+
+    async def fill(self, table: str, rows: list[tuple]) -> None:
+        if rows:
+            self.db.executemany(f"INSERT INTO {table} VALUES ({','.join('?' * len(rows[0]))})", rows)
+
+
 def _last_seq(db: sqlite3.Connection) -> int:
     """The newest event's number: retention may have deleted every event, but never their numbers."""
     newest = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]

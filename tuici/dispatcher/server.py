@@ -172,7 +172,7 @@ class Dispatcher:
         self._activated = asyncio.Event()  # set once active (a member of a group: once it loaded the record)
         self.status = Status(self.sched, (lambda: group.members) if group else list)
         self.incoming = Incoming()
-        self.queries = Queries(store if isinstance(store, Store) else None, self.sched.jobs.get)
+        self.queries = Queries(store, self.sched.jobs.get)
         self.conns: dict[str, p.Connection] = {}  # connected runners' connections, by name
         self.subscribers: set[Subscriber] = set()
         self.log_followers: dict[int, set[asyncio.Event]] = {}  # job id -> a wake-up per `log -f` following it

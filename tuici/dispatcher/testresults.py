@@ -2,7 +2,8 @@
 
 A runner sends a job's cases in pieces ahead of its result (``TestCases``): they are held here, per runner,
 until the result comes and they are stored with it, in its transaction. Questions about them are answered from
-the store, on its thread (never the event loop's), in pieces as bounded as the ones that came in.
+the store (SQLite on its thread, PostgreSQL async: never blocking the event loop), in pieces as bounded as the
+ones that came in.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Callable
 
 from .. import testcases
 from .. import wire as p
-from ..store import Store, UnknownTest
+from ..store import RecordStore
+from ..testrecord import UnknownTest
 
 
 @dataclass
@@ -65,35 +67,32 @@ def pieces(items: list, size: int = testcases.CASES_PER_PIECE) -> list[list]:
 class Queries:
     """The control requests about test results, each answered with the messages to send."""
 
-    def __init__(self, store: Store | None, job: Callable[[int], p.JobInfo | None]):
-        self.store = store  # None: a shared PostgreSQL store, which does not keep test results yet
+    def __init__(self, store: RecordStore, job: Callable[[int], p.JobInfo | None]):
+        self.store = store  # SQLite's (answering on its thread) or PostgreSQL's (async)
         self.job = job  # a job by id, as the scheduler has it
 
     async def answer(self, msg: p.TestsRequest | p.HistoryRequest | p.FlakyRequest) -> list[p.Message]:
-        if self.store is None:
-            return [p.Reply(ok=False, message="per-test results are not kept in a PostgreSQL store yet: "
-                                              "the job's log and its counts are")]
         store = self.store
         if isinstance(msg, p.TestsRequest):
             return await self._tests(msg, store)
         if isinstance(msg, p.HistoryRequest):
             return await self._history(msg, store)
-        flaky = await store.run(store.flaky)
+        flaky = await store.flaky_tests()
         parts = pieces(flaky)
         return [p.FlakyReply(tests=part, more=n < len(parts) - 1) for n, part in enumerate(parts)]
 
-    async def _tests(self, msg: p.TestsRequest, store: Store) -> list[p.Message]:
+    async def _tests(self, msg: p.TestsRequest, store: RecordStore) -> list[p.Message]:
         job = self.job(msg.job_id)
         if job is None:
             return [p.Reply(ok=False, message=f"no job {msg.job_id}")]
-        reports = await store.run(store.job_tests, msg.job_id, msg.failed_only, msg.history) or []
+        reports = await store.test_report(msg.job_id, msg.failed_only, msg.history) or []
         parts = pieces(reports)
         return [p.TestsReply(tests=part, job=job if n == 0 else None, more=n < len(parts) - 1)
                 for n, part in enumerate(parts)]
 
-    async def _history(self, msg: p.HistoryRequest, store: Store) -> list[p.Message]:
+    async def _history(self, msg: p.HistoryRequest, store: RecordStore) -> list[p.Message]:
         try:
-            name, branch, entries = await store.run(store.history, msg.test, msg.branch, msg.limit)
+            name, branch, entries = await store.test_history(msg.test, msg.branch, msg.limit)
         except UnknownTest as exc:
             return [p.Reply(ok=False, message=str(exc))]
         parts = pieces(entries, 10 * testcases.CASES_PER_PIECE)
