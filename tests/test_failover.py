@@ -259,6 +259,76 @@ def test_a_stopped_dispatcher_steps_down_and_hands_out_no_job_after_its_lease(re
         ("active", g.addresses["d2"]), ("standby", g.addresses["d1"])], 30, message="d1 standing by")
 
 
+def test_test_results_are_kept_in_the_database_and_answered_after_a_takeover(repo, group_factory):
+    """Per-test results go into the shared database with each job's result: `tuici tests`, `history`, `flaky`
+    and `status` answer them from the active dispatcher, and after it is killed the one that took over answers
+    the same for the jobs the first one stored, and goes on storing (where a test broke, across the switch)."""
+    import json
+
+    from conftest import tuici
+    from test_test_results import FLAKY, PYTEST, SUITE
+
+    g = group_factory(repo)
+    g.start_dispatcher("d1")
+    g.start_dispatcher("d2")
+    assert g.active() == "d1"
+    g.start_runner("r1")
+    g.start_observer()
+    remote = {"TUICI_DISPATCHER": g.dispatcher_list, "TUICI_TOKEN": g.token}
+
+    def ask(*args: str, check: bool = True):
+        return tuici(*args, cwd=g.tmp, check=check, **remote)
+
+    def final(sha: str) -> p.JobInfo:
+        def done() -> p.JobInfo | None:
+            status = g.status_or_none()
+            jobs = status.jobs if status else []
+            return next((j for j in jobs if j.commit == sha and j.state in p.FINAL_STATES), None)
+        return wait_for(done, 90, message=f"{sha[:10]}'s job")
+
+    config = toml_command(PYTEST, 60) + "retry_failed = 1\n"
+    first = final(repo.commit("passing", files={"tests/test_suite.py": SUITE.format(broken=False, n=1),
+                                                 "tests/test_flaky.py": FLAKY}, config=config))
+    second = final(repo.commit("breaks", files={"tests/test_suite.py": SUITE.format(broken=True, n=2)}))
+    assert (first.state, second.state) == ("passed", "failed")
+    sometimes = "tests/test_suite.py::test_sometimes"
+    flaky = "tests/test_flaky.py::test_flaky"
+
+    def answers() -> tuple:
+        cases = json.loads(ask("tests", str(second.id), "--json").stdout)
+        return (cases, json.loads(ask("tests", str(second.id), "--failed", "--json").stdout),
+                ask("tests", str(second.id), "--failed").stdout, json.loads(ask("history", "test_sometimes",
+                                                                                "--json").stdout),
+                json.loads(ask("flaky", "--json").stdout))
+    before = answers()
+    cases, failed, text, history, flakies = before
+    by_name = {case["name"]: case for case in cases}
+    assert by_name[sometimes]["outcome"] == "failed" and "broken on purpose" in by_name[sometimes]["message"]
+    assert by_name[sometimes]["broken_by"] == {"commit": second.commit, "since": second.commit,
+                                               "after": first.commit, "untested": 0}
+    assert by_name[sometimes]["history"] == ".F" and by_name[flaky]["flaky"]
+    assert [case["name"] for case in failed] == [sometimes]
+    assert f"broken by {second.commit[:10]}" in text and "history .F" in text
+    assert [(e["job"], e["outcome"]) for e in history] == [(second.id, "failed"), (first.id, "passed")]
+    assert [(f["name"], f["jobs"], f["last_job"]) for f in flakies] == [(flaky, 2, second.id)]
+    status = json.loads(ask("status", "--json").stdout)
+    listed = {j["id"]: j for j in status["jobs"]}
+    assert listed[second.id]["failed_tests"] == [sometimes] and listed[second.id]["flaky_tests"] == [flaky]
+
+    os.kill(g.procs["d1"].pid, signal.SIGKILL)
+    g.procs["d1"].wait(10)
+    assert g.active() == "d2"
+    assert answers() == before  # what d1 stored, answered by d2
+    fixed = final(repo.commit("fixed", files={"tests/test_suite.py": SUITE.format(broken=False, n=3)}))
+    assert fixed.state == "passed"
+    case = next(c for c in json.loads(ask("tests", str(fixed.id), "--json").stdout) if c["name"] == sometimes)
+    assert case["fixed_by"] == {"commit": fixed.commit, "since": fixed.commit, "after": second.commit,
+                                "untested": 0}
+    assert [e["outcome"] for e in json.loads(ask("history", sometimes, "--json").stdout)] == [
+        "passed", "failed", "passed"]
+    assert "not kept" not in (g.tmp / "d1.log").read_text() + (g.tmp / "d2.log").read_text()
+
+
 def test_chaos_three_dispatchers_killed_every_ten_commits(repo, group_factory):
     """The issue's acceptance: 100 commits over about a minute, the active dispatcher SIGKILLed every 10 (and
     restarted), once SIGSTOPped for longer than the lease; every commit ends with exactly one final result, no

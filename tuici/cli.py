@@ -684,7 +684,7 @@ def _simple(repo: str, request: p.Message) -> int:
 def _answer(repo: str, request: p.Message) -> list[p.Message]:
     """Every piece of the dispatcher's answer; a ``Reply`` (an unknown job, a name that fits no test or many)
     is its refusal."""
-    with Query(endpoint_for(StateDir.for_repo(repo))) as query:
+    with Query(endpoint_for(_state(repo))) as query:
         answer = list(query.pieces(request))
     if isinstance(answer[0], p.Reply):
         raise CommandError(answer[0].message)
