@@ -111,6 +111,25 @@ def test_addresses_read_back_as_written():
             p.parse_address(bad)
 
 
+def test_a_tour_of_the_addresses_follows_a_standbys_pointer_and_tries_each_once():
+    """No sockets: the order in which the clients (``aio.handshake``, ``blocking.Query``) try a group's addresses."""
+    from tuici.wire.addresses import Tour
+
+    a, b, c, d = (p.TcpAddress("10.0.0.1", port) for port in (1, 2, 3, 4))
+    endpoint = p.Endpoint((a, b, c), "token")
+    endpoint.prefer(b)
+    tour = Tour(endpoint)
+    assert tour.next() == b  # the one that answered last, first
+    tour.follow("10.0.0.1:3")  # b stands by and names c
+    assert tour.next() == c
+    tour.follow("10.0.0.1:2")  # c names b, tried already: not again
+    tour.follow("not an address")  # a pointer that names nothing is no step
+    assert tour.next() == a
+    tour.follow("10.0.0.1:4")  # one the endpoint did not know
+    assert [tour.next(), tour.next()] == [d, None]
+    assert Tour(p.Endpoint((a,), "token")).next() == a
+
+
 def _raw(address: str) -> socket.socket:
     tcp = p.parse_address(address)
     return socket.create_connection((tcp.host, tcp.port), timeout=5)

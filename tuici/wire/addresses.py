@@ -73,6 +73,32 @@ class Endpoint:
         return ",".join(map(str, self.in_turn())) if len(self.addresses) > 1 else str(self.address)
 
 
+class Tour:
+    """The addresses a client tries, one after the other, to reach the active dispatcher of an endpoint: the
+    preferred first, then the rest; a standby's pointer to the active one (``follow``) goes next. Each address
+    once, so two standbys naming each other end the tour. Pure: the caller connects and reports."""
+
+    def __init__(self, endpoint: Endpoint):
+        self._pending = endpoint.in_turn()
+        self._tried: list[Address] = []
+
+    def next(self) -> Address | None:
+        """The next address to try, or None when every one has been."""
+        while self._pending:
+            address = self._pending.pop(0)
+            if address not in self._tried:
+                self._tried.append(address)
+                return address
+        return None
+
+    def follow(self, active: str) -> None:
+        """A standby named ``active`` as the active dispatcher: try it next (unless it names no address)."""
+        try:
+            self._pending.insert(0, parse_address(active))
+        except ValueError:
+            pass
+
+
 def client_tls(cafile: str | None) -> ssl.SSLContext | None:
     if not cafile:
         return None

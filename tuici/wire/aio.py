@@ -10,7 +10,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from ..errors import ComponentError
 from ..statedir import StateDir
-from .addresses import Address, Endpoint, UnixAddress, endpoint_for, notice_dead_peers, parse_address, socket_path
+from .addresses import Address, Endpoint, Tour, UnixAddress, endpoint_for, notice_dead_peers, socket_path
 from .errors import NoDispatcher, ProtocolError, RefusedError
 from .framing import HEADER, MAX_FRAME, body_length, decode, encode, expect
 from .messages import (
@@ -129,14 +129,9 @@ async def handshake(endpoint: Endpoint, hello: Hello, timeout: float = 5.0) -> t
     """Connect and authenticate, to the active dispatcher of the endpoint's addresses (in turn, the last one that
     answered first; a standby's pointer to the active one followed); the address that took us is preferred from
     then on. Raises the last address's error: RefusedError with the dispatcher's reason, or OSError."""
-    tried: list[Address] = []
-    pending = endpoint.in_turn()
+    tour = Tour(endpoint)
     last: BaseException | None = None
-    while pending:
-        address = pending.pop(0)
-        if address in tried:
-            continue
-        tried.append(address)
+    while (address := tour.next()) is not None:
         try:
             conn, welcome = await _handshake_at(endpoint, address, hello, timeout)
         except RefusedError as exc:
@@ -144,10 +139,7 @@ async def handshake(endpoint: Endpoint, hello: Hello, timeout: float = 5.0) -> t
             if exc.permanent:
                 raise
             if exc.active:
-                try:
-                    pending.insert(0, parse_address(exc.active))
-                except ValueError:
-                    pass
+                tour.follow(exc.active)
             continue
         except (OSError, asyncio.TimeoutError) as exc:
             last = exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import BinaryIO, Iterator
 
-from .addresses import Address, Endpoint, TcpAddress, connect, parse_address
+from .addresses import Address, Endpoint, TcpAddress, Tour, connect
 from .errors import NoDispatcher, ProtocolError, RefusedError
 from .framing import HEADER, MAX_FRAME, body_length, decode, encode, expect
 from .messages import (
@@ -47,23 +47,16 @@ class Query:
 
     def __init__(self, endpoint: Endpoint, timeout: float = 5.0):
         """Join the active dispatcher of the endpoint's addresses, as ``aio.handshake`` does."""
-        pending, tried = endpoint.in_turn(), []
+        tour = Tour(endpoint)
         problem: str | BaseException = "no address"
-        while pending:
-            address = pending.pop(0)
-            if address in tried:
-                continue
-            tried.append(address)
+        while (address := tour.next()) is not None:
             try:
                 self._join(endpoint, address, timeout)
             except RefusedError as exc:
                 if exc.permanent or not exc.active:
                     raise
                 problem = exc
-                try:
-                    pending.insert(0, parse_address(exc.active))
-                except ValueError:
-                    pass
+                tour.follow(exc.active)
                 continue
             except OSError as exc:  # a timeout included
                 problem = exc
