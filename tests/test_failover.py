@@ -4,6 +4,7 @@ SIGSTOP, with real dispatcher, runner and observer processes and a private Postg
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from test_test_results import FLAKY, PYTEST, SUITE
 
 from bench import pgserver
 from bench.netns import Island, NetnsUnavailable
@@ -21,7 +23,7 @@ from tuici import wire as p
 from tuici.supervisor import kill_descendants
 from tuici.wire import Control
 
-from conftest import GitRepo, _env, _wait_or_kill, toml_command, wait_for
+from conftest import GitRepo, _env, _wait_or_kill, toml_command, tuici, wait_for
 
 LEASE = 2.0
 
@@ -263,11 +265,6 @@ def test_test_results_are_kept_in_the_database_and_answered_after_a_takeover(rep
     """Per-test results go into the shared database with each job's result: `tuici tests`, `history`, `flaky`
     and `status` answer them from the active dispatcher, and after it is killed the one that took over answers
     the same for the jobs the first one stored, and goes on storing (where a test broke, across the switch)."""
-    import json
-
-    from conftest import tuici
-    from test_test_results import FLAKY, PYTEST, SUITE
-
     g = group_factory(repo)
     g.start_dispatcher("d1")
     g.start_dispatcher("d2")

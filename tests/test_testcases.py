@@ -20,8 +20,8 @@ from tuici import wire as p
 from tuici.dispatcher.testresults import Incoming
 from tuici.runner.junit import MAX_JUNIT_SIZE, read_junit
 from tuici.store import Batch, JobTests, Store
-from tuici.testrecord import UnknownTest
 from tuici.testcases import NodeIds, Tested
+from tuici.testrecord import UnknownTest
 
 MIXED = '''\
 import pytest
