@@ -14,7 +14,7 @@ where ``run_now`` takes the coroutine to its end without an event loop.
 from __future__ import annotations
 
 import bisect
-from typing import TYPE_CHECKING, Any, Coroutine, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Collection, Coroutine, Protocol, Sequence, TypeVar
 
 from . import testcases
 from .testcases import Tested
@@ -145,7 +145,7 @@ async def job_tests(db: Db, job_id: int, failed_only: bool, history: int) -> lis
     earlier = await _tested_before(db, branch, this)
     failing = [key for key, case in cases.items() if case.outcome in testcases.FAILING]
     passing = [key for key, case in cases.items() if case.outcome not in testcases.FAILING]
-    failed_at = await _failed_at(db, this, earlier, bool(passing) and not failed_only)
+    failed_at = await _failed_at(db, failing, earlier, bool(passing))
     between = await _between(db, branch, [this, *(tested for tested, _ in earlier)])
     walk = ((tested, failed_at.get(tested.job, frozenset())) for tested, _ in earlier)
     for key, change in testcases.broken_by(failing, this, walk, between).items():
@@ -178,24 +178,21 @@ async def _tested_before(db: Db, branch: str, this: Tested) -> list[tuple[Tested
     return found
 
 
-async def _failed_at(db: Db, this: Tested, earlier: list[tuple[Tested, int]],
+async def _failed_at(db: Db, failing: Collection[int], earlier: list[tuple[Tested, int]],
                      fixes: bool) -> dict[int, frozenset[int]]:
-    """Of the tests of ``this`` job, those that failed in each earlier job that had a failure: for the previous
-    one any of its tests (what was fixed, when ``fixes`` are asked for), for the others the ones failing here (a
-    streak walked back)."""
-    jobs = [tested.job for tested, failing in earlier if failing]
-    if not jobs:
-        return {}
-    previous = earlier[0][0].job if fixes else -1
-    found: dict[int, set[int]] = {}
-    for start in range(0, len(jobs), PARAMS):
-        chunk = jobs[start:start + PARAMS]
-        for job_id, test_id in await db.rows(
-                "SELECT o.job_id, o.test_id FROM job_tests o JOIN job_tests t ON t.job_id = ? AND t.test_id = "
-                f"o.test_id WHERE o.job_id IN ({','.join('?' * len(chunk))}) AND o.outcome IN {FAILING_CODES} "
-                f"AND (o.job_id = ? OR t.outcome IN {FAILING_CODES})", (this.job, *chunk, previous)):
-            found.setdefault(job_id, set()).add(test_id)
-    return {job_id: frozenset(tests) for job_id, tests in found.items()}
+    """The tests that failed in the earlier jobs the walk back over them reads (``testcases.broken_by``: as far
+    as a test failing here failed all along; the previous one too where ``fixes`` are asked for), a job at a
+    time, none read where a job had no failure."""
+    read: dict[int, frozenset[int]] = {}
+    streaks = set(failing)
+    for n, (tested, count) in enumerate(earlier):
+        if not streaks and not (n == 0 and fixes):
+            break
+        if count:
+            read[tested.job] = frozenset(test_id for (test_id,) in await db.rows(
+                f"SELECT test_id FROM job_tests WHERE job_id = ? AND outcome IN {FAILING_CODES}", (tested.job,)))
+        streaks &= read.get(tested.job, frozenset())
+    return read
 
 
 async def _between(db: Db, branch: str, tested: list[Tested]) -> testcases.Between:
