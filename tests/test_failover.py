@@ -264,17 +264,16 @@ def test_a_stopped_dispatcher_steps_down_and_hands_out_no_job_after_its_lease(re
 def test_test_results_are_kept_in_the_database_and_answered_after_a_takeover(repo, group_factory):
     """Per-test results go into the shared database with each job's result: `tuici tests`, `history`, `flaky`
     and `status` answer them from the active dispatcher, and after it is killed the one that took over answers
-    the same for the jobs the first one stored, and goes on storing (where a test broke, across the switch)."""
+    the same for the jobs the first one stored, and goes on storing (where a test broke, across the switch);
+    retention deletes them with the jobs' logs."""
     g = group_factory(repo)
     g.start_dispatcher("d1")
     g.start_dispatcher("d2")
     assert g.active() == "d1"
     g.start_runner("r1")
     g.start_observer()
-    remote = {"TUICI_DISPATCHER": g.dispatcher_list, "TUICI_TOKEN": g.token}
-
-    def ask(*args: str, check: bool = True):
-        return tuici(*args, cwd=g.tmp, check=check, **remote)
+    def ask(*args: str):  # from a directory that is no repository, as from another machine
+        return tuici(*args, cwd=g.tmp, TUICI_DISPATCHER=g.dispatcher_list, TUICI_TOKEN=g.token)
 
     def final(sha: str) -> p.JobInfo:
         def done() -> p.JobInfo | None:
@@ -324,6 +323,21 @@ def test_test_results_are_kept_in_the_database_and_answered_after_a_takeover(rep
     assert [e["outcome"] for e in json.loads(ask("history", sometimes, "--json").stdout)] == [
         "passed", "failed", "passed"]
     assert "not kept" not in (g.tmp / "d1.log").read_text() + (g.tmp / "d2.log").read_text()
+
+    # Retention on the group: d3, whose settings keep almost no log, takes over; `tuici gc` deletes the finished
+    # jobs' logs and their test results with them, in the database.
+    g.state("d3").mkdir()
+    (g.state("d3") / "config.toml").write_text('keep_bytes = "1"\n')
+    g.start_dispatcher("d3")
+    os.kill(g.procs["d2"].pid, signal.SIGKILL)
+    g.procs["d2"].wait(10)
+    assert g.active() == "d3"
+    ask("gc")
+    assert json.loads(ask("tests", str(second.id), "--json").stdout) == []
+    assert json.loads(ask("history", sometimes, "--json").stdout) == []
+    assert json.loads(ask("flaky", "--json").stdout) == []
+    with psycopg.connect(g.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM job_tests").fetchone() == (0,)
 
 
 def test_chaos_three_dispatchers_killed_every_ten_commits(repo, group_factory):

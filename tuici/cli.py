@@ -654,7 +654,7 @@ def describe_history(history: p.History) -> str:
 
 
 def cmd_gc(args) -> int:
-    with Query(endpoint_for(StateDir.for_repo(args.repo))) as query:
+    with Query(endpoint_for(_state(args.repo))) as query:
         reply = query.request(p.GcRequest())
     if isinstance(reply, p.Reply):
         print(reply.message)
