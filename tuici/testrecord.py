@@ -89,7 +89,7 @@ async def write(db: Db, tests: JobTests) -> None:
     # (SQLite reads an ON CONFLICT after a SELECT's FROM as a join's ON but for a WHERE between them.)
     await db.execute("INSERT INTO test_names (name) SELECT DISTINCT name FROM incoming WHERE true "
                      "ON CONFLICT (name) DO NOTHING")
-    named = "FROM incoming i JOIN test_names n ON n.name = i.name"
+    named = "FROM incoming i JOIN test_names n ON n.name = i.name"  # a name sent twice keeps its first case
     await db.execute(f"INSERT INTO job_tests SELECT ?, n.id, i.outcome, i.duration, i.flaky {named} WHERE true "
                      "ON CONFLICT (job_id, test_id) DO NOTHING", (job,))
     await db.execute(f"INSERT INTO test_failures SELECT ?, n.id, i.message, i.details {named} "
