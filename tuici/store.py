@@ -259,10 +259,7 @@ class Store:
                     "INSERT INTO events VALUES (?, ?)", [(e.seq, _enc.encode(e)) for e in batch.events]
                 )
             for tests in batch.tests:
-                self._write_tests(db, tests)
-
-    def _write_tests(self, db: sqlite3.Connection, tests: JobTests) -> None:
-        testrecord.run_now(testrecord.write(_Sqlite(db), tests))
+                testrecord.run_now(testrecord.write(_Sqlite(db), tests))
 
     # ------------------------------------------------------------ test results, read (``testrecord``)
 
