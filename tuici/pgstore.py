@@ -64,6 +64,19 @@ def redact(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _session_name(holder: str) -> str:
+    """SQL for the ``application_name`` of every session of the dispatcher ``holder`` (an SQL expression), so a
+    successor can find them: a digest, as the server cuts names at 63 bytes."""
+    return f"'tuici ' || left(md5({holder}), 16)"
+
+
+async def _connect(dsn: str, holder: str) -> psycopg.AsyncConnection:
+    """An autocommit connection named as one of ``holder``'s sessions (``_session_name``)."""
+    conn = await _psycopg().AsyncConnection.connect(dsn, autocommit=True)
+    await conn.execute(f"SELECT set_config('application_name', {_session_name('%s::text')}, false)", (holder,))
+    return conn
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, SQL) of every migration file, in order."""
     found = []
@@ -123,15 +136,8 @@ class PgStore:
     async def connect(self) -> None:
         psycopg = _psycopg()
         try:
-            # A dispatcher whose machine vanishes in the middle of a transaction leaves its session holding the
-            # lease row's share lock, and a standby's takeover would wait for it for as long as the server takes to
-            # notice (hours, by TCP keepalive): the server ends such a session once it has been idle in its
-            # transaction for two leases, five seconds at least (ours last milliseconds, but a loaded machine can
-            # keep a busy dispatcher from its next statement for a while).
-            idle_ms = int(max(5.0, 2 * self.lease_seconds) * 1000)
-            options = f"-c idle_in_transaction_session_timeout={idle_ms}"
-            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, options=options)
-            self._lease_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, options=options)
+            self._conn = await _connect(self.dsn, self.holder)
+            self._lease_conn = await _connect(self.dsn, self.holder)
         except psycopg.Error as exc:
             raise ConfigError(f"cannot connect to {self.path}: {exc}") from exc
         await migrate(self._conn)
@@ -147,17 +153,27 @@ class PgStore:
         assert conn is not None
         cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_KEY,))
         locked = (await cur.fetchone())[0]  # type: ignore[index]
-        async with conn.transaction():
-            cur = await conn.execute(
-                "INSERT INTO leader VALUES (1, %(h)s, %(a)s, 1, now() + make_interval(secs => %(s)s))"
-                " ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, address = excluded.address,"
-                " epoch = leader.epoch + 1, expires_at = excluded.expires_at"
-                " WHERE leader.expires_at < now() OR %(locked)s"
-                " RETURNING epoch",
-                {"h": self.holder, "a": self.address, "s": self.lease_seconds, "locked": locked})
-            row = await cur.fetchone()
+        if not locked:
+            await self._end_sessions_of_the_expired()
+        try:
+            async with conn.transaction():
+                # A try that began while the leader was writing (holding the row) waits for it at most a lease:
+                # were the leader lost there, the next try ends its sessions (its lease has expired by then).
+                await conn.execute(f"SET LOCAL lock_timeout = {int(self.lease_seconds * 1000)}")
+                cur = await conn.execute(
+                    "INSERT INTO leader VALUES (1, %(h)s, %(a)s, 1, now() + make_interval(secs => %(s)s))"
+                    " ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, address = excluded.address,"
+                    " epoch = leader.epoch + 1, expires_at = excluded.expires_at"
+                    " WHERE leader.expires_at < now() OR %(locked)s"
+                    " RETURNING epoch",
+                    {"h": self.holder, "a": self.address, "s": self.lease_seconds, "locked": locked})
+                row = await cur.fetchone()
+        except _psycopg().errors.LockNotAvailable as exc:
+            log.warning("the lease row stayed locked for a lease (a dispatcher lost in the middle of a write?): %s",
+                        exc)
+            row = None
         if row is None:
-            if locked:  # cannot happen (the update is unconditional then); let the lock go all the same
+            if locked:  # only when the row was held: let the lock go, the lease is not ours
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_KEY,))
             return None
         if not locked:
@@ -166,6 +182,26 @@ class PgStore:
             await self._take_lock_from_the_gone()
         self.epoch = row[0]
         return self.epoch
+
+    async def _end_sessions_of_the_expired(self) -> None:
+        """End every database session of the dispatcher whose lease has expired, if it has.
+
+        A dispatcher whose machine vanished (its link cut) in the middle of a write leaves a session that holds
+        the lease row's share lock, and our takeover would wait for it for as long as the server takes to notice
+        (hours, by TCP keepalive). The server's ``idle_in_transaction_session_timeout`` does not end it for sure:
+        the Flush psycopg sends after a pipeline's Sync (``executemany``) disarms that timer until the next
+        Sync, which never comes. So we end it, as soon as its lease has expired (it stopped acting on it before
+        then, by its own clock)."""
+        conn = self._lease_conn
+        assert conn is not None
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(a.pid) FROM leader l JOIN pg_stat_activity a"
+                f" ON a.application_name = {_session_name('l.holder')}"
+                " WHERE l.id = 1 AND l.expires_at < now() AND l.holder <> %s AND a.pid <> pg_backend_pid()",
+                (self.holder,))
+        except _psycopg().Error as exc:
+            log.warning("could not end the sessions of the dispatcher whose lease expired: %s", exc)
 
     async def _take_lock_from_the_gone(self) -> None:
         """End the session that holds the advisory lock under an expired lease, and take the lock; if we may not
@@ -416,15 +452,16 @@ class PgJobLogs:
     that takes over serves and continues the logs of the one before. A chunk is keyed by its offset: the same
     bytes sent again (a runner resending after a takeover) are not stored twice."""
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, holder: str):
         self.dsn = dsn
+        self.holder = holder  # the dispatcher's name: a successor ends this session too (``_session_name``)
         self._conn: psycopg.AsyncConnection | None = None
         self._size: dict[int, int] = {}  # bytes stored per job written to since we started
         self._truncating: dict[int, asyncio.Task] = {}
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
-            self._conn = await _psycopg().AsyncConnection.connect(self.dsn, autocommit=True)
+            self._conn = await _connect(self.dsn, self.holder)
         return self._conn
 
     async def sizes(self, job_ids: list[int]) -> dict[int, int]:

@@ -36,7 +36,7 @@ class Leadership:
     def __init__(self, dsn: str, name: str, address: str, lease_seconds: float):
         self.lease_seconds = lease_seconds
         self.store = PgStore(dsn, holder=name, address=address, lease_seconds=lease_seconds)
-        self.logs = PgJobLogs(dsn)
+        self.logs = PgJobLogs(dsn, name)
         self.name = name
         self.address = address
         self.active_address = ""  # the active dispatcher's, as a standby last read it (ours once we lead)
