@@ -101,6 +101,31 @@ def repo(tmp_path: Path) -> GitRepo:
     return r
 
 
+def make_certs(d: Path, servers: dict[str, list[str]]) -> Path:
+    """In ``d``: a CA (``ca.pem``), a stranger CA, and for each name in ``servers`` a certificate the CA signed
+    for those IP addresses (``NAME.pem``, ``NAME.key``); ``d``. Skips where there is no openssl command."""
+    import shutil
+
+    if not shutil.which("openssl"):
+        pytest.skip("TLS tests need the openssl command to make certificates")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    for ca in ("ca", "stranger"):
+        run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-subj", f"/CN=tuici test {ca}")
+    for name, ips in servers.items():
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr", "-subj", f"/CN=tuici dispatcher {name}")
+        sans = ",".join(f"IP:{ip}" for ip in ips)
+        (d / f"{name}.ext").write_text(f"subjectAltName={sans}\nbasicConstraints=CA:FALSE\n"
+                                       "extendedKeyUsage=serverAuth\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext")
+    return d
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env[MARK] = str(os.getpid())

@@ -23,7 +23,7 @@ from tuici import wire as p
 from tuici.supervisor import kill_descendants
 from tuici.wire import Control
 
-from conftest import GitRepo, _env, _wait_or_kill, toml_command, tuici, wait_for
+from conftest import GitRepo, _env, _wait_or_kill, make_certs, toml_command, tuici, wait_for
 
 LEASE = 2.0
 
@@ -31,8 +31,9 @@ LEASE = 2.0
 class Group:
     """Dispatchers d1..dN on one database, and runners and an observer that know all their addresses."""
 
-    def __init__(self, repo: GitRepo, tmp: Path, dsn: str, heartbeat_timeout: float = 3.0):
-        self.repo, self.tmp, self.dsn = repo, tmp, dsn
+    def __init__(self, repo: GitRepo, tmp: Path, dsn: str, heartbeat_timeout: float = 3.0, ca: Path | None = None,
+                 lease: float = LEASE):
+        self.repo, self.tmp, self.dsn, self.ca, self.lease = repo, tmp, dsn, ca, lease
         self.procs: dict[str, subprocess.Popen] = {}
         self.addresses: dict[str, str] = {}
         self.heartbeat_timeout = heartbeat_timeout
@@ -50,15 +51,17 @@ class Group:
     def state(self, name: str) -> Path:
         return self.tmp / name
 
-    def start_dispatcher(self, name: str, island: Island | None = None) -> str:
+    def start_dispatcher(self, name: str, island: Island | None = None, cert: Path | None = None) -> str:
         """Start ``name`` (again) on its TCP port, and return that address once it serves. On an ``island``, it
-        listens on the island's address and reaches the database through the island's link."""
+        listens on the island's address and reaches the database through the island's link. With ``cert``, it
+        serves TLS with ``cert``.pem and its key ``cert``.key."""
         state = self.state(name)
         (state / "address").unlink(missing_ok=True)
         listen = self.addresses.get(name, f"{island.ip if island else '127.0.0.1'}:0")
         dsn = self.dsn.replace("@127.0.0.1:", f"@{island.host_ip}:") if island else self.dsn
-        argv = ["dispatcher", "--state", str(state), "--listen", listen, "--store", dsn, "--insecure",
-                "--lease", str(LEASE), "--repo", str(self.repo.path), "--heartbeat-timeout",
+        tls = ["--tls-cert", f"{cert}.pem", "--tls-key", f"{cert}.key"] if cert else ["--insecure"]
+        argv = ["dispatcher", "--state", str(state), "--listen", listen, "--store", dsn, *tls,
+                "--lease", str(self.lease), "--repo", str(self.repo.path), "--heartbeat-timeout",
                 str(self.heartbeat_timeout)]
         if island is None:
             self._spawn(name, *argv)
@@ -80,15 +83,21 @@ class Group:
     def dispatcher_list(self) -> str:
         return ",".join(self.addresses.values())
 
+    @property
+    def _tls_ca(self) -> list[str]:
+        return ["--tls-ca", str(self.ca)] if self.ca else []
+
     def start_runner(self, name: str) -> subprocess.Popen:
         return self._spawn(name, "runner", "--dispatcher", self.dispatcher_list, "--name", name,
-                           "--workdir", str(self.tmp / "work" / name))
+                           "--workdir", str(self.tmp / "work" / name), *self._tls_ca)
 
     def start_observer(self) -> subprocess.Popen:
-        return self._spawn("observer", "observer", str(self.repo.path), "--dispatcher", self.dispatcher_list)
+        return self._spawn("observer", "observer", str(self.repo.path), "--dispatcher", self.dispatcher_list,
+                           *self._tls_ca)
 
     def endpoint(self) -> p.Endpoint:
-        return p.Endpoint(p.parse_addresses(self.dispatcher_list), self.token)
+        return p.Endpoint(p.parse_addresses(self.dispatcher_list), self.token,
+                          p.client_tls(str(self.ca) if self.ca else None))
 
     def status(self) -> p.StatusReply:
         async def go():
@@ -422,6 +431,57 @@ def test_a_dispatcher_cut_off_from_the_network_is_replaced_after_its_lease(repo,
             # not before the lease had run out (d1 was alive: only the lease can tell)
             assert took >= LEASE * 0.5, took
             wait_for(lambda: "stepping down" in (g.tmp / "d1.log").read_text(), 30, message="d1 stepping down")
+        finally:
+            g.stop()
+    finally:
+        island.close()
+        if server is not None:
+            server.stop()
+
+
+@pytest.mark.timeout(240)
+def test_two_machines_over_tls_the_standby_takes_over_when_the_link_is_cut(repo, tmp_path):
+    """The README's recipe for two machines: a dispatcher on a machine of its own (a network namespace), listening
+    on its link's address, not loopback, with TLS and the group's token, and reaching the database across that
+    link; a second dispatcher of the group here, with a certificate of its own; a runner and an observer that
+    trust the CA and know both addresses. Jobs run through the first; its link is cut; the second takes over
+    after the lease, and the runner follows it over TLS."""
+    try:
+        island = Island()
+    except NetnsUnavailable as exc:
+        pytest.skip(f"no network namespace here: {exc}")
+    server = None
+    try:
+        certs = make_certs(tmp_path, {"a": [island.ip], "b": ["127.0.0.1"]})
+        server = pgserver.start(hosts=(island.host_ip,), trust=(island.network,))
+        g = Group(repo, tmp_path / "group", server.create_database("tls"), ca=certs / "ca.pem", lease=4.0)
+        g.tmp.mkdir()
+        try:
+            assert g.start_dispatcher("d1", island=island, cert=certs / "a").startswith(f"{island.ip}:")
+            assert g.active() == "d1"
+            g.start_dispatcher("d2", cert=certs / "b")
+            g.start_runner("r1")
+            g.start_observer()
+            first = wait_for(lambda: (s := g.status_or_none()) and next(
+                (j for j in s.jobs if j.state == "passed"), None), 60, message="the first job, through d1")
+            assert first.runner == "r1"
+            assert [(d.role, d.address) for d in g.status().dispatchers] == [
+                ("active", g.addresses["d1"]), ("standby", g.addresses["d2"])]
+            # Only over TLS, and only with the token.
+            plain = p.Endpoint(p.parse_addresses(g.addresses["d1"]), g.token)
+            with pytest.raises((OSError, ConnectionError, p.ProtocolError, asyncio.TimeoutError)):
+                asyncio.run(asyncio.wait_for(p.handshake(plain, p.Hello(role="control", token=g.token)), 10))
+            wrong = p.Endpoint(p.parse_addresses(g.addresses["d1"]), "not-the-token", g.endpoint().tls)
+            with pytest.raises(p.RefusedError):
+                asyncio.run(p.handshake(wrong, p.Hello(role="control", token="not-the-token")))
+
+            island.cut()
+            assert g.active() == "d2"
+            sha = repo.commit("after the cut")
+            job = wait_for(lambda: next((j for j in g.status().jobs if j.commit == sha and j.state == "passed"),
+                                        None), 90, message="the job after the cut")
+            assert job.runner == "r1"
+            assert "is active (epoch 2)" in (g.tmp / "d2.log").read_text()
         finally:
             g.stop()
     finally:

@@ -24,7 +24,7 @@ from tuici.runner.sandbox import find_bwrap, probe
 from tuici.statedir import StateDir
 from tuici.wire import Control, NoDispatcher
 
-from conftest import Cluster, GitRepo, _env, _wait_or_kill, tcp_address, toml_command, wait_for
+from conftest import Cluster, GitRepo, _env, _wait_or_kill, make_certs, tcp_address, toml_command, wait_for
 
 
 def _raw(address: str, source: str = "127.0.0.1") -> socket.socket:
@@ -317,23 +317,7 @@ def test_a_runner_reports_only_on_its_own_job_and_only_control_clients_control(r
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     """A CA, a dispatcher certificate it signed (for 127.0.0.1 and the namespace address), and a stranger CA."""
-    if not shutil.which("openssl"):
-        pytest.skip("TLS tests need the openssl command to make certificates")
-    d = tmp_path_factory.mktemp("certs")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    for ca in ("ca", "stranger"):
-        run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-            "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-subj", f"/CN=tuici test {ca}")
-    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key",
-        "-out", "server.csr", "-subj", "/CN=tuici dispatcher")
-    (d / "ext").write_text(f"subjectAltName=IP:127.0.0.1,IP:{NETNS_DISPATCHER}\nbasicConstraints=CA:FALSE\n"
-                           "extendedKeyUsage=serverAuth\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-out", "server.pem", "-extfile", "ext")
-    return d
+    return make_certs(tmp_path_factory.mktemp("certs"), {"server": ["127.0.0.1", NETNS_DISPATCHER]})
 
 
 def _status_over_tls(address: str, token: str, ca: Path | None) -> p.StatusReply:
