@@ -45,6 +45,22 @@ def test_bench_quick_produces_every_row_with_numbers(tmp_path: Path):
     assert _left_behind(results["meta"]["bench_pid"]) == []
 
 
+@pytest.mark.timeout(300)
+def test_bench_failover_row_measures_takeovers_and_postgresql_beside_sqlite(tmp_path: Path):
+    """Its own run: a private PostgreSQL server, takeovers after SIGKILL and after a cut link (a network
+    namespace), and the workloads on both stores; nothing left running."""
+    data = tmp_path / "results.json"
+    res = _run_bench(["--quick", "--only", "failover", "--no-write", "--json", str(data)], timeout=280)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    results = json.loads(data.read_text())
+    figures = results["figures"]
+    assert len(figures) == 4 and {f["row"] for f in figures} == {"failover"}
+    for f in figures:
+        assert not f["error"], f
+        assert isinstance(f["value"], (int, float)) and math.isfinite(f["value"]), f
+    assert _left_behind(results["meta"]["bench_pid"]) == []
+
+
 @pytest.mark.timeout(120)
 def test_bench_only_runs_the_rows_asked_for(tmp_path: Path):
     data = tmp_path / "results.json"
