@@ -286,8 +286,9 @@ def test_a_leader_lost_after_a_pipelined_write_does_not_hold_up_the_takeover(pg_
     """Lost in its transaction right after an ``executemany`` (which psycopg pipelines: the Flush that follows
     the Sync disarms the server's idle-in-transaction timer, so no server timeout ends the session, though it
     shows as idle in its transaction), the leader's session holds the lease row's share lock, and a takeover
-    waited for ever: the failover bench's cut-link rounds, now and then. The standby ends it once the lease
-    has expired, with every other session of the old leader (its job logs' too)."""
+    waited for ever: the failover bench's cut-link rounds, now and then. The standby's first try, made while the
+    lease still runs, waits for the row a lease at most; a later one ends the session once the lease has
+    expired, with every other session of the old leader (its job logs' too)."""
     from tuici.pgstore import PgJobLogs
 
     async def count(conn, sql: str, *args) -> int:
