@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,8 +105,6 @@ def repo(tmp_path: Path) -> GitRepo:
 def make_certs(d: Path, servers: dict[str, list[str]]) -> Path:
     """In ``d``: a CA (``ca.pem``), a stranger CA, and for each name in ``servers`` a certificate the CA signed
     for those IP addresses (``NAME.pem``, ``NAME.key``); ``d``. Skips where there is no openssl command."""
-    import shutil
-
     if not shutil.which("openssl"):
         pytest.skip("TLS tests need the openssl command to make certificates")
 
