@@ -465,8 +465,8 @@ def test_two_machines_over_tls_the_standby_takes_over_when_the_link_is_cut(repo,
             first = wait_for(lambda: (s := g.status_or_none()) and next(
                 (j for j in s.jobs if j.state == "passed"), None), 60, message="the first job, through d1")
             assert first.runner == "r1"
-            assert [(d.role, d.address) for d in g.status().dispatchers] == [
-                ("active", g.addresses["d1"]), ("standby", g.addresses["d2"])]
+            wait_for(lambda: [(d.role, d.address) for d in g.status().dispatchers] == [
+                ("active", g.addresses["d1"]), ("standby", g.addresses["d2"])], 30, message="the group in the status")
             # Only over TLS, and only with the token.
             plain = p.Endpoint(p.parse_addresses(g.addresses["d1"]), g.token)
             with pytest.raises((OSError, ConnectionError, p.ProtocolError, asyncio.TimeoutError)):
