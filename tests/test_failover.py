@@ -349,6 +349,7 @@ def test_test_results_are_kept_in_the_database_and_answered_after_a_takeover(rep
         assert conn.execute("SELECT count(*) FROM job_tests").fetchone() == (0,)
 
 
+@pytest.mark.timeout(420)  # a minute of commits, ten takeovers and the backlog, on a loaded 2-core machine
 def test_chaos_three_dispatchers_killed_every_ten_commits(repo, group_factory):
     """The issue's acceptance: 100 commits over about a minute, the active dispatcher SIGKILLed every 10 (and
     restarted), once SIGSTOPped for longer than the lease; every commit ends with exactly one final result, no
