@@ -134,6 +134,43 @@ def test_a_stopped_runner_is_lost_after_the_heartbeat_timeout_and_its_late_resul
     assert len([a for a in cluster.status().attempts if a.job_id == job.id]) == 2
 
 
+def test_a_killed_runner_loses_its_job_at_once_through_its_closed_connection(repo, cluster_factory):
+    """SIGKILL in the middle of a job: the dispatcher hears of it from the connection, not from the lease (an
+    hour here), and queues the job again."""
+    cluster = cluster_factory(repo, heartbeat_timeout=3600.0)
+    cluster.start_observer()
+    cluster.start_runner("victim")
+    cluster.wait_job(repo.head())
+    sha = repo.commit("long", config=toml_command("sleep 60"))
+    cluster.wait_job(sha, states={"running"})
+    cluster.kill("victim", signal.SIGKILL)
+    job = cluster.wait_job(sha, states={"queued"})
+    [attempt] = [a for a in cluster.status().attempts if a.job_id == job.id]
+    assert attempt.outcome == "lost"
+    assert {r.name: r.state for r in cluster.status().runners}["victim"] == "lost"
+    assert "runner victim lost: connection closed" in cluster.component_log("dispatcher")
+
+
+def test_a_runner_stopped_while_idle_is_found_out_by_the_lease_of_the_job_it_is_given(repo, cluster):
+    """An idle runner sends nothing, so one that hangs idle is noticed once it holds a job: the job's lease (the
+    heartbeat timeout) runs out, and the job goes to another runner."""
+    cluster.start_observer()
+    cluster.start_runner("sleepy")
+    cluster.wait_job(repo.head())
+    wait_for(lambda: {r.name: r.state for r in cluster.status().runners}.get("sleepy") == "idle",
+             message="the runner idle")
+    cluster.kill("sleepy", signal.SIGSTOP)
+    sha = repo.commit("for the sleeper")
+    wait_for(lambda: {r.name: r.state for r in cluster.status().runners}.get("sleepy") == "lost",
+             message="the stopped runner to be marked lost")
+    cluster.start_runner("awake")
+    job = cluster.wait_job(sha)
+    assert (job.state, job.runner, job.attempts) == ("passed", "awake", 2)
+    first = next(a for a in cluster.status().attempts if a.job_id == job.id and a.attempt == 1)
+    assert (first.runner, first.outcome) == ("sleepy", "lost")
+    assert "runner sleepy lost: no heartbeat for" in cluster.component_log("dispatcher")
+
+
 LIST_AND_LITTER = ("find . -path ./.git -prune -o -print | sort; "
                    "mkdir -p build gen/__pycache__ pkg/__pycache__ old/__pycache__; "
                    "touch build/out gen/__pycache__/g.pyc pkg/__pycache__/a.pyc old/__pycache__/i.pyc; "
