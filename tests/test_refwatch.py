@@ -98,3 +98,21 @@ def test_the_inotify_thread_ends_at_stop_and_lets_go_of_its_descriptors(repo):
 def test_a_missing_git_dir_is_an_error_not_a_blind_watcher(tmp_path):
     with pytest.raises(OSError):
         watch_refs(tmp_path / "nothing" / ".git", lambda: None, lambda exc: None)
+
+
+def test_an_observer_told_to_stop_ends_with_its_watcher_and_leaves_no_process_behind(repo, cluster):
+    import signal
+
+    import psutil
+
+    observer = cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    assert cluster.wait_job(repo.commit("seen")).state == "passed"
+    helpers = psutil.Process(observer.pid).children(recursive=True)  # git cat-file, kept running
+    assert helpers
+    observer.send_signal(signal.SIGTERM)
+    assert observer.wait(20) == 0
+    for helper in helpers:
+        wait_for(lambda helper=helper: not helper.is_running() or helper.status() == psutil.STATUS_ZOMBIE,
+                 message=f"the observer's helper {helper.pid} to end")
