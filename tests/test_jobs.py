@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 
+import pytest
+
+from bench.netns import Island, NetnsUnavailable
 from tuici import wire as p
 from tuici.wire import Control
 
-from conftest import toml_command, wait_for
+from conftest import Cluster, _env, tcp_address, toml_command, wait_for
 
 
 def test_job_environment_and_junit_counts(repo, cluster):
@@ -91,8 +96,6 @@ def test_a_missing_commit_is_a_job_error_not_a_crash(repo, cluster, tmp_path):
 
 
 def test_a_job_whose_runners_keep_dying_ends_in_error(repo, tmp_path):
-    from conftest import Cluster
-
     cluster = Cluster(repo, tmp_path, heartbeat_timeout=1.0, max_attempts=2)
     try:
         cluster.start_dispatcher()
@@ -169,6 +172,34 @@ def test_a_runner_stopped_while_idle_is_found_out_by_the_lease_of_the_job_it_is_
     first = next(a for a in cluster.status().attempts if a.job_id == job.id and a.attempt == 1)
     assert (first.runner, first.outcome) == ("sleepy", "lost")
     assert "runner sleepy lost: no heartbeat for" in cluster.component_log("dispatcher")
+
+
+def test_a_runner_whose_machine_vanishes_while_idle_is_dropped_by_keepalive(repo, tmp_path):
+    """The runner on a network namespace whose link is cut: nothing is closed, and an idle runner sends nothing,
+    but the kernel's keepalive probes on the dispatcher's end of the connection go unanswered, and the runner is
+    lost within seconds (the lease, an hour here, plays no part)."""
+    try:
+        island = Island()
+    except NetnsUnavailable as exc:
+        pytest.skip(f"no network namespace here: {exc}")
+    cluster = Cluster(repo, tmp_path, heartbeat_timeout=3600.0)
+    try:
+        cluster._spawn("dispatcher", "dispatcher", "--listen", f"{island.host_ip}:0", "--insecure", "--state",
+                       str(cluster.state.path), "--repo", str(repo.path), "--heartbeat-timeout", "3600")
+        address = wait_for(lambda: tcp_address(cluster.state), 15, message="the dispatcher's address")
+        with open(tmp_path / "far.log", "ab") as log:
+            island.popen([sys.executable, "-m", "tuici", "runner", "--dispatcher", address, "--state",
+                          str(cluster.state.path), "--name", "far", "--workdir", str(tmp_path / "work" / "far")],
+                         stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=_env(), start_new_session=True)
+        wait_for(lambda: {r.name: r.state for r in cluster.status().runners}.get("far") == "idle", 30,
+                 message="the far runner registered")
+        island.cut()
+        wait_for(lambda: {r.name: r.state for r in cluster.status().runners}.get("far") == "lost", 60,
+                 message="the vanished runner to be marked lost")
+        assert "runner far lost: connection closed" in cluster.component_log("dispatcher")
+    finally:
+        island.close()
+        cluster.stop()
 
 
 LIST_AND_LITTER = ("find . -path ./.git -prune -o -print | sort; "
