@@ -4,6 +4,7 @@ watchfiles (elsewhere, and where inotify cannot be had)."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import pytest
@@ -34,12 +35,18 @@ class Calls:
         assert not self.errors
 
 
-@pytest.fixture(params=["inotify", "watchfiles"])
+@pytest.fixture(params=["inotify", "watchfiles", "watchfiles-polling"])
 def watched(request, repo):
+    """Each way of watching: inotify (Linux), watchfiles (elsewhere), watchfiles polling (Linux without inotify)."""
+    if request.param == "inotify" and not sys.platform.startswith("linux"):
+        pytest.skip("inotify is Linux's")
     calls = Calls()
     git_dir = repo.path / ".git"
-    kind = InotifyWatcher if request.param == "inotify" else WatchfilesWatcher
-    watcher = kind(git_dir, calls.change, calls.error)
+    watcher: InotifyWatcher | WatchfilesWatcher
+    if request.param == "inotify":
+        watcher = InotifyWatcher(git_dir, calls.change, calls.error)
+    else:
+        watcher = WatchfilesWatcher(git_dir, calls.change, calls.error, force_polling=request.param.endswith("polling"))
     watcher.start()
     try:
         yield repo, calls
@@ -79,7 +86,7 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 def test_the_inotify_thread_ends_at_stop_and_lets_go_of_its_descriptors(repo):
     calls = Calls()
     before = _fds()

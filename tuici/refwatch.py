@@ -33,6 +33,9 @@ TOP_FILES = frozenset({"packed-refs", "HEAD"})
 # (packed-refs: deleting a packed branch; HEAD).
 REFS_STEP_MS = 12
 TOP_STEP_MS = 500
+# watchfiles sets up its watches (polling: takes its first look) in its own thread, some time after it started:
+# one more look this long after the start catches a ref that moved meanwhile.
+WATCHFILES_SETTLE_S = 1.0
 
 # From <sys/inotify.h>.
 IN_CLOSE_WRITE = 0x8
@@ -231,14 +234,18 @@ class WatchfilesWatcher:
             threading.Thread(target=self._watch, args=(git_dir, _top_file, False, TOP_STEP_MS),
                              name="watch top", daemon=True),
         ]
+        self._settled = threading.Timer(WATCHFILES_SETTLE_S, on_change)
+        self._settled.daemon = True
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
+        self._settled.start()
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in self._threads:
+        self._settled.cancel()
+        for thread in [*self._threads, self._settled]:
             thread.join()
 
     def _watch(self, path: Path, flt: Callable[[object, str], bool], recursive: bool, step: int) -> None:
