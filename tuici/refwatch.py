@@ -13,7 +13,6 @@ works"), and added 12-24 ms to every commit's latency.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -67,17 +66,17 @@ class WatchUnavailable(OSError):
 
 
 class _Inotify:
-    """The three system calls, through libc."""
+    """inotify's system calls, through the C library (a watch goes when its directory does)."""
 
     def __init__(self) -> None:
         if not sys.platform.startswith("linux"):
             raise WatchUnavailable(errno.ENOSYS, "inotify is Linux's")
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library we run on (find_library would spawn ldconfig)
+        if not hasattr(libc, "inotify_init1"):
+            raise WatchUnavailable(errno.ENOSYS, "this C library has no inotify_init1")
         self._init1 = libc.inotify_init1
         self._add = libc.inotify_add_watch
         self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
-        self._rm = libc.inotify_rm_watch
-        self._rm.argtypes = (ctypes.c_int, ctypes.c_int)
         fd = self._init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
