@@ -477,6 +477,29 @@ def tree_cpu_seconds(roots: Iterable[int]) -> float:
     return total
 
 
+def tree_wakeups(roots: Iterable[int]) -> dict[int, int]:
+    """How often each process of the trees below ``roots`` (each of its threads) has been put on a CPU, by pid:
+    /proc/PID/task/TID/schedstat's third field. Finer than CPU time, whose unit is a 10 ms clock tick."""
+    counts: dict[int, int] = {}
+    for root in roots:
+        try:
+            procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            try:
+                tasks = os.listdir(f"/proc/{proc.pid}/task")
+            except OSError:
+                continue
+            for tid in tasks:
+                try:
+                    with open(f"/proc/{proc.pid}/task/{tid}/schedstat") as fh:
+                        counts[proc.pid] = counts.get(proc.pid, 0) + int(fh.read().split()[2])
+                except (OSError, IndexError, ValueError):
+                    pass
+    return counts
+
+
 def make_wheel(folder: Path, name: str, version: str, code: str) -> Path:
     """A pure-Python wheel of one module, written by hand: what an index would serve."""
     path = folder / f"{name}-{version}-py3-none-any.whl"

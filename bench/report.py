@@ -117,8 +117,11 @@ METHOD = """\
 - **log throughput**: one job runs `yes LINE | head -c N`; bytes stored / (result recorded - assigned);
   dispatcher RSS sampled every 20 ms with psutil. Limits: the command directly into a file; the same bytes
   over a raw Unix socket into a file.
-- **idle cost**: `tuici serve --runners N`, settled, then user+system CPU time of the dispatcher, observer and
-  runners (psutil `cpu_times`) over `idle_seconds`, as % of one core.
+- **idle cost**: `tuici serve --runners N`, settled, then user+system CPU time of its whole process tree, as `top`
+  would count it (psutil `cpu_times` of the supervisor and every process below it, each live process's own and
+  reaped children's: the dispatcher, observer, runners and their git helpers) over `idle_seconds`, as % of one
+  core; per process in the details (each role with what it spawned), with how often each was put on a CPU
+  (`/proc/PID/task/TID/schedstat`, per minute): finer than CPU time, whose unit is a 10 ms clock tick.
 - **start-up**: from spawning `tuici serve --runners N --json` to the dispatcher's timestamp on the N-th
   `runner.joined` event; the first start of each run is a discarded warm-up.
 - **scale**: `scale_runners` runner processes until all registered, then as many commits at once

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 
+import pytest
+
+from bench.netns import Island, NetnsUnavailable
 from tuici import wire as p
 from tuici.wire import Control
 
-from conftest import toml_command, wait_for
+from conftest import Cluster, _env, tcp_address, toml_command, wait_for
 
 
 def test_job_environment_and_junit_counts(repo, cluster):
@@ -91,8 +96,6 @@ def test_a_missing_commit_is_a_job_error_not_a_crash(repo, cluster, tmp_path):
 
 
 def test_a_job_whose_runners_keep_dying_ends_in_error(repo, tmp_path):
-    from conftest import Cluster
-
     cluster = Cluster(repo, tmp_path, heartbeat_timeout=1.0, max_attempts=2)
     try:
         cluster.start_dispatcher()
@@ -132,6 +135,71 @@ def test_a_stopped_runner_is_lost_after_the_heartbeat_timeout_and_its_late_resul
     job = cluster.job_for(sha)
     assert (job.state, job.runner, job.attempts) == ("passed", "awake", 2)
     assert len([a for a in cluster.status().attempts if a.job_id == job.id]) == 2
+
+
+def test_a_killed_runner_loses_its_job_at_once_through_its_closed_connection(repo, cluster_factory):
+    """SIGKILL in the middle of a job: the dispatcher hears of it from the connection, not from the lease (an
+    hour here), and queues the job again."""
+    cluster = cluster_factory(repo, heartbeat_timeout=3600.0)
+    cluster.start_observer()
+    cluster.start_runner("victim")
+    cluster.wait_job(repo.head())
+    sha = repo.commit("long", config=toml_command("sleep 60"))
+    cluster.wait_job(sha, states={"running"})
+    cluster.kill("victim", signal.SIGKILL)
+    job = cluster.wait_job(sha, states={"queued"})
+    [attempt] = [a for a in cluster.status().attempts if a.job_id == job.id]
+    assert attempt.outcome == "lost"
+    assert {r.name: r.state for r in cluster.status().runners}["victim"] == "lost"
+    assert "runner victim lost: connection closed" in cluster.component_log("dispatcher")
+
+
+def test_a_runner_stopped_while_idle_is_found_out_by_the_lease_of_the_job_it_is_given(repo, cluster):
+    """An idle runner sends nothing, so one that hangs idle is noticed once it holds a job: the job's lease (the
+    heartbeat timeout) runs out, and the job goes to another runner."""
+    cluster.start_observer()
+    cluster.start_runner("sleepy")
+    cluster.wait_job(repo.head())
+    wait_for(lambda: {r.name: r.state for r in cluster.status().runners}.get("sleepy") == "idle",
+             message="the runner idle")
+    cluster.kill("sleepy", signal.SIGSTOP)
+    sha = repo.commit("for the sleeper")
+    wait_for(lambda: {r.name: r.state for r in cluster.status().runners}.get("sleepy") == "lost",
+             message="the stopped runner to be marked lost")
+    cluster.start_runner("awake")
+    job = cluster.wait_job(sha)
+    assert (job.state, job.runner, job.attempts) == ("passed", "awake", 2)
+    first = next(a for a in cluster.status().attempts if a.job_id == job.id and a.attempt == 1)
+    assert (first.runner, first.outcome) == ("sleepy", "lost")
+    assert "runner sleepy lost: no heartbeat for" in cluster.component_log("dispatcher")
+
+
+def test_a_runner_whose_machine_vanishes_while_idle_is_dropped_by_keepalive(repo, tmp_path):
+    """The runner on a network namespace whose link is cut: nothing is closed, and an idle runner sends nothing,
+    but the kernel's keepalive probes on the dispatcher's end of the connection go unanswered, and the runner is
+    lost within seconds (the lease, an hour here, plays no part)."""
+    try:
+        island = Island()
+    except NetnsUnavailable as exc:
+        pytest.skip(f"no network namespace here: {exc}")
+    cluster = Cluster(repo, tmp_path, heartbeat_timeout=3600.0)
+    try:
+        cluster._spawn("dispatcher", "dispatcher", "--listen", f"{island.host_ip}:0", "--insecure", "--state",
+                       str(cluster.state.path), "--repo", str(repo.path), "--heartbeat-timeout", "3600")
+        address = wait_for(lambda: tcp_address(cluster.state), 15, message="the dispatcher's address")
+        with open(tmp_path / "far.log", "ab") as log:
+            island.popen([sys.executable, "-m", "tuici", "runner", "--dispatcher", address, "--state",
+                          str(cluster.state.path), "--name", "far", "--workdir", str(tmp_path / "work" / "far")],
+                         stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=_env(), start_new_session=True)
+        wait_for(lambda: {r.name: r.state for r in cluster.status().runners}.get("far") == "idle", 30,
+                 message="the far runner registered")
+        island.cut()
+        wait_for(lambda: {r.name: r.state for r in cluster.status().runners}.get("far") == "lost", 60,
+                 message="the vanished runner to be marked lost")
+        assert "runner far lost: connection closed" in cluster.component_log("dispatcher")
+    finally:
+        island.close()
+        cluster.stop()
 
 
 LIST_AND_LITTER = ("find . -path ./.git -prune -o -print | sort; "

@@ -244,6 +244,27 @@ def test_a_runner_quiet_past_the_heartbeat_timeout_is_lost(sched, clock):
     assert assigned(effects) == [("talking", job.id)] and job.attempts == 2
 
 
+def test_an_idle_runner_is_never_lost_for_its_silence_and_its_lease_starts_with_a_job(sched, clock):
+    """An idle runner sends nothing (its closed connection says it is gone): only one holding a job heartbeats,
+    and the dispatcher's watch sleeps while nothing can expire."""
+    runner = join(sched, "quiet")
+    assert sched.next_expiry() is None
+    clock.now += 3600.0
+    sched.expire()
+    assert runner.info.state == "idle"
+    [job] = commit(sched, 1)
+    sched.dispatch()
+    assert job.runner == "quiet" and sched.next_expiry() == clock.now + 5.0  # from the assignment, not an hour ago
+    clock.now += 5.0
+    sched.expire()
+    assert runner.info.state == "busy"
+    clock.now += 0.1
+    sched.effects()
+    sched.expire()
+    assert runner.info.state == "lost" and (job.state, job.attempts) == ("queued", 1)
+    assert "job.requeued" in kinds(sched.effects()) and sched.next_expiry() is None
+
+
 def test_a_runner_lost_while_its_result_is_made_durable_stays_lost_and_its_name_is_free(sched):
     runner = join(sched, "r1")
     [job] = commit(sched, 1)

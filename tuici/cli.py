@@ -92,7 +92,8 @@ def _repo_arg(parser: argparse.ArgumentParser) -> None:
 
 def _dispatcher_opts(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-timeout", type=float, default=5.0, metavar="S",
-                        help="mark a runner lost after S seconds without a heartbeat (default 5)")
+                        help="mark a runner that holds a job lost after S seconds without a "
+                             "heartbeat: the job's lease (default 5)")
     parser.add_argument("--max-attempts", type=int, default=3, metavar="N",
                         help="give up on a job (state error) after N lost attempts (default 3)")
 

@@ -148,6 +148,20 @@ def check_entry(name: str, mode: int, kind: str, size: int, sha: str) -> None:
         raise ConfigError(f"{name}: {size} bytes, more than the {MAX_CONFIG_BYTES} a config may have")
 
 
+def tree_entries(data: bytes, id_bytes: int) -> dict[bytes, tuple[int, str]]:
+    """A raw tree object's entries (object ids of ``id_bytes``: 20, or 32 in a SHA-256 repository): name ->
+    (mode, object id in hex). Read here rather than by GitPython, which checks every name in Python: 25 ms for a
+    tree of 1000 files, on each commit the observer reports. ValueError if the tree is malformed."""
+    entries = {}
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        nul = data.index(b"\0", space)
+        entries[data[space + 1:nul]] = (int(data[pos:space], 8), data[nul + 1:nul + 1 + id_bytes].hex())
+        pos = nul + 1 + id_bytes
+    return entries
+
+
 def read_committed(repo: git.Repo, sha: str) -> Callable[[str], bytes | None]:
     """A reader for ``load`` that takes each file from the tree of commit ``sha``, never from a work tree.
 
@@ -161,21 +175,20 @@ def read_committed(repo: git.Repo, sha: str) -> Callable[[str], bytes | None]:
     unreadable = (ValueError, OSError, git.exc.GitError, git.exc.ODBError)
     try:
         tree_sha: bytes | str = repo.git.get_object_header(f"{sha}^{{tree}}")[0]  # the commit's tree
-        hexsha = tree_sha.decode("ascii") if isinstance(tree_sha, bytes) else tree_sha  # bytes, whatever the stubs say
-        tree = git.Tree(repo, bytes.fromhex(hexsha), path="")
+        entries = tree_entries(repo.git.get_object_data(tree_sha)[3], len(tree_sha) // 2)
     except unreadable:
         raise ConfigError(f"git cannot read the tree of commit {sha}") from None
 
     def read(name: str) -> bytes | None:
-        try:
-            entry = tree[name]
-        except KeyError:
+        entry = entries.get(name.encode())
+        if entry is None:
             return None
-        except unreadable as exc:  # git does not have the tree, or GitPython rejects an entry in it
-            raise ConfigError(f"cannot read the tree of commit {sha}: {exc}") from None
+        mode, obj = entry
+        kind = "tree" if mode == 0o40000 else "commit" if mode == 0o160000 else "blob"
         try:
-            check_entry(name, entry.mode, entry.type, entry.size, sha)
-            return entry.data_stream.read()
+            size = int(repo.git.get_object_header(obj)[2]) if kind == "blob" else 0
+            check_entry(name, mode, kind, size, sha)
+            return repo.git.get_object_data(obj)[3]
         except unreadable as exc:
             raise ConfigError(f"{name}: cannot read it from commit {sha}: {exc}") from None
 

@@ -13,15 +13,14 @@ import logging
 import os
 import re
 import signal
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
 import msgspec
-import watchfiles
 
 from . import config as cfg
+from . import refwatch
 from . import wire as p
 from .statedir import find_git_dir
 
@@ -39,11 +38,6 @@ MAX_AUTHOR = 200
 MAX_SUBJECT = 500
 UNREADABLE_AUTHOR = "?"
 UNREADABLE_SUBJECT = "(unreadable commit metadata)"
-# watchfiles looks for events every `step` ms, even when there are none, and reports a change one to two
-# steps after it: short for loose refs (commits and pushes, where latency matters), long for the top of the
-# git dir (packed-refs: deleting a packed branch; HEAD).
-REFS_STEP_MS = 12
-TOP_STEP_MS = 500
 _SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 # What git's check_refname_format rejects (for-each-ref skips such refs): a component starting with "." or
 # ending with ".lock", "..", "@{", control characters, space and ~^:?*[\, a trailing ".", the name "@".
@@ -355,13 +349,28 @@ class Observer:
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
-        watcher = None if self.poll else asyncio.ensure_future(self._watch())
+        watcher = None
+        if not self.poll:  # watching before the first look at the refs: no move between the two goes unseen
+            loop = asyncio.get_running_loop()
+
+            def tell(fn, *args) -> None:
+                try:
+                    loop.call_soon_threadsafe(fn, *args)
+                except RuntimeError:  # the loop is closed: we are exiting
+                    pass
+
+            try:
+                watcher = await asyncio.to_thread(refwatch.watch_refs, self.source.git_dir,
+                                                  lambda: tell(self.changed.set),
+                                                  lambda exc: tell(self._watch_failed, exc))
+            except OSError as exc:
+                self._watch_failed(exc)
+                return
         try:
             await p.reconnect(self._connect, self.stopping)
         finally:
             if watcher is not None:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+                await asyncio.to_thread(watcher.stop)
 
     async def _connect(self) -> bool:
         """One session with the dispatcher, if it answers; whether it did."""
@@ -424,58 +433,10 @@ class Observer:
         if commits:
             log.info("reported %d new commit(s) on %s", len(commits), report.branch)
 
-    async def _watch(self) -> None:
-        """Set ``changed`` whenever a ref moves: loose refs (recursively), packed-refs or HEAD."""
-        git_dir = self.source.git_dir
-        loop = asyncio.get_running_loop()
-        stop = threading.Event()  # looked at by watchfiles (in rust) after each step
-
-        def ref_file(change: watchfiles.Change, path: str) -> bool:
-            return not path.endswith(".lock")
-
-        def top_file(change: watchfiles.Change, path: str) -> bool:
-            return os.path.basename(path) in ("packed-refs", "HEAD")
-
-        def tell(fn) -> None:
-            try:
-                loop.call_soon_threadsafe(fn)
-            except RuntimeError:  # the loop is closed: we are exiting
-                pass
-
-        def watch(path: Path, flt, recursive: bool, step: int, done: asyncio.Future) -> None:
-            error = None
-            try:
-                for _ in watchfiles.watch(path, watch_filter=flt, debounce=200, step=step, rust_timeout=0,
-                                          recursive=recursive, stop_event=stop, raise_interrupt=False):
-                    tell(self.changed.set)
-            except Exception as exc:
-                error = exc
-            def finish() -> None:
-                if done.done():
-                    return
-                if error is not None:
-                    done.set_exception(error)
-                else:
-                    done.set_result(None)
-
-            tell(finish)
-
-        # Daemon threads: one asleep in a long step must not hold up the observer's exit.
-        watchers = []
-        for path, flt, recursive, step in ((git_dir / "refs", ref_file, True, REFS_STEP_MS),
-                                           (git_dir, top_file, False, TOP_STEP_MS)):
-            done = loop.create_future()
-            threading.Thread(target=watch, args=(path, flt, recursive, step, done), daemon=True,
-                             name=f"watch {path.name}").start()
-            watchers.append(done)
-        try:
-            await asyncio.gather(*watchers)
-        except Exception:
-            # Without file events we would miss commits: exit, to be restarted (by serve) rather than go blind.
-            log.exception("watching %s failed; stopping", git_dir)
-            self.stopping.set()
-        finally:
-            stop.set()
+    def _watch_failed(self, exc: BaseException) -> None:
+        # Without file events we would miss commits: exit, to be restarted (by serve) rather than go blind.
+        log.error("watching %s failed; stopping", self.source.git_dir, exc_info=exc)
+        self.stopping.set()
 
 
 async def _stop_reading(read: asyncio.Future) -> None:

@@ -42,7 +42,7 @@ class Sizes:
     bisect_rounds: int = 5  # bisections per size, each with the regression somewhere else
     log_mb: int = 200  # megabytes (10^6) one job prints
     log_repeats: int = 3
-    idle_seconds: float = 30.0
+    idle_seconds: float = 60.0
     idle_runners: int = 4
     startup_runners: int = 4
     startup_repeats: int = 5

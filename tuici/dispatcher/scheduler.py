@@ -454,6 +454,7 @@ class Scheduler:
         runner.last_seen = self.clock.monotonic()
 
     def heartbeat(self, runner: Runner) -> None:
+        """A runner holding a job says it is alive (an idle one sends nothing)."""
         runner.info.last_heartbeat = self.clock.time()
 
     def _owns(self, runner: Runner, job_id: int, attempt: int) -> bool:
@@ -632,11 +633,13 @@ class Scheduler:
             self._publish("job.requeued", job=job, message=reason)
 
     def expire(self) -> None:
-        """Mark runners quiet for longer than the heartbeat timeout lost; once the grace after a restart is over,
-        queue again the running jobs no runner came back for."""
+        """Mark runners that hold a job and were quiet for longer than the heartbeat timeout (their lease, from the
+        job's assignment on) lost; once the grace after a restart is over, queue again the running jobs no runner
+        came back for. An idle runner sends nothing: its connection closing says it is gone, and one that hangs
+        is found out once it is given a job."""
         now = self.clock.monotonic()
         for runner in list(self.runners.values()):
-            if runner.connected and now - runner.last_seen > self.heartbeat_timeout:
+            if runner.connected and runner.info.job is not None and now - runner.last_seen > self.heartbeat_timeout:
                 self.runner_gone(runner, f"no heartbeat for {now - runner.last_seen:.1f} s")
         if self.restart_grace_until and now > self.restart_grace_until:
             self.restart_grace_until = 0.0
@@ -645,6 +648,15 @@ class Scheduler:
                 if job.state == "running" and job.id not in held:
                     self._requeue(job, "runner lost")
             self.dispatch()
+
+    def next_expiry(self) -> float | None:
+        """When ``expire`` may next find something to do (monotonic), as things are now; None while nothing can
+        expire: no runner holds a job and no grace after a restart runs."""
+        due = [r.last_seen + self.heartbeat_timeout for r in self.runners.values()
+               if r.connected and r.info.job is not None]
+        if self.restart_grace_until:
+            due.append(self.restart_grace_until)
+        return min(due, default=None)
 
     # ------------------------------------------------------------------ bisections
 
@@ -783,6 +795,7 @@ class Scheduler:
         job.error, job.env, job.env_reused = "", "", False
         job.failed_tests, job.flaky_tests = [], []
         runner.info.state, runner.info.job = "busy", job.id
+        runner.last_seen = self.clock.monotonic()  # its lease starts now: it heartbeats while it holds a job
         a = p.AttemptInfo(job_id=job.id, attempt=job.attempts, runner=runner.info.name, started_at=job.started_at)
         self.attempts[(job.id, job.attempts)] = a
         self._save(a)

@@ -188,6 +188,7 @@ class Dispatcher:
         self.config: LocalConfig | None = LocalConfig()
         self.hook = Hook((), 0.0, logging.getLogger("tuici.notify"))
         self._gc_lock = asyncio.Lock()
+        self._leases_changed = asyncio.Event()  # wakes _watch_leases
         self.last_gc = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -224,7 +225,7 @@ class Dispatcher:
         running = [job.id for job in self.sched.jobs.values() if job.state == "running"]
         for job_id, size in (await self.logs.sizes(running)).items():
             self.sched.jobs[job_id].log_size = size
-        self._spawn(self._watch_heartbeats())
+        self._spawn(self._watch_leases())
         self._spawn(self._retain())
         self.active = True
         self._activated.set()
@@ -313,6 +314,7 @@ class Dispatcher:
                     if self.group is not None and not self.group.may_act():
                         continue  # our lease may have run out: not one more job handed out (we step down)
                     self.conns[runner].send_nowait(message)
+                    self._leases_changed.set()  # a job assigned (its lease starts), a runner welcomed back with one
                 case s.Disconnect(runner):
                     self.conns.pop(runner).writer.close()
                 case s.CloseLog(job_id):
@@ -331,12 +333,19 @@ class Dispatcher:
             self.sched.runner_gone(runner, reason, left)
             self._carry_out()
 
-    async def _watch_heartbeats(self) -> None:
-        """Mark quiet runners lost, at most a quarter of the timeout late (and wake no more often than that)."""
+    async def _watch_leases(self) -> None:
+        """Mark a runner that holds a job lost as soon as it was quiet for the heartbeat timeout (``expire``), and
+        end the grace after a restart; asleep, not waking, while no runner holds a job."""
         while True:
-            await asyncio.sleep(self.sched.heartbeat_timeout / 4)
-            self.sched.expire()
-            self._carry_out()
+            self._leases_changed.clear()
+            due = self.sched.next_expiry()
+            try:
+                # Just past the deadline: ``expire`` wants the timeout exceeded.
+                await asyncio.wait_for(self._leases_changed.wait(),
+                                       None if due is None else max(0.0, due - self.sched.clock.monotonic()) + 0.001)
+            except asyncio.TimeoutError:
+                self.sched.expire()
+                self._carry_out()
 
     async def _take_back(self, job_id: int, attempt: int, at: float) -> None:
         await asyncio.sleep(at - self.sched.clock.monotonic())
@@ -431,6 +440,9 @@ class Dispatcher:
 
     async def _handle(self, door: Door, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = p.Connection(reader, writer)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            p.notice_dead_peers(sock)  # a runner's host that vanished: its idle connection ends in seconds
         peer = conn.peer
         task = asyncio.current_task()
         assert task is not None  # a handler runs in a task of its own

@@ -34,6 +34,10 @@ log = logging.getLogger("tuici.runner")
 
 SandboxMode = Literal["auto", "on", "off"]
 
+# While it holds a job a runner heartbeats this often: the dispatcher takes the job back once it heard nothing for
+# its heartbeat timeout (the lease, 5 s by default). An idle runner sends nothing and does not wake: its connection
+# closing tells the dispatcher at once that it is gone (over TCP, keepalive probes tell when its host vanished),
+# and one that hangs idle is found out once it is given a job, which then goes to another runner after the lease.
 HEARTBEAT_INTERVAL = 1.0
 # The longest a runner waits between two tries to reach its dispatcher. A runner holding a job must be back
 # within the restart grace of a dispatcher that restarted (its heartbeat timeout: 5 s, 2 s in the tests), or
@@ -82,6 +86,7 @@ class Runner:
         self.job: ActiveJob | None = None
         self.stopping = asyncio.Event()
         self.new_job = asyncio.Event()
+        self.holding = asyncio.Event()  # set while we hold a job: we heartbeat
         self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ connection
@@ -171,6 +176,7 @@ class Runner:
 
     async def _drop_job(self) -> None:
         job, self.job = self.job, None
+        self.holding.clear()
         if job is None:
             return
         job.cancel()
@@ -200,6 +206,7 @@ class Runner:
 
     async def _heartbeat(self, conn: p.Connection) -> None:
         while True:
+            await self.holding.wait()
             await conn.send(p.Heartbeat())
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
@@ -248,6 +255,7 @@ class Runner:
         self.job = ActiveJob(assign=assign, spool=spool)
         self.job.task = asyncio.ensure_future(self._execute(self.job))
         self.new_job.set()
+        self.holding.set()
 
     async def _execute(self, job: ActiveJob) -> None:
         a = job.assign

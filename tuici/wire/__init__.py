@@ -21,6 +21,7 @@ from .addresses import (
     connect,
     endpoint_for,
     listeners,
+    notice_dead_peers,
     parse_address,
     parse_addresses,
     remove_socket_file,
@@ -124,8 +125,8 @@ __all__ = ["Address", "Assign", "AttemptInfo", "AttemptOutcome", "BACKLOG", "Bis
     "StatusReply", "StatusRequest", "Subscribe", "TcpAddress", "TestCase", "TestCases", "TestOutcome",
     "TestReport", "TestsReply", "TestsRequest", "Timestamp", "TipsAck", "TryRequest", "UnixAddress", "Welcome",
     "address_of", "client_tls", "connect", "decode", "dispatch_order", "encode", "endpoint_for", "expect",
-    "handshake", "join", "listeners", "parse_address", "parse_addresses", "read_message", "read_message_blocking",
-    "reconnect", "remove_socket_file", "server_tls", "socket_path", "to_json", "to_json_bytes"]
+    "handshake", "join", "listeners", "notice_dead_peers", "parse_address", "parse_addresses", "read_message",
+    "read_message_blocking", "reconnect", "remove_socket_file", "server_tls", "socket_path", "to_json", "to_json_bytes"]
 
 
 def __getattr__(name: str) -> Any:

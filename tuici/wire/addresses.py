@@ -236,7 +236,9 @@ DEAD_PEER_SECONDS = 6  # over TCP: a dispatcher unheard of this long (its machin
 def notice_dead_peers(sock: socket.socket) -> None:
     """Have the kernel end a TCP connection whose peer vanished without closing it, within ``DEAD_PEER_SECONDS``
     (by default it retries for ~15 minutes): data unacknowledged that long, or no answer to keepalive probes
-    once idle. A client then moves to another dispatcher of a group instead of waiting on a dead one."""
+    once idle. A client then moves to another dispatcher of a group instead of waiting on a dead one; a
+    dispatcher drops a runner whose host vanished, and takes its job back, though an idle runner sends nothing.
+    The probes are the kernel's: no process wakes for them."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for name, value in (("TCP_KEEPIDLE", 3), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3),
                         ("TCP_USER_TIMEOUT", DEAD_PEER_SECONDS * 1000)):
