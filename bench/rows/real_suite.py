@@ -142,8 +142,13 @@ def real_suite(ctx: Context) -> list[Figure]:
                                   "recorded; the runner runs the same command in its sandbox"},
                "direct_s": sd, "clean_checkout_s": sc, "commit_to_result_s": st,
                "command_in_runner_s": summarize(in_runner),
+               # tuici - direct, round by round, in three parts that add up to it:
                "tuici_own_s (commit_to_result - command_in_runner)":
                    summarize(t - c for t, c in zip(runs["tuici"], in_runner, strict=True)),
+               "runner_own_s (command_in_runner - clean: checkout, sandbox, reading the JUnit XML)":
+                   summarize(r - c for r, c in zip(in_runner, runs["clean"], strict=True)),
+               "clean_checkout_cost_s (clean - direct)":
+                   summarize(c - d for c, d in zip(runs["clean"], runs["direct"], strict=True)),
                "pair_ratios": rs, "clean_over_direct": rc, "ratio_of_medians": round(st["p50"] / sd["p50"], 4),
                "rounds": rounds}
     return [Figure("real-suite", "real suite: via tuici / direct", "ratio", ratio, "<= 1.02", ratio <= 1.02,
