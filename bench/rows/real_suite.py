@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import resource
 import shlex
 import subprocess
 import time
@@ -89,11 +90,14 @@ def real_suite(ctx: Context) -> list[Figure]:
     def direct(clean: bool = False) -> float:
         if clean:  # untimed, as the runner's own clean is the job-overhead row's
             subprocess.run(["git", "clean", "-ffdxq"], cwd=checkout, check=True)
+        cpu0 = _children_cpu()
         t0 = time.perf_counter()
         res = subprocess.run(["/bin/sh", "-c", command], cwd=checkout, capture_output=True, env=direct_env)
+        took = time.perf_counter() - t0
+        cpu[clean].append(_children_cpu() - cpu0)
         if res.returncode != 0:
             raise BenchError(f"the suite fails when run directly: {res.stdout.decode()[-500:]}")
-        return time.perf_counter() - t0
+        return took
 
     def via_tuici():
         sha, returned = repo.commit()
@@ -106,8 +110,10 @@ def real_suite(ctx: Context) -> list[Figure]:
     cluster = _cluster(ctx, "suite", repo, s.runners)
     runs: dict[str, list[float]] = {way: [] for way in WAYS}
     in_runner, rounds = [], []
+    cpu: dict[bool, list[float]] = {False: [], True: []}  # the direct runs' CPU time, by clean: less noisy here
     try:
         direct()  # warm-up: .pyc files in the checkout, page cache
+        cpu[False].clear()
         _warm_up(cluster, repo, s.runners)
         _profiled(ctx, "real-suite", cluster, ["dispatcher", "r1"])
         for i in range(s.suite_repeats):
@@ -149,6 +155,9 @@ def real_suite(ctx: Context) -> list[Figure]:
                    summarize(r - c for r, c in zip(in_runner, runs["clean"], strict=True)),
                "clean_checkout_cost_s (clean - direct)":
                    summarize(c - d for c, d in zip(runs["clean"], runs["direct"], strict=True)),
+               "direct_cpu_s": summarize(cpu[False]), "clean_checkout_cpu_s": summarize(cpu[True]),
+               "clean_checkout_cost_cpu_s (clean - direct, CPU time)":
+                   summarize(c - d for c, d in zip(cpu[True], cpu[False], strict=True)),
                "pair_ratios": rs, "clean_over_direct": rc, "ratio_of_medians": round(st["p50"] / sd["p50"], 4),
                "rounds": rounds}
     return [Figure("real-suite", "real suite: via tuici / direct", "ratio", ratio, "<= 1.02", ratio <= 1.02,
@@ -157,3 +166,9 @@ def real_suite(ctx: Context) -> list[Figure]:
                    limit=f"{rc['p50']:.3f}: the same command from a clean checkout, as a job starts (no "
                          f"__pycache__); 1.000 in a warm one (direct run {sd['p50']:.2f} s)",
                    stats=rs, details=details)]
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
