@@ -109,8 +109,12 @@ METHOD = """\
   directly, and a raw round trip between two processes over a Unix socket (as the components talk locally).
 - **per-job overhead**: command `true`; job wall time is the dispatcher's `finished_at - started_at`
   (assignment to result recorded); the command's own time is `sh -c true` run directly (its median).
-- **real suite**: a generated pytest suite (~`suite_seconds` s) run directly in a checkout (warm .pyc),
-  interleaved with the same suite through tuici, timed from `git commit` returning to the result recorded.
+- **real suite**: a generated pytest suite (~`suite_seconds` s) run three ways in each round, in a rotating
+  order: directly in a checkout (warm .pyc), directly in the same checkout right after `git clean -ffdx` (as a
+  runner starts each job: pytest rewrites and compiles every test module again), and through tuici, timed from
+  `git commit` returning to the result recorded. Both direct runs get the environment the runner gives the
+  command (CI=true, no PYTHONUNBUFFERED) and write the same JUnit XML. The figure is the median of the rounds'
+  tuici / direct; its limit the median of clean / direct.
 - **backlog**: `backlog_commits` commits made at once (`git fast-import`, one ref update), command `true`;
   jobs/s from the ref update to the last result; every commit must have exactly one passed job.
   Limit: git checkout/clean + `true` run directly, per job, times min(runners, cores).

@@ -35,7 +35,7 @@ class Sizes:
     overhead_jobs: int = 30  # spaced-out jobs running `true`
     runners: int = 2  # runners in the latency, overhead and real-suite rows
     suite_seconds: float = 2.0  # aimed-at direct duration of the generated pytest suite
-    suite_repeats: int = 21  # direct/tuici pairs of the real-suite row (this VM's CPU speed drifts +-20%)
+    suite_repeats: int = 21  # real-suite rounds: direct, clean checkout, tuici (this VM's CPU speed drifts +-20%)
     backlog_commits: int = 500  # commits made at once
     backlog_runners: str = "2,4"  # runner counts to try
     bisect_commits: str = "16,100"  # commits pushed at once (coalesced) for a bisection to search
