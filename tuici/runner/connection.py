@@ -107,6 +107,7 @@ class Runner:
                 self.job.cancel()
                 if self.job.task is not None:
                     await asyncio.gather(self.job.task, return_exceptions=True)
+            await asyncio.to_thread(self.workspace.close)
 
     def _places(self) -> RunnerPlaces:
         """Probe the sandbox once: with ``auto``, a machine that cannot build one runs jobs without it."""

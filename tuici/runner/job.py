@@ -41,6 +41,8 @@ DRAIN = 1.0  # seconds the output of what a command left running may still be re
 # Inherited settings that would point a job with its own environment at the developer's Python instead.
 SHELL_PYTHON = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONSTARTUP", "PYTHONUSERBASE")
 
+TREE_LIMIT = 64 << 20  # bytes of a commit's top tree read to find its config (~a million entries)
+
 # A retry (``retry_failed``) names each failing test on its command line: past this many, a job's failures are not
 # flakes, and the retry would be as long as the run.
 MAX_RETRIED = 1000
@@ -458,7 +460,7 @@ class Job:
         finally:
             stop.cancel()
             # Nothing it started outlives it: not its group, nor what left the group (we are a subreaper).
-            left = await asyncio.to_thread(kill_all_descendants)
+            left = await asyncio.to_thread(kill_all_descendants, self.workspace.helpers())
             kill_group(proc.pid, signal.SIGKILL)
             await asyncio.gather(exited, return_exceptions=True)
             if proc.returncode is None:
@@ -527,24 +529,51 @@ def _signal_tree(pid: int, sig: int) -> None:
 
 
 def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
-    """The config committed at ``sha``, read from git's blobs (``cfg.read_committed`` for the observer, which
-    has GitPython's cat-file running; one ``ls-tree --long`` here, which gives mode and size at once)."""
-    out = workspace.git("ls-tree", "-z", "--long", sha, "--", "tuici.toml", "pyproject.toml")
-    entries = {}
-    for record in out.split(b"\0"):
-        if record:
-            info, _, name = record.partition(b"\t")
-            mode, kind, obj, size = info.decode().split()
-            entries[os.fsdecode(name)] = (mode, kind, obj, size)
+    """The config committed at ``sha``, read from git's objects (``cfg.read_committed`` for the observer, which
+    has GitPython's cat-file running; the workspace's own running cat-file here: the commit's top tree, then the
+    file's blob)."""
+    tree = workspace.objects.read(f"{sha}^{{tree}}", TREE_LIMIT)
+    if tree is None or tree[0] != "tree":
+        raise JobError(f"git cannot read the tree of commit {sha}")
+    if tree[2] is None:
+        raise JobError(f"the top directory of commit {sha} lists {tree[1]} bytes of entries, more than the "
+                       f"{TREE_LIMIT} the runner reads to find its config")
+    entries = _tree_entries(tree[2], len(sha) // 2, wanted=("tuici.toml", "pyproject.toml"))
 
     def read(name: str) -> bytes | None:
         if name not in entries:
             return None
-        mode, kind, obj, size = entries[name]
-        cfg.check_entry(name, int(mode, 8), kind, int(size) if size.isdigit() else 0, sha)
-        return workspace.blob(obj)
+        mode, obj = entries[name]
+        if mode in _NOT_FILES:
+            cfg.check_entry(name, mode, _NOT_FILES[mode], 0, sha)  # raises
+        found = workspace.objects.read(obj, cfg.MAX_CONFIG_BYTES)
+        if found is None:
+            raise JobError(f"git cannot read {name} of commit {sha}")
+        kind, size, data = found
+        cfg.check_entry(name, mode, kind, size, sha)
+        assert data is not None  # within the limit, as check_entry saw
+        return data
 
     return cfg.load(read)
+
+
+_NOT_FILES = {0o040000: "tree", 0o160000: "commit"}  # a directory, a submodule
+
+
+def _tree_entries(data: bytes, id_size: int, wanted: tuple[str, ...]) -> dict[str, tuple[int, str]]:
+    """name -> (mode, object id) of the ``wanted`` entries of a tree object, in git's binary format: ``mode
+    name\\0`` then the id's ``id_size`` raw bytes (20 for SHA-1, 32 for SHA-256)."""
+    found: dict[str, tuple[int, str]] = {}
+    names = {name.encode(): name for name in wanted}
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        nul = data.index(b"\0", space)
+        name = data[space + 1:nul]
+        if name in names:
+            found[names[name]] = (int(data[pos:space], 8), data[nul + 1:nul + 1 + id_size].hex())
+        pos = nul + 1 + id_size
+    return found
 
 
 # ---------------------------------------------------------------------- helpers

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import threading
 from pathlib import Path
+from typing import IO
 
 from ..errors import JobError
 
@@ -48,8 +49,9 @@ class Workspace:
         self.junit = root / "junit"  # where the job writes its JUnit XML, also emptied between jobs
         self._url: str | None = None
         self._config = b""  # the clone's config as we wrote it
-        self._dirty = True
+        self._clean = False  # released: no untracked file in the checkout, /tmp, cache and JUnit dirs empty
         self._lock = threading.Lock()  # a cancelled job's prepare may still be running in its thread
+        self.objects = ObjectReader(self.git_dir)
 
     # ------------------------------------------------------------------ git
 
@@ -86,13 +88,14 @@ class Workspace:
                     except subprocess.CalledProcessError:
                         raise JobError(f"commit {sha} is not in the repository {url}") from None
                     self.git("checkout", "--force", "--detach", "--quiet", sha)
-                if self._dirty:
+                if not self._clean:
                     self.git("clean", "-ffdxq")
             except subprocess.CalledProcessError as exc:
                 raise JobError(f"cannot check out {sha} cleanly: {_text(exc.stderr)}") from None
-            self._dirty = True
-            for path in (self.tmp, self.cache, self.junit):
-                _empty_dir(path)
+            if not self._clean:
+                for path in (self.tmp, self.cache, self.junit):
+                    _empty_dir(path)
+            self._clean = False
             return self.checkout
 
     def _restore_git_dir(self) -> None:
@@ -130,14 +133,16 @@ class Workspace:
             self._restore_git_dir()
             try:
                 self.git("clean", "-ffdxq")
-                self._dirty = False
+                cleaned = True
             except subprocess.CalledProcessError:
                 _remove(self.checkout)
                 self.checkout.mkdir()
                 self.git("reset", "--quiet", check=False)
+                cleaned = False
             _remove_special_files(self.checkout)
             for path in (self.tmp, self.cache, self.junit):
                 _empty_dir(path)
+            self._clean = cleaned
 
     def tracked(self, sha: str) -> list[tuple[str, str, str]]:
         """(mode, blob sha, path) of every file the commit tracks."""
@@ -150,8 +155,14 @@ class Workspace:
                 entries.append((mode, obj, os.fsdecode(path)))
         return entries
 
-    def blob(self, obj: str) -> bytes:
-        return self.git("cat-file", "blob", obj)
+    def helpers(self) -> frozenset[int]:
+        """The pids of the workspace's own long-running processes (not a job's: spared when those are killed)."""
+        pid = self.objects.pid
+        return frozenset() if pid is None else frozenset((pid,))
+
+    def close(self) -> None:
+        """Stop the clone's long-running git (the runner is leaving)."""
+        self.objects.close()
 
     # ------------------------------------------------------------------ the clone
 
@@ -168,6 +179,7 @@ class Workspace:
         if not url:
             raise JobError("the dispatcher does not know the repository's location yet")
         # Made anew by each runner process: a clone kept from before may carry what a job wrote into it.
+        self.objects.close()  # it may have the old clone's files open
         for path in (self.git_dir.parent, self.checkout, self.objects_link):
             _remove(path)
         self.checkout.mkdir(parents=True)
@@ -184,7 +196,84 @@ class Workspace:
             raise JobError(f"cannot set up a clone of {url}: {_text(exc.stderr)}") from None
         self._config = (self.git_dir / "config").read_bytes()
         self._fetch()
-        self._url, self._dirty = url, True
+        self._url, self._clean = url, False
+
+
+class ObjectReader:
+    """One long-running ``git cat-file --batch`` on the clone, started at the first read: a job's config costs
+    no git process of its own. Objects added to the repository later are found (git looks again on a miss)."""
+
+    def __init__(self, git_dir: Path):
+        self.git_dir = git_dir
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
+    def read(self, name: str, limit: int) -> tuple[str, int, bytes | None] | None:
+        """(type, size, content) of the object ``name`` (a sha, or ``sha^{tree}``); None if git does not have
+        it. The content is None when it is larger than ``limit`` bytes (it is never read into memory)."""
+        with self._lock:
+            try:
+                return self._read(name, limit)
+            except (OSError, ValueError):  # it died (or answered nonsense): a new one, once
+                self._stop()
+                return self._read(name, limit)
+
+    def _read(self, name: str, limit: int) -> tuple[str, int, bytes | None] | None:
+        if self._proc is None or self._proc.poll() is not None:
+            self._stop()
+            self._proc = subprocess.Popen(["git", *SAFE_GIT, f"--git-dir={self.git_dir}", "cat-file", "--batch"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, env=git_env())
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        assert stdin is not None and stdout is not None  # asked for with PIPE
+        stdin.write(name.encode() + b"\n")
+        stdin.flush()
+        header = stdout.readline()
+        if not header.endswith(b"\n"):
+            raise ValueError(f"git cat-file ended: {header!r}")
+        fields = header.split()
+        if len(fields) != 3:  # "<name> missing", "<name> ambiguous"
+            return None
+        kind, size = fields[1].decode(), int(fields[2])
+        if size > limit:
+            _skip(stdout, size + 1)
+            return kind, size, None
+        data = _read_exactly(stdout, size + 1)
+        return kind, size, data[:-1]
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:  # its buffer could not be flushed into the closed pipe
+                    pass
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise ValueError("git cat-file ended in the middle of an object")
+    return data
+
+
+def _skip(stream: IO[bytes], size: int) -> None:
+    while size > 0:
+        size -= len(_read_exactly(stream, min(size, 1 << 16)))
 
 
 def _objects_dir(url: str) -> Path | None:
@@ -246,5 +335,11 @@ def _remove_special_files(top: Path) -> None:
 
 
 def _empty_dir(path: Path) -> None:
-    _remove(path)
+    """``path`` as a new empty directory: one rmdir and one mkdir when the job left it empty, as most do."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:  # not empty, not a directory (a link), or a directory the job made unwritable
+        _remove(path)
     path.mkdir(parents=True)
