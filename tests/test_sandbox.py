@@ -277,6 +277,39 @@ def test_what_a_job_leaves_in_its_junit_dir_and_checkout_never_reaches_the_next_
     assert (job.state, job.passed, job.failed) == ("passed", 1, 0), cluster.log_of(job.id)
 
 
+@needs_sandbox
+def test_a_job_that_changes_its_tmp_and_cache_dirs_leaves_the_next_job_new_ones(repo, cluster):
+    """The runner keeps a job's /tmp and cache dir when the job left them as they were made: one it emptied,
+    gave another mode, or an extended attribute (a default ACL is one) is made anew for the next job."""
+    cluster.start_observer()
+    cluster.start_runner("r1")
+    cluster.wait_job(repo.head())
+    script = """\
+import os, pathlib, sys
+cache = pathlib.Path.home() / ".cache"
+print("seen", oct(os.stat("/tmp").st_mode), oct(os.stat(cache).st_mode), os.listdir("/tmp"), os.listdir(cache),
+      os.listxattr("/tmp"), os.listxattr(cache))
+if sys.argv[1:] == ["change"]:
+    for folder in ("/tmp", cache):
+        open(f"{folder}/left", "w").close()
+    os.remove("/tmp/left")
+    os.chmod("/tmp", 0o701)
+    os.chmod(cache, 0o500)
+    os.setxattr("/tmp", "user.tuici", b"left")
+"""
+    seen = []
+    for n, command in enumerate(("python dirs.py", "python dirs.py change", "python dirs.py")):
+        sha = repo.commit(f"job {n}", files={"dirs.py": script}, config=toml_command(command, timeout=30))
+        job = cluster.wait_job(sha)
+        log = cluster.log_of(job.id)
+        if "Operation not supported" in log:
+            pytest.skip("no user extended attributes on this file system")
+        assert job.state == "passed", log
+        seen.append(next(line for line in log.splitlines() if line.startswith("seen ")))
+    assert seen[0] == seen[1] == seen[2], seen
+    assert seen[0].endswith("[] [] [] []"), seen
+
+
 @pytest.mark.parametrize("mode", ["on", "off"])
 def test_a_setup_cannot_make_the_runner_write_through_a_link(repo, cluster, outside, mode):
     """setup may write anything into its environment: a link planted where the runner keeps its own record of
