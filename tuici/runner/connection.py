@@ -290,11 +290,14 @@ class Runner:
         job.changed.set()
         # Once the result is on its way: the environment's lock, the checkout, the job's /tmp.
         try:
-            if run is not None:
-                await asyncio.to_thread(run.release)
-            await asyncio.to_thread(self.workspace.release)
+            await asyncio.to_thread(self._release, run)
         except Exception:  # noqa: BLE001 - the next job's checkout starts over
             log.exception("cleaning up after job %s failed", a.job_id)
+
+    def _release(self, run: Job | None) -> None:
+        if run is not None:
+            run.release()
+        self.workspace.release()
 
 
 def default_workdir(name: str) -> Path:

@@ -8,6 +8,7 @@ ends that job in ``error`` with its reason, never the runner.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shlex
@@ -146,8 +147,7 @@ class Job:
         if a.repo_url and os.path.isdir(a.repo_url) and self.places.workdir.is_relative_to(Path(a.repo_url).resolve()):
             raise JobError(f"the runner's work dir {self.places.workdir} is inside the repository; "
                            "give the runner a --workdir elsewhere")
-        checkout = await asyncio.to_thread(self.workspace.prepare, a.repo_url, a.commit, self.places.bwrap is None)
-        config = await asyncio.to_thread(read_config, self.workspace, a.commit)
+        checkout, config = await asyncio.to_thread(self._prepare)
         self.keeps_pytest_cache = not os.path.lexists(checkout / ".pytest_cache")  # unless the commit tracks one
         self.deadline = time.monotonic() + config.timeout
         view = self._view(config)
@@ -192,6 +192,12 @@ class Job:
         out.junit = await asyncio.to_thread(read_junit, self.workspace.junit / junit, self.node_ids)
         if config.retry_failed and out.junit is not None and out.exit_code != 0 and not out.timed_out:
             await self._retry_failed(config, view, env, sandbox, out.junit, out)
+
+    def _prepare(self) -> tuple[Path, cfg.RepoConfig]:
+        """The checkout, and the commit's config (in one thread: each hop to a thread costs a wake-up)."""
+        a = self.a
+        checkout = self.workspace.prepare(a.repo_url, a.commit, self.places.bwrap is None)
+        return checkout, read_config(self.workspace, a.commit)
 
     # ------------------------------------------------------------------ retries
 
@@ -336,9 +342,10 @@ class Job:
                 binds.append(Binding(Path(places.uv), view.uv))
                 binds.append(Binding(places.shims, view.shims))
         binds += [Binding(path, str(path)) for path in exposed]
-        return Sandbox(hide=places.hide + self._repo_dirs() + _session_dirs(), binds=tuple(binds),
+        return Sandbox(hide=places.hide + self._repo_dirs + _session_dirs(), binds=tuple(binds),
                        network=setup or config.network, fresh_tmp=ws.tmp, fresh_cache=(ws.cache, _user_cache()))
 
+    @functools.cached_property
     def _repo_dirs(self) -> tuple[Path, ...]:
         url = self.a.repo_url
         if not url or not os.path.isdir(url):
@@ -354,14 +361,9 @@ class Job:
         in /tmp, in the cache dir): bound back in, read-only, rather than silently another python found."""
         if self.places.bwrap is None:
             return []
-        hidden = self.places.hide + self._repo_dirs() + _session_dirs() + (Path("/tmp"), _user_cache())
+        hidden = self.places.hide + self._repo_dirs + _session_dirs() + (Path("/tmp"), _user_cache())
         found: list[Path] = []
-        for entry in env.get("PATH", "").split(os.pathsep):
-            if not entry or not os.path.isabs(entry):
-                continue
-            path = Path(entry)
-            if not any(path.is_relative_to(h) for h in hidden):
-                continue
+        for path in _entries_within(env.get("PATH", ""), hidden):
             root = path.parent if (path.parent / "pyvenv.cfg").is_file() else path
             if root.is_dir() and root not in found:
                 found.append(root)
@@ -582,6 +584,14 @@ def _tree_entries(data: bytes, id_size: int, wanted: tuple[str, ...]) -> dict[st
 def _junit_env(addopts: str, junit: str) -> dict[str, str]:
     """Where a run writes its JUnit XML: told to pytest (after the options already set) and to any other tool."""
     return {"TUICI_JUNIT_XML": junit, "PYTEST_ADDOPTS": f"{addopts} --junitxml={junit}".strip()}
+
+
+@functools.lru_cache(maxsize=16)
+def _entries_within(search_path: str, dirs: tuple[Path, ...]) -> tuple[Path, ...]:
+    """The absolute entries of ``search_path`` (a PATH) in one of ``dirs``: worked out once for each PATH (for
+    each job, a long PATH against every hidden dir cost a millisecond of path arithmetic)."""
+    entries = (Path(entry) for entry in search_path.split(os.pathsep) if entry and os.path.isabs(entry))
+    return tuple(path for path in entries if any(path.is_relative_to(d) for d in dirs))
 
 
 def _session_dirs() -> tuple[Path, ...]:
