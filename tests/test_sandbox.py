@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 
@@ -14,7 +15,7 @@ import pytest
 
 from tuici.runner.sandbox import find_bwrap, probe
 
-from conftest import GitRepo, toml_command, tuici_processes, wait_for
+from conftest import GitRepo, job_processes, toml_command, tuici_processes, wait_for
 
 SANDBOX_PROBLEM = probe(find_bwrap())
 needs_sandbox = pytest.mark.skipif(SANDBOX_PROBLEM is not None,
@@ -125,6 +126,23 @@ def test_a_background_process_holding_the_output_does_not_hold_the_job(repo, clu
     wait_for(lambda: not left(), 5, message="the background process to be killed")
     if mode == "off":
         assert "killed what it left running: sleep" in out
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_a_runner_killed_mid_job_takes_the_command_with_it(repo, cluster, mode):
+    """The command is made to die with its runner (bwrap, whose PID namespace takes everything in it; or the
+    command itself, without a sandbox): a runner killed by SIGKILL leaves nothing of the job running."""
+    if mode == "on" and SANDBOX_PROBLEM is not None:
+        pytest.skip(f"this machine cannot build the sandbox: {SANDBOX_PROBLEM}")
+    cluster.start_observer()
+    cluster.start_runner("r1", "--sandbox", mode)
+    cluster.wait_job(repo.head())
+    sha = repo.commit("long", config=toml_command("echo started; exec sleep 60", timeout=120))
+    running = cluster.wait_job(sha, states={"running"})
+    wait_for(lambda: "started" in cluster.log_of(running.id), message="the job's output")
+    assert job_processes(sha)
+    cluster.kill("r1", signal.SIGKILL)
+    wait_for(lambda: not job_processes(sha), 10, message="the job's processes to die with their runner")
 
 
 def test_a_symlinked_or_huge_config_is_a_clear_error_and_the_runner_goes_on(repo, cluster):

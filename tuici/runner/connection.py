@@ -28,6 +28,7 @@ from . import landlock
 from .environments import EnvCache, find_uv
 from .job import Control, Job, Outcome, RunnerPlaces
 from .sandbox import find_bwrap, probe
+from .spawn import find_setpriv
 from .workspace import Workspace
 
 log = logging.getLogger("tuici.runner")
@@ -124,7 +125,8 @@ class Runner:
                 bwrap, because = None, f"this machine cannot build one: {problem}"
                 log.warning("test commands run without a sandbox: %s", because)
         return RunnerPlaces(name=self.name, workdir=self.workdir, hide=self.hide, envs=self.envs, bwrap=bwrap,
-                            unsandboxed_because=because, uv=find_uv(), landlock=scoped and bwrap is not None)
+                            unsandboxed_because=because, uv=find_uv(), landlock=scoped and bwrap is not None,
+                            setpriv=find_setpriv())
 
     async def _connect(self) -> bool:
         """One session with the dispatcher, if it takes us; whether it did."""

@@ -18,15 +18,15 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import config as cfg
 from .. import testcases
 from .. import wire as p
 from ..errors import JobError
 from ..lazy import LazyModule
-from ..procs import die_with_parent, kill_all_descendants, kill_group
-from . import landlock
+from ..procs import kill_all_descendants, kill_group
+from . import spawn
 from .environments import EnvCache, EnvSpec, Lease, matching_files
 from .junit import JunitReport, read_junit
 from .sandbox import ROOT, Binding, Sandbox
@@ -64,6 +64,7 @@ class RunnerPlaces:
     unsandboxed_because: str | None
     uv: str | None
     landlock: bool = False  # the sandbox also scopes abstract Unix sockets and signals to the job
+    setpriv: str | None = None  # sets the parent-death signal of a command (else a fork does: spawn.start)
 
     @property
     def shims(self) -> Path:
@@ -428,29 +429,18 @@ class Job:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             return None, True
-        scoped = sandbox is not None and self.places.landlock
-
-        def child_setup() -> None:
-            die_with_parent()
-            if scoped:
-                landlock.scope_self()
-
         control.spawning = True
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=child_setup,
-                pass_fds=pass_fds,
-            )
+            proc = await spawn.start(argv, cwd, env, pass_fds, scoped=sandbox is not None and self.places.landlock,
+                                     setpriv=self.places.setpriv)
         finally:
             control.spawning = False
             for fd in pass_fds:
                 os.close(fd)
         control.pgid = proc.pid  # a cancel during the spawn has set control.stop: the wait ends at once
-        assert proc.stdout is not None  # asked for with stdout=PIPE
-        reader = asyncio.ensure_future(self._pump(proc.stdout))
-        exited = asyncio.ensure_future(_exit_of(proc))
-        stop = asyncio.ensure_future(control.stop.wait())
+        reader = asyncio.ensure_future(self._pump(proc.output))
+        exited = proc.exited
+        stop: asyncio.Future[Any] = asyncio.ensure_future(control.stop.wait())
         timed_out = False
         try:
             await asyncio.wait([exited, stop], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
@@ -465,48 +455,19 @@ class Job:
             left = await asyncio.to_thread(kill_all_descendants, self.workspace.helpers())
             kill_group(proc.pid, signal.SIGKILL)
             await asyncio.gather(exited, return_exceptions=True)
-            if proc.returncode is None:
-                await proc.wait()
             control.pgid = None
             done, _ = await asyncio.wait([reader], timeout=DRAIN)
             if not done:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
+            proc.close()
             if left and not timed_out and not control.cancelled:
                 self.write(f"\ntuici: the command exited; killed what it left running: {', '.join(left)}\n".encode())
-        return proc.returncode, timed_out
+        return exited.result() if not exited.cancelled() else None, timed_out
 
     async def _pump(self, stream: asyncio.StreamReader) -> None:
         while data := await stream.read(p.OUTPUT_CHUNK):
             self.write(data)
-
-
-async def _exit_of(proc: asyncio.subprocess.Process) -> int:
-    """The process's exit code as soon as it exits, not once every holder of its output pipe has closed it
-    (which is when ``Process.wait()`` returns)."""
-    if not hasattr(os, "pidfd_open"):
-        return await proc.wait()
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except ProcessLookupError:
-        fd = None  # exited, and reaped by the child watcher already
-    if fd is not None:
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(fd, readable)
-        try:
-            await exited
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
-    while proc.returncode is None:  # the child watcher reaps it and sets the code, in a moment
-        await asyncio.sleep(0.002)
-    return proc.returncode
 
 
 def _tree(pid: int) -> list[psutil.Process]:
