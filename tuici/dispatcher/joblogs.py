@@ -45,9 +45,11 @@ class JobLogs:
         while True:
             try:
                 fh = self._files.get(job_id)
-                if fh is None:
-                    fh = self._files[job_id] = await self._run(open, self.state.job_log(job_id), "ab", 0)
-                written = await self._run(fh.write, data)
+                if fh is None:  # opened and written in one hop to the thread: a job's first output is often its last
+                    fh, written = await self._run(_open_and_write, self.state.job_log(job_id), data)
+                    self._files[job_id] = fh
+                else:
+                    written = await self._run(fh.write, data)
                 if written == len(data):
                     return
                 data = data[written:]
@@ -101,6 +103,15 @@ class JobLogs:
             await self._run(fh.close)
         self._files.clear()
         await asyncio.to_thread(self._executor.shutdown)  # waits for what is left, off the event loop
+
+
+def _open_and_write(path: Path, data: bytes) -> tuple[BinaryIO, int]:
+    fh = open(path, "ab", 0)
+    try:
+        return fh, fh.write(data)
+    except OSError:
+        fh.close()
+        raise
 
 
 def _truncate(path: Path) -> None:
