@@ -57,10 +57,10 @@ def commit_latency(ctx: Context) -> list[Figure]:
     details = {"stages_ms": stages, "files": s.files, "commits": s.latency_commits,
                "limits_ms": {"git_observe": g_obs, "git_checkout_clean": g_co, "sh_date_stamp": stamp, "rtt": rtt}}
     return [
-        Figure("commit-latency", "commit -> test start, p50", "ms", st["p50"], "p50 <= 50 ms", st["p50"] <= 50,
+        Figure("commit-latency", "commit -> test start, p50", "ms", st["p50"], "p50 <= 25 ms", st["p50"] <= 25,
                spread=f"min {st['min']:.1f}, max {st['max']:.1f}, n={st['n']}", limit=limit, stats=st,
                details=details),
-        Figure("commit-latency", "commit -> test start, p99", "ms", st["p99"], "p99 <= 250 ms", st["p99"] <= 250,
+        Figure("commit-latency", "commit -> test start, p99", "ms", st["p99"], "p99 <= 60 ms", st["p99"] <= 60,
                spread=f"n={st['n']} (p99 of {st['n']} samples ~ the max)", limit=f"{floor:.1f} ms (as above)",
                stats=st),
     ]
