@@ -343,26 +343,15 @@ class Job:
                 binds.append(Binding(Path(places.uv), view.uv))
                 binds.append(Binding(places.shims, view.shims))
         binds += [Binding(path, str(path)) for path in exposed]
-        return Sandbox(hide=places.hide + self._repo_dirs + _session_dirs(), binds=tuple(binds),
+        return Sandbox(hide=places.hide + self.workspace.repo_dirs + _session_dirs(), binds=tuple(binds),
                        network=setup or config.network, fresh_tmp=ws.tmp, fresh_cache=(ws.cache, _user_cache()))
-
-    @functools.cached_property
-    def _repo_dirs(self) -> tuple[Path, ...]:
-        url = self.a.repo_url
-        if not url or not os.path.isdir(url):
-            return ()
-        dirs = [Path(url).resolve()]
-        objects = self.workspace.repo_objects
-        if objects is not None:
-            dirs.append(objects.parent)  # the git dir, where it is not inside the work tree
-        return tuple(dirs)
 
     def _exposed(self, env: dict[str, str]) -> list[Path]:
         """Interpreter environments on the job's PATH that the sandbox would hide or replace (in the repository,
         in /tmp, in the cache dir): bound back in, read-only, rather than silently another python found."""
         if self.places.bwrap is None:
             return []
-        hidden = self.places.hide + self._repo_dirs + _session_dirs() + (Path("/tmp"), _user_cache())
+        hidden = self.places.hide + self.workspace.repo_dirs + _session_dirs() + (Path("/tmp"), _user_cache())
         found: list[Path] = []
         for path in _entries_within(env.get("PATH", ""), hidden):
             root = path.parent if (path.parent / "pyvenv.cfg").is_file() else path

@@ -52,6 +52,10 @@ class Workspace:
         self._clean = False  # released: no untracked file in the checkout, /tmp, cache and JUnit dirs empty
         self._lock = threading.Lock()  # a cancelled job's prepare may still be running in its thread
         self._made: dict[Path, _DirIdentity | None] = {}  # the job dirs as we made them
+        self.repo_objects: Path | None = None  # the watched repository's objects dir, when the clone borrows it
+        # The watched repository's work tree (or bare git dir) and git dir, when it is on this machine: what a
+        # job's sandbox hides. Resolved once per repository.
+        self.repo_dirs: tuple[Path, ...] = ()
         self.objects = ObjectReader(self.git_dir)
 
     # ------------------------------------------------------------------ git
@@ -61,11 +65,6 @@ class Workspace:
         done = subprocess.run(["git", *SAFE_GIT, f"--git-dir={self.git_dir}", f"--work-tree={self.checkout}", *args],
                               capture_output=True, stdin=subprocess.DEVNULL, env=git_env(), check=check)
         return done.stdout
-
-    @property
-    def repo_objects(self) -> Path | None:
-        """The watched repository's objects dir, when the clone borrows from it."""
-        return self.objects_link.resolve() if self.objects_link.is_symlink() else None
 
     # ------------------------------------------------------------------ jobs
 
@@ -190,6 +189,7 @@ class Workspace:
             raise JobError("the dispatcher does not know the repository's location yet")
         # Made anew by each runner process: a clone kept from before may carry what a job wrote into it.
         self.objects.close()  # it may have the old clone's files open
+        self.repo_objects, self.repo_dirs = None, ()
         for path in (self.git_dir.parent, self.checkout, self.objects_link):
             _remove(path)
         self.checkout.mkdir(parents=True)
@@ -199,6 +199,7 @@ class Workspace:
             objects = _objects_dir(url)
             if objects is not None:
                 self.objects_link.symlink_to(objects)
+                self.repo_objects = objects.resolve()
                 (self.git_dir / "objects" / "info" / "alternates").write_text(ALTERNATES + "\n")
             self.git("remote", "add", "origin", url)
             _remove(self.git_dir / "hooks")  # git init's samples: nothing of ours runs hooks
@@ -206,6 +207,9 @@ class Workspace:
             raise JobError(f"cannot set up a clone of {url}: {_text(exc.stderr)}") from None
         self._config = (self.git_dir / "config").read_bytes()
         self._fetch()
+        if os.path.isdir(url):
+            objects_parent = () if self.repo_objects is None else (self.repo_objects.parent,)
+            self.repo_dirs = tuple(dict.fromkeys((Path(url).resolve(), *objects_parent)))
         self._url, self._clean = url, False
 
 
