@@ -148,11 +148,14 @@ class Job:
         if a.repo_url and os.path.isdir(a.repo_url) and self.places.workdir.is_relative_to(Path(a.repo_url).resolve()):
             raise JobError(f"the runner's work dir {self.places.workdir} is inside the repository; "
                            "give the runner a --workdir elsewhere")
-        checkout, config = await asyncio.to_thread(self._prepare)
-        self.keeps_pytest_cache = not os.path.lexists(checkout / ".pytest_cache")  # unless the commit tracks one
+        config, top = await asyncio.to_thread(self._config)
+        self.keeps_pytest_cache = ".pytest_cache" not in top  # unless the commit tracks one
         self.deadline = time.monotonic() + config.timeout
         view = self._view(config)
         sandboxed = self.places.bwrap is not None
+        # Where it can, the sandbox is set up while the commit is checked out, its command held until then.
+        overlap = sandboxed and config.setup is None and self.workspace.is_clean(a.repo_url)
+        checkout = self.workspace.checkout if overlap else await asyncio.to_thread(self._checkout)
         if not sandboxed:
             self.say(f"no sandbox: {self.places.unsandboxed_because}")
             if not config.network:
@@ -184,7 +187,8 @@ class Job:
         self.write(f"$ {' '.join(argv)}\n".encode())
         started = time.monotonic()
         sandbox = self._sandbox(config, view, exposed, setup=False) if sandboxed else None
-        out.exit_code, out.timed_out = await self._command(argv, checkout, view.source, env, sandbox)
+        out.exit_code, out.timed_out = await self._command(argv, checkout, view.source, env, sandbox,
+                                                           before=self._checkout if overlap else None)
         took = time.monotonic() - started
         if out.timed_out:
             self.write(f"\ntuici: timed out after {config.timeout:g} s; killed\n".encode())
@@ -194,11 +198,14 @@ class Job:
         if config.retry_failed and out.junit is not None and out.exit_code != 0 and not out.timed_out:
             await self._retry_failed(config, view, env, sandbox, out.junit, out)
 
-    def _prepare(self) -> tuple[Path, cfg.RepoConfig]:
-        """The checkout, and the commit's config (in one thread: each hop to a thread costs a wake-up)."""
-        a = self.a
-        checkout = self.workspace.prepare(a.repo_url, a.commit, self.places.bwrap is None)
-        return checkout, read_config(self.workspace, a.commit)
+    def _config(self) -> tuple[cfg.RepoConfig, set[str]]:
+        """The commit's config, and the names at the top of its tree, read from git's objects: no checkout
+        needed yet."""
+        self.workspace.open_at(self.a.repo_url, self.a.commit)
+        return read_config(self.workspace, self.a.commit)
+
+    def _checkout(self) -> Path:
+        return self.workspace.prepare(self.a.repo_url, self.a.commit, self.places.bwrap is None)
 
     # ------------------------------------------------------------------ retries
 
@@ -395,16 +402,19 @@ class Job:
     # ------------------------------------------------------------------ processes
 
     async def _command(self, argv: list[str], cwd: Path, inner_cwd: str, env: dict[str, str],
-                       sandbox: Sandbox | None) -> tuple[int | None, bool]:
+                       sandbox: Sandbox | None, before: Callable[[], object] | None = None) -> tuple[int | None, bool]:
         """Run one command to its end; (exit code, timed out). Output goes to the job's log as it comes.
 
         The command is over when its main process exits, whatever it left running: that is killed (in the
         sandbox its PID namespace goes with it), and its output is read for at most ``DRAIN`` seconds more.
+        ``before`` (with a sandbox): run in a thread while bwrap sets the sandbox up, the command held until it
+        returns (bwrap's ``--block-fd``); if it raises, the command never runs.
         """
         control = self.control
         if control.cancelled:
             return None, False
         pass_fds: tuple[int, ...] = ()
+        gate: tuple[int, int] | None = None
         if sandbox is not None:
             assert self.places.bwrap is not None
             # bwrap's arguments through a descriptor: its command line, visible inside as PID 1's, names the
@@ -413,7 +423,12 @@ class Job:
             options = args.index("--")
             fd = _args_fd(args[1:options])
             pass_fds = (fd,)
-            argv = [args[0], "--args", str(fd), *args[options:]]
+            held = []
+            if before is not None:
+                gate = os.pipe()
+                pass_fds += (gate[0],)
+                held = ["--block-fd", str(gate[0])]
+            argv = [args[0], "--args", str(fd), *held, *args[options:]]
             cwd = self.places.workdir
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
@@ -431,7 +446,14 @@ class Job:
         exited = proc.exited
         stop: asyncio.Future[Any] = asyncio.ensure_future(control.stop.wait())
         timed_out = False
+        released = gate is None
         try:
+            if before is not None and gate is not None:
+                await asyncio.to_thread(before)
+                if not control.cancelled:
+                    _release(gate[1])
+                    released = True
+                remaining = self.deadline - time.monotonic()
             await asyncio.wait([exited, stop], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             if not exited.done():
                 # Timed out or cancelled: SIGTERM to every process of it first, then SIGKILL to what is left.
@@ -450,13 +472,23 @@ class Job:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
             proc.close()
-            if left and not timed_out and not control.cancelled:
+            if gate is not None:
+                os.close(gate[1])  # only now that it is dead: a command never released must never run
+            if left and released and not timed_out and not control.cancelled:
                 self.write(f"\ntuici: the command exited; killed what it left running: {', '.join(left)}\n".encode())
         return exited.result() if not exited.cancelled() else None, timed_out
 
     async def _pump(self, stream: asyncio.StreamReader) -> None:
         while data := await stream.read(p.OUTPUT_CHUNK):
             self.write(data)
+
+
+def _release(gate: int) -> None:
+    """Let a command held by bwrap's ``--block-fd`` run."""
+    try:
+        os.write(gate, b"go")
+    except BrokenPipeError:  # bwrap is gone already (it could not build the sandbox): its exit code says why
+        pass
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -480,7 +512,7 @@ def _signal_tree(pid: int, sig: int) -> None:
 # ---------------------------------------------------------------------- config
 
 
-def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
+def read_config(workspace: Workspace, sha: str) -> tuple[cfg.RepoConfig, set[str]]:
     """The config committed at ``sha``, read from git's objects (``cfg.read_committed`` for the observer, which
     has GitPython's cat-file running; the workspace's own running cat-file here: the commit's top tree, then the
     file's blob)."""
@@ -490,7 +522,8 @@ def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
     if tree[2] is None:
         raise JobError(f"the top directory of commit {sha} lists {tree[1]} bytes of entries, more than the "
                        f"{TREE_LIMIT} the runner reads to find its config")
-    entries = _tree_entries(tree[2], len(sha) // 2, wanted=("tuici.toml", "pyproject.toml"))
+    names: set[str] = set()
+    entries = _tree_entries(tree[2], len(sha) // 2, wanted=("tuici.toml", "pyproject.toml"), names=names)
 
     def read(name: str) -> bytes | None:
         if name not in entries:
@@ -506,24 +539,25 @@ def read_config(workspace: Workspace, sha: str) -> cfg.RepoConfig:
         assert data is not None  # within the limit, as check_entry saw
         return data
 
-    return cfg.load(read)
+    return cfg.load(read), names
 
 
 _NOT_FILES = {0o040000: "tree", 0o160000: "commit"}  # a directory, a submodule
 
 
-def _tree_entries(data: bytes, id_size: int, wanted: tuple[str, ...]) -> dict[str, tuple[int, str]]:
+def _tree_entries(data: bytes, id_size: int, wanted: tuple[str, ...], names: set[str]) -> dict[str, tuple[int, str]]:
     """name -> (mode, object id) of the ``wanted`` entries of a tree object, in git's binary format: ``mode
-    name\\0`` then the id's ``id_size`` raw bytes (20 for SHA-1, 32 for SHA-256)."""
+    name\\0`` then the id's ``id_size`` raw bytes (20 for SHA-1, 32 for SHA-256); every name into ``names``."""
     found: dict[str, tuple[int, str]] = {}
-    names = {name.encode(): name for name in wanted}
+    wanted_names = {name.encode(): name for name in wanted}
     pos = 0
     while pos < len(data):
         space = data.index(b" ", pos)
         nul = data.index(b"\0", space)
         name = data[space + 1:nul]
-        if name in names:
-            found[names[name]] = (int(data[pos:space], 8), data[nul + 1:nul + 1 + id_size].hex())
+        names.add(os.fsdecode(name))
+        if name in wanted_names:
+            found[wanted_names[name]] = (int(data[pos:space], 8), data[nul + 1:nul + 1 + id_size].hex())
         pos = nul + 1 + id_size
     return found
 

@@ -75,19 +75,11 @@ class Workspace:
         binds the git dir there read-only instead), so that git works in it as in any clone.
         """
         with self._lock:
-            self._open(url)
+            self._open_at(url, sha)
             self._restore_git_dir()
             self._set_gitfile(gitfile)
             try:
-                try:
-                    self.git("checkout", "--force", "--detach", "--quiet", sha)
-                except subprocess.CalledProcessError:
-                    self._fetch()
-                    try:
-                        self.git("cat-file", "-e", f"{sha}^{{commit}}")
-                    except subprocess.CalledProcessError:
-                        raise JobError(f"commit {sha} is not in the repository {url}") from None
-                    self.git("checkout", "--force", "--detach", "--quiet", sha)
+                self.git("checkout", "--force", "--detach", "--quiet", sha)
                 if not self._clean:
                     self.git("clean", "-ffdxq")
             except subprocess.CalledProcessError as exc:
@@ -96,6 +88,23 @@ class Workspace:
                 self._empty_job_dirs()
             self._clean = False
             return self.checkout
+
+    def open_at(self, url: str, sha: str) -> None:
+        """Have the clone of ``url`` (made at the first job) hold commit ``sha``, fetching it if need be."""
+        with self._lock:
+            self._open_at(url, sha)
+
+    def _open_at(self, url: str, sha: str) -> None:
+        self._open(url)
+        if self.objects.read(f"{sha}^{{commit}}", 0) is None:
+            self._fetch()
+            if self.objects.read(f"{sha}^{{commit}}", 0) is None:
+                raise JobError(f"commit {sha} is not in the repository {url}")
+
+    def is_clean(self, url: str) -> bool:
+        """Released after a job of ``url``: checking out a commit now changes tracked files only (nothing beside
+        them is removed or made), so a sandbox may be set up on the checkout meanwhile."""
+        return self._clean and self._url == url
 
     def _empty_job_dirs(self) -> None:
         """The job's /tmp, cache and JUnit dirs as new. One the job left as we made it (the same directory, its
