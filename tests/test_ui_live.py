@@ -213,8 +213,11 @@ class TestStartUp:
             await backend.launch()  # what `tuici` does before it imports Textual
             assert list(backend.processes()) == ["dispatcher"]
             await backend.start()
-            first = await backend.status()  # fetched on a thread while the dispatcher started
-            assert first.repo_url == str(repo.path) and not first.runners
+            first = await backend.first_page()  # fetched on a thread while the dispatcher started
+            assert first is not None and first.repo_url == str(repo.path) and not first.runners
+            assert await backend.first_page() is None  # given once
+            assert list(backend.processes()) == ["dispatcher"]  # the others wait for the whole status
+            await backend.status()
             await _eventually(lambda: set(backend.processes()) == {"dispatcher", "observer", "runner-1", "runner-2"},
                               "the observer and runners to be started")
 

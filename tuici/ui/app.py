@@ -200,7 +200,13 @@ class ControlCenter(App[None]):
             self._update_status()
             self.notify(str(exc), title="tuici could not start", severity="error", timeout=3600, markup=False)
             return
-        await Feed(self.backend, self.receive).run()
+        await Feed(self.backend, self.receive, self._drawn).run()
+
+    async def _drawn(self) -> None:
+        """Returns once what was received so far is on the screen."""
+        shown = asyncio.Event()
+        self.call_after_refresh(shown.set)
+        await shown.wait()
 
     # ------------------------------------------------------------------ applying what happened
 
@@ -220,7 +226,7 @@ class ControlCenter(App[None]):
             if isinstance(update, p.Event):
                 self.model.apply(update)
             elif isinstance(update, Snapshot):
-                self.model.load(update.status)
+                self.model.load(update.status, partial=update.partial)
             elif isinstance(update, Heartbeats):
                 self.model.update_heartbeats(update.runners)
             elif isinstance(update, Connection):
@@ -299,7 +305,8 @@ class ControlCenter(App[None]):
     def _update_status(self) -> None:
         self.query_one(StatusBar).show(StatusInfo(
             health=(("dispatcher", self._health("dispatcher")), ("observer", self._health("observer"))),
-            connection=self.connection, counts=dict(self.model.counts), following=self.log_view.follow,
+            connection=self.connection, counts=None if self.model.partial else dict(self.model.counts),
+            following=self.log_view.follow,
             bisection=self.model.latest_bisection(), note=self._note, dispatcher=self.model.active_dispatcher,
         ))
 

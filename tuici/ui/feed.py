@@ -3,14 +3,15 @@
 On every (re)connect: a full status snapshot, then every event after the last one
 received. The snapshot catches what only memory knew (runners that never came back
 after a dispatcher restart); resuming after the last event number means no event is
-missed and none is applied twice.
+missed and none is applied twice. On the first connect, the first page of the status
+(the newest jobs) comes before it and is drawn before the whole status is asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Awaitable, Callable, Union
 
 from .. import wire as p
 from .backend import CONNECTION_ERRORS, Backend, BackendError
@@ -28,6 +29,7 @@ class Connection:
 @dataclass(frozen=True)
 class Snapshot:
     status: p.StatusReply
+    partial: bool = False  # the first page only: the newest jobs, shown until the whole status replaces it
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,16 @@ class Heartbeats:
 Update = Union[p.Event, Snapshot, Heartbeats, Connection]
 
 
+async def _at_once() -> None:
+    pass
+
+
 class Feed:
-    def __init__(self, backend: Backend, deliver: Callable[[Update], None]):
+    def __init__(self, backend: Backend, deliver: Callable[[Update], None],
+                 drawn: Callable[[], Awaitable[None]] = _at_once):
         self.backend = backend
         self.deliver = deliver
+        self.drawn = drawn  # returns once what was delivered is on the screen
         self.cursor: int | None = None  # the last event number received
 
     async def run(self) -> None:
@@ -60,6 +68,9 @@ class Feed:
         """A snapshot, then events until the connection drops; whether the engine answered at all."""
         answered = False
         try:
+            if self.cursor is None and (page := await self.backend.first_page()) is not None:
+                self.deliver(Snapshot(page, partial=True))
+                await self.drawn()  # the whole status decoded and loaded meanwhile would hold the first frame up
             status = await self.backend.status()
             answered = True
             self.deliver(Snapshot(status))
