@@ -107,21 +107,26 @@ FIRST_PAGE = 200
 
 
 class FirstStatus:
-    """The first page of the dispatcher's status (``FIRST_PAGE`` jobs), fetched on a thread as soon as it serves,
-    while the app is still importing Textual (which holds the event loop). A daemon thread: quitting never
-    waits for it."""
+    """The first page of the status (``FIRST_PAGE`` jobs), fetched on a thread while the app is still importing
+    Textual (which holds the event loop): from the dispatcher as soon as it serves, or, when the app has just
+    started the dispatcher on an existing SQLite store, read from that store at once. The dispatcher loads the
+    same file, but takes ~0.3 s (~0.6 s on a busy machine) to start and load 10,000 jobs before it serves. A
+    daemon thread: quitting never waits for it."""
 
     PATIENCE = 15.0  # seconds to wait for the dispatcher to serve; the supervisor reports why it did not
 
-    def __init__(self, state: StateDir):
+    def __init__(self, state: StateDir, store: Path | None = None):
         loop = asyncio.get_running_loop()
         self._reply: asyncio.Future[p.StatusReply | None] = loop.create_future()
         self._cancelled = threading.Event()
-        threading.Thread(target=self._fetch, args=(state, loop), name="tuici-first-status", daemon=True).start()
+        threading.Thread(target=self._fetch, args=(state, store, loop), name="tuici-first-status",
+                         daemon=True).start()
 
-    def _fetch(self, state: StateDir, loop: asyncio.AbstractEventLoop) -> None:
+    def _fetch(self, state: StateDir, store: Path | None, loop: asyncio.AbstractEventLoop) -> None:
         reply = None
         try:
+            if store is not None and (reply := _stored_page(store)) is not None:
+                return
             deadline = time.monotonic() + self.PATIENCE
             while not state.address() and time.monotonic() < deadline:
                 if self._cancelled.wait(0.01):
@@ -147,6 +152,21 @@ class FirstStatus:
     def cancel(self) -> None:
         self._cancelled.set()
         self._deliver(None)
+
+
+def _stored_page(path: Path) -> p.StatusReply | None:
+    """The first page as the SQLite store at ``path`` has it (a dispatcher not yet started has nothing newer; its
+    runners come later), or None if it cannot be read."""
+    import sqlite3
+
+    from ..store import newest_jobs
+
+    try:
+        newest = newest_jobs(path, FIRST_PAGE)
+    except (sqlite3.Error, OSError):  # being made by the dispatcher, say: it serves the first page itself
+        return None
+    return p.StatusReply(repo_url="", last_seq=newest.last_seq, commits=newest.commits, jobs=newest.jobs,
+                         runners=[], bisections=newest.bisections)
 
 
 class LiveBackend(Backend):
@@ -178,19 +198,22 @@ class LiveBackend(Backend):
         if self._launched:
             return
         self._launched = True
+        store = None
         if dispatcher_running(self.state):
             self.attached = True
             self.can_supervise = False  # the supervisor of `tuici serve` owns the runners' names
         else:
             self.supervisor = Supervisor(self.repo, self.state, runners=self.runners, on_event=self._process_event,
                                          dispatcher_args=self.dispatcher_args, runner_args=self.runner_args)
+            if not self.supervisor.shared_store and self.state.db.is_file():
+                store = self.state.db  # made by an earlier dispatcher: the one starting now loads it as it is
             try:
                 await self.supervisor.spawn_dispatcher()
             except (SupervisorError, OSError) as exc:
                 await self.supervisor.stop()
                 self._failure = BackendError(f"could not start the engine: {exc}")
                 return
-        self._first = FirstStatus(self.state)
+        self._first = FirstStatus(self.state, store)
 
     async def start(self) -> None:
         await self.launch()
