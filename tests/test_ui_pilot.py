@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -393,6 +394,16 @@ class TestManyCommits:
             await settle(pilot)
             assert app.commits.table.keys == list(reversed(SHAS)) and app.commits.border_subtitle == str(len(SHAS))
             assert app.query_one(StatusBar).info.counts == app.model.counts
+
+    async def test_the_collector_turned_off_for_the_start_is_back_on_once_the_first_frame_is_up(self, tmp_path):
+        app, _ = make_app(tmp_path)
+        gc.disable()  # as `tuici` does before it imports the app
+        try:
+            async with app.run_test(size=SIZE) as pilot:
+                await settle(pilot)
+                assert gc.isenabled()
+        finally:
+            gc.enable()
 
 
 class TestThemes:

@@ -193,14 +193,18 @@ class ControlCenter(App[None]):
         self.call_after_refresh(_freeze_heap)
 
     async def _follow_engine(self) -> None:
+        feed = Feed(self.backend, self.receive, self._drawn)
+        first = asyncio.ensure_future(feed.first_page())  # drawn as soon as it comes, while the engine starts
         try:
             await self.backend.start()
+            await first
         except BackendError as exc:
+            first.cancel()
             self._start_failed = True
             self._update_status()
             self.notify(str(exc), title="tuici could not start", severity="error", timeout=3600, markup=False)
             return
-        await Feed(self.backend, self.receive, self._drawn).run()
+        await feed.run()
 
     async def _drawn(self) -> None:
         """Returns once what was received so far is on the screen."""
@@ -615,5 +619,7 @@ def _freeze_heap() -> None:
     """Once the first frame is up, what exists (modules, widgets, styles) lives as long as the app: frozen,
     the collector stops walking it in every full collection, each of which paused the app for tens of
     milliseconds every few seconds while a job printed fast. (A collection first would cost as long, for
-    the few dozen objects start-up leaves behind.)"""
+    the few dozen objects start-up leaves behind.) The collector is back on from here, if `tuici` turned it
+    off for the start (``launch.open_control_center``)."""
     gc.freeze()
+    gc.enable()

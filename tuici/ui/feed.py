@@ -3,8 +3,8 @@
 On every (re)connect: a full status snapshot, then every event after the last one
 received. The snapshot catches what only memory knew (runners that never came back
 after a dispatcher restart); resuming after the last event number means no event is
-missed and none is applied twice. On the first connect, the first page of the status
-(the newest jobs) comes before it and is drawn before the whole status is asked for.
+missed and none is applied twice. Before the first connect, the first page of the status
+(the newest jobs) is delivered, and drawn before the whole status is asked for.
 """
 
 from __future__ import annotations
@@ -52,6 +52,15 @@ class Feed:
         self.drawn = drawn  # returns once what was delivered is on the screen
         self.cursor: int | None = None  # the last event number received
 
+    async def first_page(self) -> None:
+        """Deliver the backend's first page, if it has one, and return once it is drawn: call it before ``run``
+        (the whole status, decoded and loaded meanwhile, would hold the first frame up), while the engine starts
+        (a page read from the store comes before the dispatcher serves)."""
+        page = await self.backend.first_page()
+        if page is not None:
+            self.deliver(Snapshot(page, partial=True))
+            await self.drawn()
+
     async def run(self) -> None:
         """Follow the engine until cancelled, or until it refuses us for good."""
         self.deliver(Connection("connecting"))
@@ -68,9 +77,6 @@ class Feed:
         """A snapshot, then events until the connection drops; whether the engine answered at all."""
         answered = False
         try:
-            if self.cursor is None and (page := await self.backend.first_page()) is not None:
-                self.deliver(Snapshot(page, partial=True))
-                await self.drawn()  # the whole status decoded and loaded meanwhile would hold the first frame up
             status = await self.backend.status()
             answered = True
             self.deliver(Snapshot(status))
