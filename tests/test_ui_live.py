@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import psutil
 
 from tuici.ui.app import ControlCenter
-from tuici.ui.backend import LiveBackend
+from tuici.ui.backend import FIRST_PAGE, LiveBackend
 from tuici.ui.components.confirm import ConfirmScreen
 
 from conftest import GitRepo, toml_command, tuici_processes, wait_for
@@ -213,8 +213,11 @@ class TestStartUp:
             await backend.launch()  # what `tuici` does before it imports Textual
             assert list(backend.processes()) == ["dispatcher"]
             await backend.start()
-            first = await backend.status()  # fetched on a thread while the dispatcher started
-            assert first.repo_url == str(repo.path) and not first.runners
+            first = await backend.first_page()  # fetched on a thread while the dispatcher started
+            assert first is not None and first.repo_url == str(repo.path) and not first.runners
+            assert await backend.first_page() is None  # given once
+            assert list(backend.processes()) == ["dispatcher"]  # the others wait for the whole status
+            await backend.status()
             await _eventually(lambda: set(backend.processes()) == {"dispatcher", "observer", "runner-1", "runner-2"},
                               "the observer and runners to be started")
 
@@ -229,6 +232,37 @@ class TestStartUp:
             assert await runners_joined()
         finally:
             await backend.stop()
+        wait_for(lambda: not tuici_processes(), 15, message="every process the backend started to end")
+
+    async def test_started_on_an_existing_store_the_first_page_is_read_from_it_as_the_dispatcher_gives_it(
+            self, tmp_path):
+        repo = make_repo(tmp_path)
+        first = LiveBackend(repo.path, repo.state, 1)
+        try:
+            await first.start()
+
+            async def passed() -> bool:
+                status = await first.status()
+                return any(j.commit == repo.head() and j.state == "passed" for j in status.jobs)
+            for _ in range(400):
+                if await passed():
+                    break
+                await asyncio.sleep(0.05)
+            assert await passed()
+        finally:
+            await first.stop()
+        wait_for(lambda: not tuici_processes(), 15, message="the first engine to end")
+        again = LiveBackend(repo.path, repo.state, 0)
+        try:
+            await again.launch()
+            page = await again.first_page()  # read from the store while the dispatcher started
+            await again.start()
+            given = await again.status(FIRST_PAGE)
+            assert page is not None and page.jobs and page.commits
+            assert (page.commits, page.jobs, page.bisections) == (given.commits, given.jobs, given.bisections)
+            assert page.last_seq <= given.last_seq  # the new dispatcher has published since (its processes)
+        finally:
+            await again.stop()
         wait_for(lambda: not tuici_processes(), 15, message="every process the backend started to end")
 
     async def test_a_first_status_that_cannot_be_fetched_is_asked_again_and_the_reason_shown(self, tmp_path,

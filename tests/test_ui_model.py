@@ -129,6 +129,24 @@ class TestModel:
         model.apply(replay)  # already reflected in the snapshot: must not bring runner-3 back
         assert "runner-3" not in model.runners
 
+    def test_the_whole_status_replaces_the_first_page_with_the_older_commits_before_the_newest(self):
+        model = Model()
+        for event in recorded_events():
+            model.apply(event)
+        commits, jobs = list(model.commits.values()), sorted(model.jobs.values(), key=lambda job: job.id)
+        newest = jobs[-3:]
+        page = _status(model.last_seq, jobs=newest, commits=[c for c in commits if c.sha in {j.commit for j in newest}])
+        fresh = Model()
+        fresh.load(page, partial=True)
+        assert fresh.partial and not fresh.loaded and fresh.last_seq == 0  # events are not followed from a page
+        assert list(reversed(fresh.arrival)) == [SHAS[-1], SHAS[-2]]  # the rerun of the newest commit is a page job
+        assert fresh.take_changes().reset
+        fresh.load(_status(model.last_seq, jobs=jobs, commits=commits, runners=model.runners.values()))
+        assert not fresh.partial and fresh.loaded and fresh.last_seq == model.last_seq
+        assert fresh.arrival == model.arrival and fresh.counts == model.counts
+        assert fresh.jobs.keys() == model.jobs.keys() and fresh.latest_job == model.latest_job
+        assert fresh.take_changes().reset
+
     def test_changes_name_only_the_commits_that_changed(self):
         model = Model()
         for event in recorded_events():
@@ -178,6 +196,40 @@ class TestFeed:
         assert backend.subscriptions[:3] == [0, 7, 14]
         assert Connection("reconnecting") in received
         assert sum(isinstance(update, Snapshot) for update in received) == len(backend.subscriptions)
+
+    async def test_the_first_page_is_drawn_before_the_whole_status_is_asked_for(self, tmp_path):
+        page = _status(3, commits=[p.CommitInfo(sha=SHAS[0], branch="main")])
+        asked: list[str] = []
+
+        class Paged(FlakyBackend):
+            async def first_page(self):
+                asked.append("page")
+                return page
+
+            async def status(self, limit: int = 0):
+                asked.append("status")
+                return await super().status(limit)
+
+        async def drawn() -> None:
+            asked.append("drawn")
+
+        backend = Paged(tmp_path, drop_every=7)
+        received: list = []
+        feed = Feed(backend, received.append, drawn)
+
+        async def follow() -> None:
+            await feed.first_page()
+            await feed.run()
+        task = asyncio.ensure_future(follow())
+        try:
+            await asyncio.wait_for(backend.replayed.wait(), 20)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        snapshots = [update for update in received if isinstance(update, Snapshot)]
+        assert snapshots[0] == Snapshot(page, partial=True) and not any(s.partial for s in snapshots[1:])
+        assert asked[:3] == ["page", "drawn", "status"] and asked.count("page") == 1  # not on reconnecting
+        assert backend.subscriptions[0] == 0  # from the whole status's last event, not the page's
 
     async def test_a_dispatcher_that_cannot_be_asked_is_retried(self, tmp_path):
         class Unreachable(RecordedBackend):

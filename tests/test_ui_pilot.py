@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+
 import pytest
 
 from tuici import wire as p
@@ -11,6 +14,7 @@ from tuici.ui.backend import BackendError
 from tuici.ui.components.confirm import ConfirmScreen
 from tuici.ui.components.help import HelpScreen
 from tuici.ui.components.status_bar import StatusBar
+from tuici.ui.formatting import LOADING
 from tuici.ui.launch import config_problem, run_app
 from tuici.ui.settings import load_settings, settings_file
 
@@ -28,6 +32,7 @@ from ui_fixtures import (  # noqa: F401
     recorded_events,
     requests_done,
     settle,
+    until,
 )
 
 SIZE = (120, 36)
@@ -363,6 +368,42 @@ class TestManyCommits:
             assert len(table.keys) == 10_000 and table.keys[0] == f"{9999:040x}"
             await pilot.press("G")
             assert table.selected_key == f"{0:040x}" and table.scroll_y == table.max_scroll_y
+
+    async def test_the_first_page_shows_the_newest_commits_while_the_history_loads(self, tmp_path):
+        class Paged(RecordedBackend):
+            """Gives the newest two commits at once; the whole status when released."""
+
+            def __init__(self, logs):
+                super().__init__(logs)
+                self.release = asyncio.Event()
+
+            async def first_page(self):
+                return p.StatusReply(repo_url=self.label, last_seq=0, commits=COMMITS[-2:], jobs=[], runners=[],
+                                     bisections=[])
+
+            async def status(self, limit: int = 0):
+                await self.release.wait()
+                return await super().status(limit)
+
+        backend = Paged(tmp_path)
+        app = ControlCenter(backend, theme="tuici-dark", clock=frozen_clock)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.commits.table.keys == [SHAS[-1], SHAS[-2]], message="the first page")
+            assert app.commits.border_subtitle == LOADING and app.query_one(StatusBar).info.counts is None
+            backend.release.set()
+            await settle(pilot)
+            assert app.commits.table.keys == list(reversed(SHAS)) and app.commits.border_subtitle == str(len(SHAS))
+            assert app.query_one(StatusBar).info.counts == app.model.counts
+
+    async def test_the_collector_turned_off_for_the_start_is_back_on_once_the_first_frame_is_up(self, tmp_path):
+        app, _ = make_app(tmp_path)
+        gc.disable()  # as `tuici` does before it imports the app
+        try:
+            async with app.run_test(size=SIZE) as pilot:
+                await settle(pilot)
+                assert gc.isenabled()
+        finally:
+            gc.enable()
 
 
 class TestThemes:

@@ -41,14 +41,15 @@ def processes_on(repo: GitRepo) -> list[psutil.Process]:
 
 
 @contextlib.contextmanager
-def control_center(repo: GitRepo, tmp_path, **env: str):
-    """`tuici` on ``repo`` in a tmux session of 160x48; its name. Everything it started is gone at the end."""
+def control_center(repo: GitRepo, tmp_path, python_args: tuple[str, ...] = ("-m", "tuici"), **env: str):
+    """`tuici` on ``repo`` (started by ``python_args``) in a tmux session of 160x48; its name. Everything it
+    started is gone at the end."""
     session = f"tuici-e2e-{uuid.uuid4().hex[:8]}"
     # tmux may hand the pane COLUMNS/LINES of its default size, which Textual would believe over the tty.
     settings = {"XDG_CONFIG_HOME": str(tmp_path / "config"), **env}
     env_args = " ".join(f"{name}={shlex.quote(value)}" for name, value in settings.items())
     command = (f"cd {shlex.quote(str(repo.path))} && env -u COLUMNS -u LINES {env_args} "
-               f"{shlex.quote(sys.executable)} -m tuici --runners 1")
+               f"{shlex.quote(sys.executable)} {shlex.join(python_args)} --runners 1")
     tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "48", command)
     try:
         yield session

@@ -209,11 +209,7 @@ class Store:
         meta = dict(db.execute("SELECT key, value FROM meta"))
         return Snapshot(
             meta=meta,
-            commits=[
-                CommitInfo(sha=r[0], branch=r[1], author=r[2], subject=r[3], time=r[4], skipped=bool(r[5]))
-                for r in db.execute(
-                    "SELECT sha, branch, author, subject, time, skipped FROM commits ORDER BY seen_at, rowid")
-            ],
+            commits=[_commit(r) for r in db.execute(f"SELECT {COMMIT_COLUMNS} FROM commits ORDER BY seen_at, rowid")],
             tips=dict(db.execute("SELECT branch, sha FROM tips")),
             jobs=[(_job_dec.decode(b), p) for b, p in db.execute("SELECT body, priority FROM jobs ORDER BY id")],
             attempts=[_attempt_dec.decode(b)
@@ -356,6 +352,45 @@ class _Sqlite:
     async def fill(self, table: str, rows: list[tuple]) -> None:
         if rows:
             self.db.executemany(f"INSERT INTO {table} VALUES ({','.join('?' * len(rows[0]))})", rows)
+
+
+COMMIT_COLUMNS = "sha, branch, author, subject, time, skipped"
+
+
+def _commit(row: tuple) -> CommitInfo:
+    return CommitInfo(sha=row[0], branch=row[1], author=row[2], subject=row[3], time=row[4], skipped=bool(row[5]))
+
+
+@dataclass
+class NewestJobs:
+    """What a dispatcher's status limited to the newest jobs lists, as the store has it (see ``newest_jobs``)."""
+
+    commits: list[CommitInfo]  # the jobs' commits, in the order they were seen
+    jobs: list[JobInfo]  # oldest first
+    bisections: list[BisectionInfo]
+    last_seq: int
+
+
+def newest_jobs(path: Path, count: int) -> NewestJobs:
+    """The newest ``count`` jobs of the SQLite store at ``path``, read on a read-only connection of its own: the
+    control center's first page while the dispatcher it started is still loading the same file (WAL lets the
+    two read at once). ``sqlite3.Error`` if it cannot be read."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+    try:
+        jobs = []
+        for body, priority in reversed(db.execute("SELECT body, priority FROM jobs ORDER BY id DESC LIMIT ?",
+                                                  (count,)).fetchall()):
+            job = _job_dec.decode(body)
+            job.priority = priority  # the column is authoritative (as Scheduler.load has it)
+            jobs.append(job)
+        shas = sorted({job.commit for job in jobs})
+        commits = [_commit(r) for r in db.execute(
+            f"SELECT {COMMIT_COLUMNS} FROM commits WHERE sha IN ({', '.join('?' * len(shas))}) "
+            "ORDER BY seen_at, rowid", shas)]
+        bisections = [_bisection_dec.decode(b) for (b,) in db.execute("SELECT body FROM bisections ORDER BY id")]
+        return NewestJobs(commits, jobs, bisections, _last_seq(db))
+    finally:
+        db.close()
 
 
 def _last_seq(db: sqlite3.Connection) -> int:

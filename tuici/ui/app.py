@@ -193,14 +193,24 @@ class ControlCenter(App[None]):
         self.call_after_refresh(_freeze_heap)
 
     async def _follow_engine(self) -> None:
+        feed = Feed(self.backend, self.receive, self._drawn)
+        first = asyncio.ensure_future(feed.first_page())  # drawn as soon as it comes, while the engine starts
         try:
             await self.backend.start()
+            await first
         except BackendError as exc:
+            first.cancel()
             self._start_failed = True
             self._update_status()
             self.notify(str(exc), title="tuici could not start", severity="error", timeout=3600, markup=False)
             return
-        await Feed(self.backend, self.receive).run()
+        await feed.run()
+
+    async def _drawn(self) -> None:
+        """Returns once what was received so far is on the screen."""
+        shown = asyncio.Event()
+        self.call_after_refresh(shown.set)
+        await shown.wait()
 
     # ------------------------------------------------------------------ applying what happened
 
@@ -220,7 +230,7 @@ class ControlCenter(App[None]):
             if isinstance(update, p.Event):
                 self.model.apply(update)
             elif isinstance(update, Snapshot):
-                self.model.load(update.status)
+                self.model.load(update.status, partial=update.partial)
             elif isinstance(update, Heartbeats):
                 self.model.update_heartbeats(update.runners)
             elif isinstance(update, Connection):
@@ -299,7 +309,8 @@ class ControlCenter(App[None]):
     def _update_status(self) -> None:
         self.query_one(StatusBar).show(StatusInfo(
             health=(("dispatcher", self._health("dispatcher")), ("observer", self._health("observer"))),
-            connection=self.connection, counts=dict(self.model.counts), following=self.log_view.follow,
+            connection=self.connection, counts=None if self.model.partial else dict(self.model.counts),
+            following=self.log_view.follow,
             bisection=self.model.latest_bisection(), note=self._note, dispatcher=self.model.active_dispatcher,
         ))
 
@@ -608,5 +619,7 @@ def _freeze_heap() -> None:
     """Once the first frame is up, what exists (modules, widgets, styles) lives as long as the app: frozen,
     the collector stops walking it in every full collection, each of which paused the app for tens of
     milliseconds every few seconds while a job printed fast. (A collection first would cost as long, for
-    the few dozen objects start-up leaves behind.)"""
+    the few dozen objects start-up leaves behind.) The collector is back on from here, if `tuici` turned it
+    off for the start (``launch.open_control_center``)."""
     gc.freeze()
+    gc.enable()

@@ -3,14 +3,15 @@
 On every (re)connect: a full status snapshot, then every event after the last one
 received. The snapshot catches what only memory knew (runners that never came back
 after a dispatcher restart); resuming after the last event number means no event is
-missed and none is applied twice.
+missed and none is applied twice. Before the first connect, the first page of the status
+(the newest jobs) is delivered, and drawn before the whole status is asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Awaitable, Callable, Union
 
 from .. import wire as p
 from .backend import CONNECTION_ERRORS, Backend, BackendError
@@ -28,6 +29,7 @@ class Connection:
 @dataclass(frozen=True)
 class Snapshot:
     status: p.StatusReply
+    partial: bool = False  # the first page only: the newest jobs, shown until the whole status replaces it
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,26 @@ class Heartbeats:
 Update = Union[p.Event, Snapshot, Heartbeats, Connection]
 
 
+async def _at_once() -> None:
+    pass
+
+
 class Feed:
-    def __init__(self, backend: Backend, deliver: Callable[[Update], None]):
+    def __init__(self, backend: Backend, deliver: Callable[[Update], None],
+                 drawn: Callable[[], Awaitable[None]] = _at_once):
         self.backend = backend
         self.deliver = deliver
+        self.drawn = drawn  # returns once what was delivered is on the screen
         self.cursor: int | None = None  # the last event number received
+
+    async def first_page(self) -> None:
+        """Deliver the backend's first page, if it has one, and return once it is drawn: call it before ``run``
+        (the whole status, decoded and loaded meanwhile, would hold the first frame up), while the engine starts
+        (a page read from the store comes before the dispatcher serves)."""
+        page = await self.backend.first_page()
+        if page is not None:
+            self.deliver(Snapshot(page, partial=True))
+            await self.drawn()
 
     async def run(self) -> None:
         """Follow the engine until cancelled, or until it refuses us for good."""

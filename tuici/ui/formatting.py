@@ -33,6 +33,7 @@ NO_JOB = Badge("·", "no job", "cancelled")
 SKIPPED = Badge("↷", "skipped", "cancelled")  # [skip ci] in its message: it has no job
 FIRST_BAD = Badge("⚑", "first bad", "fail")  # the commit a bisection found to be the first failing one
 BISECTING = Badge("⌕", "bisecting", "running")
+LOADING = "loading the history…"  # in place of the job counts and of the number of commits, until they are known
 
 RUNNER_BADGES: dict[str, Badge] = {
     "idle": Badge("○", "idle", "queued"),

@@ -8,6 +8,7 @@ nothing from Textual for that reason.
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Iterable
 
@@ -62,6 +63,9 @@ def open_control_center(backend: LiveBackend, theme: str | None, warnings: Itera
         finally:
             await backend.stop()  # the app stops it when it quits; this is for a failure before or in it
 
+    # No cyclic collection until the first frame is up (the app then freezes the heap and turns it back on):
+    # its passes over everything that start-up imports and builds cost ~25 ms of CPU before that frame.
+    gc.disable()
     try:
         asyncio.run(run())
     finally:

@@ -43,35 +43,46 @@ class Changes:
 
 class Model:
     def __init__(self) -> None:
-        self.commits: dict[str, p.CommitInfo] = {}
-        self.arrival: list[str] = []  # branch commits' shas, oldest first: newest-first is this reversed
-        self.jobs: dict[int, p.JobInfo] = {}
-        self.tries: list[int] = []  # try jobs (`tuici try`), oldest first; their commits are not in ``arrival``
-        self.try_commits: set[str] = set()
-        self.latest_job: dict[str, int] = {}  # sha -> its newest job id
+        self._forget_records()
         self.runners: dict[str, p.RunnerInfo] = {}
         self.processes: dict[str, str] = {}  # process name -> what its last process.* event said: started, exited…
-        # (branch, bad commit) -> the bisection, the one that changed last at the end
-        self.bisections: dict[tuple[str, str], p.BisectionInfo] = {}
-        self.first_bad: dict[str, p.BisectionInfo] = {}  # sha -> the bisection that found it the first failing one
-        self.counts: Counter[str] = Counter()  # job state -> number of jobs in it
         self.last_seq = 0
         self.loaded = False
+        self.partial = False  # only the first page of the status is known: the whole one is on its way
         self.changes = Changes()
         self.alerts: list[Notification] = []  # branches broken or fixed since the app last looked
         self.takeovers: list[str] = []  # dispatchers of a group that took over since the app last looked
         self.active_dispatcher = ""  # with a shared store: the address of the active dispatcher
         self._snapshot_seq = 0  # events up to here are already reflected in the last snapshot
 
+    def _forget_records(self) -> None:
+        self.commits: dict[str, p.CommitInfo] = {}
+        self.arrival: list[str] = []  # branch commits' shas, oldest first: newest-first is this reversed
+        self.jobs: dict[int, p.JobInfo] = {}
+        self.tries: list[int] = []  # try jobs (`tuici try`), oldest first; their commits are not in ``arrival``
+        self.try_commits: set[str] = set()
+        self.latest_job: dict[str, int] = {}  # sha -> its newest job id
+        # (branch, bad commit) -> the bisection, the one that changed last at the end
+        self.bisections: dict[tuple[str, str], p.BisectionInfo] = {}
+        self.first_bad: dict[str, p.BisectionInfo] = {}  # sha -> the bisection that found it the first failing one
+        self.counts: Counter[str] = Counter()  # job state -> number of jobs in it
+
     # ------------------------------------------------------------------ input
 
-    def load(self, status: p.StatusReply) -> None:
+    def load(self, status: p.StatusReply, partial: bool = False) -> None:
         """Take a dispatcher's full state, as on connecting or after it restarted.
 
         Events at or below ``status.last_seq`` that are replayed afterwards are already
         part of this snapshot: their records are skipped so nothing flips back to an older
         state, while process notes (which the snapshot lacks) still apply.
+
+        A ``partial`` status (the first page: the newest jobs and their commits) is shown
+        until the whole one comes; that one then replaces it (no event is applied between
+        the two), so that the older commits take their places before the newest.
         """
+        if self.partial:
+            self._forget_records()
+        self.partial = partial
         for commit in status.commits:
             self._upsert_commit(commit)
         for job in status.jobs:
@@ -82,10 +93,11 @@ class Model:
         self.active_dispatcher = next((safe(d.address) for d in status.dispatchers if d.role == "active"), "")
         for bisection in status.bisections:
             self._upsert_bisection(bisection)
-        self._snapshot_seq = status.last_seq
-        if not self.loaded:  # nothing seen yet: follow on from the snapshot, not from the start
-            self.last_seq = status.last_seq
-            self.loaded = True
+        if not partial:
+            self._snapshot_seq = status.last_seq
+            if not self.loaded:  # nothing seen yet: follow on from the snapshot, not from the start
+                self.last_seq = status.last_seq
+                self.loaded = True
         self.changes.runners = self.changes.reset = True
 
     def apply(self, event: p.Event) -> None:

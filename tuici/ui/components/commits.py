@@ -12,7 +12,7 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Input
 
-from ..formatting import FIRST_BAD, age, commit_badge, job_duration, short_sha, test_counts
+from ..formatting import FIRST_BAD, LOADING, age, commit_badge, job_duration, short_sha, test_counts
 from ..model import Changes, Model
 from .inputs import ClearableInput
 from .table import Cell, Column, RecordTable
@@ -119,7 +119,10 @@ class CommitsPanel(Vertical):
         shown, total = len(self.table.keys), len(self.model.arrival)
         query = self.query_one(ClearableInput).value.strip()
         self.border_title = Content.assemble("Commits · ", (self.repo_name, "italic"))
-        self.border_subtitle = Content.assemble(f"filter “{query}”: {shown} of {total}") if query else f"{total}"
+        if self.model.partial:
+            self.border_subtitle = LOADING
+        else:
+            self.border_subtitle = Content.assemble(f"filter “{query}”: {shown} of {total}") if query else f"{total}"
 
     # ------------------------------------------------------------------ filtering
 

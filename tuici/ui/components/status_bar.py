@@ -13,7 +13,7 @@ from textual.content import Content
 from textual.widget import Widget
 
 from ... import wire as p
-from ..formatting import BISECTING, FIRST_BAD, HEALTH_BADGES, JOB_BADGES, short_sha
+from ..formatting import BISECTING, FIRST_BAD, HEALTH_BADGES, JOB_BADGES, LOADING, short_sha
 
 COUNTED = ("queued", "running", "passed", "failed")
 
@@ -22,7 +22,7 @@ COUNTED = ("queued", "running", "passed", "failed")
 class StatusInfo:
     health: tuple[tuple[str, str], ...] = (("dispatcher", "starting"), ("observer", "starting"))
     connection: str = "connecting"
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] | None = field(default_factory=dict)  # None while the history is still loading
     following: bool = True
     bisection: p.BisectionInfo | None = None  # the latest one to tell of: running, or found
     note: str = ""  # e.g. "stopping…"
@@ -66,11 +66,14 @@ class StatusBar(Widget):
         if info.dispatcher and not short_counts:
             parts += [" ", ("active ", "dim"), info.dispatcher]
         parts += [" │ "]
-        for state in COUNTED:
-            badge = JOB_BADGES[state]
-            count = info.counts.get(state, 0)
-            text = f"{badge.glyph}{count}" if short_counts else f"{badge.glyph} {count} {badge.word}"
-            parts += [(text, f"${badge.style}"), " "]
+        if info.counts is None:
+            parts += [(LOADING, "dim"), " "]
+        else:
+            for state in COUNTED:
+                badge = JOB_BADGES[state]
+                count = info.counts.get(state, 0)
+                text = f"{badge.glyph}{count}" if short_counts else f"{badge.glyph} {count} {badge.word}"
+                parts += [(text, f"${badge.style}"), " "]
         if info.bisection is not None:
             parts += ["│ ", self._bisection(info.bisection, short_counts), " "]
         if info.note:
