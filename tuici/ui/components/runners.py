@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
 
+from ...wire import messages as p
 from ..backend import ProcessInfo
 from ..formatting import RUNNER_BADGES, age
 from ..model import Model
@@ -29,10 +30,13 @@ COLUMNS = (
 )
 
 
+RunnerRowState = p.RunnerState | Literal["starting", "stopping"]  # the last two: known to the supervisor only
+
+
 @dataclass(frozen=True)
 class RunnerRow:
     name: str
-    state: str  # idle, busy, lost, starting, stopping
+    state: RunnerRowState
     pid: int | None
     host: str = ""
     job: int | None = None
@@ -95,7 +99,9 @@ class RunnersPanel(Vertical):
         badge = RUNNER_BADGES.get(row.state, RUNNER_BADGES["lost"])
         return [
             (row.name, ""), (badge.text, badge.style), (f"{row.job}" if row.job else "", ""), (str(row.jobs_done), ""),
-            (age(row.last_heartbeat, self.clock()), ""), (str(row.pid or ""), "record-table--muted"),
+            # a runner heartbeats only while it holds a job: an idle one's last beat says nothing
+            (age(row.last_heartbeat, self.clock()) if row.state == "busy" else "", ""),
+            (str(row.pid or ""), "record-table--muted"),
             (row.host, "record-table--muted"),
         ]
 
