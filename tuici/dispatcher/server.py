@@ -442,7 +442,8 @@ class Dispatcher:
         conn = p.Connection(reader, writer)
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
-            p.notice_dead_peers(sock)  # a runner's host that vanished: its idle connection ends in seconds
+            # a runner's host that vanished: its idle connection ends in seconds (not a subscriber slow to read)
+            p.notice_dead_peers(sock, unread_too=False)
         peer = conn.peer
         task = asyncio.current_task()
         assert task is not None  # a handler runs in a task of its own

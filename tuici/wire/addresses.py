@@ -233,15 +233,19 @@ def listeners(path: str, tcp: TcpAddress | None) -> list[socket.socket]:
 DEAD_PEER_SECONDS = 6  # over TCP: a dispatcher unheard of this long (its machine gone, the link cut) is dropped
 
 
-def notice_dead_peers(sock: socket.socket) -> None:
+def notice_dead_peers(sock: socket.socket, *, unread_too: bool = True) -> None:
     """Have the kernel end a TCP connection whose peer vanished without closing it, within ``DEAD_PEER_SECONDS``
-    (by default it retries for ~15 minutes): data unacknowledged that long, or no answer to keepalive probes
-    once idle. A client then moves to another dispatcher of a group instead of waiting on a dead one; a
-    dispatcher drops a runner whose host vanished, and takes its job back, though an idle runner sends nothing.
-    The probes are the kernel's: no process wakes for them."""
+    (by default it retries for ~15 minutes): no answer to keepalive probes once idle, and with ``unread_too``
+    data unacknowledged, or left unread (a zero window), that long. A client then moves to another dispatcher of
+    a group instead of waiting on a dead one; a dispatcher drops a runner whose host vanished, and takes its job
+    back, though an idle runner sends nothing. The dispatcher's side goes without ``unread_too``: a subscriber
+    that stops reading (a paused control center) is one its bounded buffers wait for, not a dead one, and a
+    runner holding a job has the job's lease. The probes are the kernel's: no process wakes for them."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", 3), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3),
-                        ("TCP_USER_TIMEOUT", DEAD_PEER_SECONDS * 1000)):
+    options = [("TCP_KEEPIDLE", 3), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)]
+    if unread_too:
+        options.append(("TCP_USER_TIMEOUT", DEAD_PEER_SECONDS * 1000))
+    for name, value in options:
         if hasattr(socket, name):  # Linux has them all; elsewhere, what there is
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
