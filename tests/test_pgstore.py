@@ -117,6 +117,22 @@ def test_record_round_trip_and_events_after(pg_dsn):
     run(main())
 
 
+def test_a_released_store_answers_lease_lost_not_an_internal_error(pg_dsn):
+    """A status asked as the dispatcher steps down reaches a store already released: LeaseLost, which the
+    server answers as a standby does (an AssertionError there closed the client's connection with an internal
+    error, seen in the group's SIGSTOP test)."""
+    async def main():
+        a = await _store(pg_dsn, "a")
+        await a.try_lead()
+        await a.release()
+        for question in (a.size_bytes(), a.read_events(0, 10), a.flaky_tests(), a.leader(), a.load()):
+            with pytest.raises(LeaseLost, match="stepped down"):
+                await question
+        with pytest.raises(LeaseLost):
+            await a.save(Batch(tips={"main": None}))
+    run(main())
+
+
 def test_migrations_run_once_when_dispatchers_start_together(pg_dsn):
     import psycopg
 

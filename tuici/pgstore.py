@@ -242,11 +242,11 @@ class PgStore:
         """The group's token, kept here: the first dispatcher makes it, the others take it."""
         import secrets
 
-        assert self._conn is not None
+        conn = self._db()
         async with self._using:
-            await self._conn.execute("INSERT INTO meta VALUES ('token', %s) ON CONFLICT (key) DO NOTHING",
-                                     (secrets.token_urlsafe(32),))
-            cur = await self._conn.execute("SELECT value FROM meta WHERE key = 'token'")
+            await conn.execute("INSERT INTO meta VALUES ('token', %s) ON CONFLICT (key) DO NOTHING",
+                               (secrets.token_urlsafe(32),))
+            cur = await conn.execute("SELECT value FROM meta WHERE key = 'token'")
             row = await cur.fetchone()
         if row is None:
             raise ConfigError(f"{self.path}: the group's token could not be kept")
@@ -254,9 +254,9 @@ class PgStore:
 
     async def leader(self) -> tuple[str, str, int] | None:
         """(holder, address, epoch) of the current lease, if it has not expired."""
-        assert self._conn is not None
+        conn = self._db()
         async with self._using:
-            cur = await self._conn.execute(
+            cur = await conn.execute(
                 "SELECT holder, address, epoch FROM leader WHERE id = 1 AND expires_at > now()")
             row = await cur.fetchone()
         return (row[0], row[1], row[2]) if row else None
@@ -276,8 +276,7 @@ class PgStore:
     async def load(self) -> Snapshot:
         from .store import Snapshot
 
-        conn = self._conn
-        assert conn is not None
+        conn = self._db()
 
         async def rows(sql: str) -> list[tuple]:
             cur = await conn.execute(sql)
@@ -318,8 +317,7 @@ class PgStore:
             raise LeaseLost(f"the connection to {self.path} broke: {exc}") from exc
 
     async def _save(self, batch: Batch) -> None:
-        conn = self._conn
-        assert conn is not None
+        conn = self._db()
         async with self._using, conn.transaction():
             await self._check_lease(conn)
             async with conn.cursor() as c:
@@ -359,17 +357,16 @@ class PgStore:
                 await testrecord.write(_Pg(conn), tests)
 
     async def read_events(self, seq: int, limit: int) -> list[Event]:
-        assert self._conn is not None
+        conn = self._db()
         async with self._using:
-            cur = await self._conn.execute("SELECT body FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
-                                           (seq, limit))
+            cur = await conn.execute("SELECT body FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+                                     (seq, limit))
             rows = await cur.fetchall()
         return [_event_dec.decode(b) for (b,) in rows]
 
     async def prune_events_before(self, before: float, limit: int) -> tuple[int, int]:
         """As ``store.Store.prune_events``: up to ``limit`` of the oldest events older than ``before``, fenced."""
-        conn = self._conn
-        assert conn is not None
+        conn = self._db()
         async with self._using, conn.transaction():
             await self._check_lease(conn)
             cur = await conn.execute(
@@ -385,8 +382,7 @@ class PgStore:
 
     async def forget_job_rows(self, job_ids: list[int]) -> None:
         """Delete these jobs' test results (their logs were deleted: ``PgJobLogs.delete``), fenced."""
-        conn = self._conn
-        assert conn is not None
+        conn = self._db()
         if not job_ids:
             return
         async with self._using, conn.transaction():
@@ -405,18 +401,24 @@ class PgStore:
     async def _read(self, question: Callable[..., Any], *args: Any) -> Any:
         """``question(db, *args)`` from one snapshot of the record (a job stored meanwhile is in it whole or not
         at all). Read-only: a standby answers too."""
-        conn = self._conn
-        assert conn is not None
+        conn = self._db()
         async with self._using, conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return await question(_Pg(conn), *args)
 
     async def size_bytes(self) -> int:
-        assert self._conn is not None
+        conn = self._db()
         async with self._using:
-            cur = await self._conn.execute("SELECT pg_database_size(current_database())")
+            cur = await conn.execute("SELECT pg_database_size(current_database())")
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    def _db(self) -> psycopg.AsyncConnection:
+        """The record's connection; LeaseLost once released (a request that came in as this dispatcher stepped
+        down is answered as a standby answers, not with an internal error)."""
+        if self._conn is None:
+            raise LeaseLost("this dispatcher stepped down: it no longer reads the record")
+        return self._conn
 
     async def release(self) -> None:
         for conn in (self._conn, self._lease_conn):

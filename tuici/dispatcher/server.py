@@ -8,6 +8,7 @@ until their job's result, and stored with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import functools
 import hmac
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from .. import localconfig
 from .. import wire as p
-from ..errors import AlreadyRunning, CommandError, ConfigError
+from ..errors import AlreadyRunning, CommandError, ConfigError, LeaseLost
 from ..localconfig import LocalConfig
 from ..notify import Hook, Notification, notification_for
 from ..sizes import format_size
@@ -470,6 +471,9 @@ class Dispatcher:
                 await self._serve_control(conn)
         except p.ProtocolError as exc:
             log.warning("closing connection from %s: %s", peer, exc)
+        except LeaseLost:  # a request that came in as we stepped down: answered as a standby answers
+            with contextlib.suppress(ConnectionError, OSError):
+                await conn.send(self._standby_refusal())
         except (ConnectionError, OSError) as exc:
             log.info("connection from %s dropped: %s", peer, exc)
         except asyncio.CancelledError:
