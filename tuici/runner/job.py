@@ -64,7 +64,7 @@ class RunnerPlaces:
     unsandboxed_because: str | None
     uv: str | None
     landlock: bool = False  # the sandbox also scopes abstract Unix sockets and signals to the job
-    setpriv: str | None = None  # sets the parent-death signal of a command (else a fork does: spawn.start)
+    setpriv: str | None = None  # sets the parent-death signal of an unsandboxed command (else a fork does: spawn.start)
 
     @property
     def shims(self) -> Path:
@@ -436,7 +436,7 @@ class Job:
         control.spawning = True
         try:
             proc = await spawn.start(argv, cwd, env, pass_fds, scoped=sandbox is not None and self.places.landlock,
-                                     setpriv=self.places.setpriv)
+                                     setpriv=self.places.setpriv, dies_with_parent=sandbox is not None)
         finally:
             control.spawning = False
             for fd in pass_fds:
