@@ -148,31 +148,32 @@ def _stat(pid: int) -> _Stat | None:
                  int(fields[19]))
 
 
-def _kill(pid: int, seen: _Stat, dying: list[int]) -> bool:
+def _kill(pid: int, seen: _Stat, dying: list[int]) -> str | None:
     """SIGKILL the process ``seen`` at ``pid``, never another that took its pid since: through a pidfd (opened,
-    then checked to be the same process) where Linux has them; that pidfd into ``dying``, to wait on."""
+    then checked to be the same process) where Linux has them; that pidfd into ``dying``, to wait on. Its name as
+    it was killed (a child forked by a shell takes its command's name at exec); None if it was gone."""
     try:
         fd = os.pidfd_open(pid)
     except OSError:  # gone, or no pidfds (Linux < 5.3): the same check, just before the kill
         now = _stat(pid)
         if now is None or now.started != seen.started:
-            return False
+            return None
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
-            return False
-        return True
+            return None
+        return now.name
     try:
         now = _stat(pid)
         if now is None or now.started != seen.started:
             os.close(fd)
-            return False
+            return None
         signal.pidfd_send_signal(fd, signal.SIGKILL)
     except OSError:
         os.close(fd)
-        return False
+        return None
     dying.append(fd)
-    return True
+    return now.name
 
 
 def _await_ends(pidfds: list[int], timeout: float) -> None:
@@ -224,8 +225,9 @@ def kill_all_descendants(spare: frozenset[int] = frozenset()) -> list[str]:
             break
         dying: list[int] = []
         for pid, seen in alive:
-            if _kill(pid, seen, dying) and seen.name not in names and seen.name != "bwrap":
-                names.append(seen.name)
+            name = _kill(pid, seen, dying)
+            if name is not None and name not in names and name != "bwrap":
+                names.append(name)
         _await_ends(dying, timeout=1.0)
     me = os.getpid()
     for pid in _descendants(spare):  # all dead now, so all re-parented to us
