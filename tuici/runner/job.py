@@ -539,8 +539,20 @@ def read_config(workspace: Workspace, sha: str) -> tuple[cfg.RepoConfig, set[str
         assert data is not None  # within the limit, as check_entry saw
         return data
 
-    return cfg.load(read), names
+    # The config is a function of its files' contents, which their object ids name: parsed once for each.
+    key = tuple(sorted(entries.items()))
+    config = _PARSED.get(key)
+    if config is None:
+        config = cfg.load(read)
+        if len(_PARSED) >= PARSED_CONFIGS:
+            _PARSED.clear()
+        _PARSED[key] = config
+    return config, names
 
+
+# Configs parsed, by the (name, (mode, object id)) of the files they came from; jobs only read them (never changed).
+_PARSED: dict[tuple[tuple[str, tuple[int, str]], ...], cfg.RepoConfig] = {}
+PARSED_CONFIGS = 64
 
 _NOT_FILES = {0o040000: "tree", 0o160000: "commit"}  # a directory, a submodule
 
