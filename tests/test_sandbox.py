@@ -109,7 +109,9 @@ def test_a_background_process_holding_the_output_does_not_hold_the_job(repo, clu
     marker = f"300.{os.getpid()}{len(mode)}"
     cluster.start_observer()
     cluster.start_runner("r1", "--sandbox", mode)
-    sha = repo.commit("server left running", config=toml_command(f"sleep {marker} & echo tests done; exit 0",
+    # Once the forked shell has become the sleep (else "killed what it left running: sh", rightly).
+    started = f"sleep {marker} & until grep -qx sleep /proc/$!/comm 2>/dev/null; do :; done"
+    sha = repo.commit("server left running", config=toml_command(f"{started}; echo tests done; exit 0",
                                                                 timeout=12))
     job = cluster.wait_job(sha)
     out = cluster.log_of(job.id)
@@ -126,6 +128,23 @@ def test_a_background_process_holding_the_output_does_not_hold_the_job(repo, clu
     wait_for(lambda: not left(), 5, message="the background process to be killed")
     if mode == "off":
         assert "killed what it left running: sleep" in out
+    # Nothing of the job is left below the runner (a subreaper), not even a zombie: neither the sandbox's init,
+    # which the outer bwrap leaves behind, nor the killed process; only the clone's own cat-file.
+    runner = psutil.Process(cluster.procs["r1"].pid)
+
+    def below_runner() -> list[str]:
+        found = []
+        for child in runner.children():
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE or child.cmdline()[-2:] != ["cat-file", "--batch"]:
+                    found.append(f"{child.pid} {child.name()} {child.status()}")
+            except psutil.ZombieProcess:  # cmdline() of one that became a zombie meanwhile
+                found.append(f"{child.pid} zombie")
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    wait_for(lambda: not below_runner(), 10, message="the runner to have reaped the job's processes")
 
 
 @pytest.mark.parametrize("mode", ["on", "off"])

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import ComponentError
 from .lazy import LazyModule
@@ -84,21 +86,15 @@ def is_zombie(proc: psutil.Process) -> bool:
         return False
 
 
-def _descendants(spare: frozenset[int]) -> list[psutil.Process]:
-    """Every process below this one but the ``spare`` ones."""
+def _descendants(spare: frozenset[int]) -> list[int]:
+    """The pids of every process below this one but the ``spare`` ones."""
     pids = _descendant_pids(spare)
     if pids is None:  # no /proc/*/task/*/children: psutil reads every process's parent instead
         try:
-            return [proc for proc in psutil.Process().children(recursive=True) if proc.pid not in spare]
+            return [proc.pid for proc in psutil.Process().children(recursive=True) if proc.pid not in spare]
         except psutil.Error:
             return []
-    found = []
-    for pid in pids:
-        try:
-            found.append(psutil.Process(pid))
-        except psutil.Error:
-            pass
-    return found
+    return pids
 
 
 _CHILDREN_LISTED = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
@@ -131,6 +127,89 @@ def _descendant_pids(spare: frozenset[int]) -> list[int] | None:
     return found
 
 
+class _Stat(NamedTuple):
+    name: str
+    state: str  # "Z": a zombie
+    parent: int
+    started: int  # clock ticks after boot: with the pid, names the process (a pid is reused, this pair is not)
+
+
+def _stat(pid: int) -> _Stat | None:
+    """A process's name, state, parent and start from one read of /proc/<pid>/stat; None once it is reaped.
+    (psutil reads the same file, two or three times over, for a kill of ours: it came to a few ms a job.)"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    name_end = data.rfind(b")")
+    fields = data[name_end + 2:].split()
+    return _Stat(data[data.find(b"(") + 1:name_end].decode(errors="replace"), fields[0].decode(), int(fields[1]),
+                 int(fields[19]))
+
+
+def _kill(pid: int, seen: _Stat, dying: list[int]) -> str | None:
+    """SIGKILL the process ``seen`` at ``pid``, never another that took its pid since: through a pidfd (opened,
+    then checked to be the same process) where Linux has them; that pidfd into ``dying``, to wait on. Its name as
+    it was killed (a child forked by a shell takes its command's name at exec); None if it was gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # gone, or no pidfds (Linux < 5.3): the same check, just before the kill
+        now = _stat(pid)
+        if now is None or now.started != seen.started:
+            return None
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            return None
+        return now.name
+    try:
+        now = _stat(pid)
+        if now is None or now.started != seen.started:
+            os.close(fd)
+            return None
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
+        os.close(fd)
+        return None
+    dying.append(fd)
+    return now.name
+
+
+def _await_ends(pidfds: list[int], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for the processes of ``pidfds`` to end (a pidfd reads ready then), and close
+    them: a killed process takes a moment to die (the init of a PID namespace, its namespace's processes with it),
+    and listing the descendants again meanwhile would find it alive, round after round."""
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    try:
+        left = len(pidfds)
+        while left and (remaining := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(remaining * 1000):
+                poller.unregister(fd)
+                left -= 1
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+
+
+def _reap(pid: int, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for our killed child ``pid`` to end, and reap it."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0001
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not ours, or reaped already
+            return
+        if done or time.monotonic() >= deadline:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.04)
+
+
 def kill_all_descendants(spare: frozenset[int] = frozenset()) -> list[str]:
     """SIGKILL every process below this one but the ``spare`` ones (helpers of our own), then reap the ones
     re-parented to us; the names of those killed.
@@ -140,21 +219,19 @@ def kill_all_descendants(spare: frozenset[int] = frozenset()) -> list[str]:
     """
     names: list[str] = []
     for _ in range(1000):
-        alive = [proc for proc in _descendants(spare) if not is_zombie(proc)]
+        alive = [(pid, seen) for pid in _descendants(spare)
+                 if (seen := _stat(pid)) is not None and seen.state != "Z"]
         if not alive:
             break
-        for proc in alive:
-            try:
-                name = proc.name()
-                proc.kill()
-                if name not in names and name != "bwrap":
-                    names.append(name)
-            except psutil.Error:
-                pass
-    for proc in _descendants(spare):  # all dead now, so all re-parented to us
-        try:
-            if proc.ppid() == os.getpid():
-                proc.wait(1)
-        except (psutil.Error, ChildProcessError):
-            pass
+        dying: list[int] = []
+        for pid, seen in alive:
+            name = _kill(pid, seen, dying)
+            if name is not None and name not in names and name != "bwrap":
+                names.append(name)
+        _await_ends(dying, timeout=1.0)
+    me = os.getpid()
+    for pid in _descendants(spare):  # all dead now, so all re-parented to us
+        seen = _stat(pid)
+        if seen is not None and seen.parent == me:
+            _reap(pid, timeout=1)
     return names

@@ -64,7 +64,7 @@ class RunnerPlaces:
     unsandboxed_because: str | None
     uv: str | None
     landlock: bool = False  # the sandbox also scopes abstract Unix sockets and signals to the job
-    setpriv: str | None = None  # sets the parent-death signal of a command (else a fork does: spawn.start)
+    setpriv: str | None = None  # sets the parent-death signal of an unsandboxed command (else a fork does: spawn.start)
 
     @property
     def shims(self) -> Path:
@@ -436,7 +436,7 @@ class Job:
         control.spawning = True
         try:
             proc = await spawn.start(argv, cwd, env, pass_fds, scoped=sandbox is not None and self.places.landlock,
-                                     setpriv=self.places.setpriv)
+                                     setpriv=self.places.setpriv, dies_with_parent=sandbox is not None)
         finally:
             control.spawning = False
             for fd in pass_fds:
@@ -539,8 +539,20 @@ def read_config(workspace: Workspace, sha: str) -> tuple[cfg.RepoConfig, set[str
         assert data is not None  # within the limit, as check_entry saw
         return data
 
-    return cfg.load(read), names
+    # The config is a function of its files' contents, which their object ids name: parsed once for each.
+    key = tuple(sorted(entries.items()))
+    config = _PARSED.get(key)
+    if config is None:
+        config = cfg.load(read)
+        if len(_PARSED) >= PARSED_CONFIGS:
+            _PARSED.clear()
+        _PARSED[key] = config
+    return config, names
 
+
+# Configs parsed, by the (name, (mode, object id)) of the files they came from; jobs only read them (never changed).
+_PARSED: dict[tuple[tuple[str, tuple[int, str]], ...], cfg.RepoConfig] = {}
+PARSED_CONFIGS = 64
 
 _NOT_FILES = {0o040000: "tree", 0o160000: "commit"}  # a directory, a submodule
 

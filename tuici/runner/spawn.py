@@ -6,9 +6,10 @@ and in CPU. What used to run there:
 
 * Landlock's scope (the sandbox's): per thread in Linux, so it is set on the starting thread instead, which the
   child inherits; no other thread of the runner is touched.
-* the parent-death signal, so that the command (bwrap, or the command itself without a sandbox) dies with the
-  runner: set by util-linux's ``setpriv --pdeathsig``, which then becomes the command. Where there is no such
-  setpriv, the child runs ``die_with_parent`` (and is forked).
+* the parent-death signal, so that the command dies with the runner: bwrap sets its own (``--die-with-parent``,
+  which also takes the sandbox's processes with it); a command without a sandbox has it set by util-linux's
+  ``setpriv --pdeathsig``, which then becomes the command. Where there is no such setpriv, the child runs
+  ``die_with_parent`` (and is forked).
 
 The thread waits for the command and reaps it; it must outlive it anyway: Linux sends the parent-death signal
 when the parent *thread* ends.
@@ -53,12 +54,18 @@ def find_setpriv() -> str | None:
 
 
 async def start(argv: list[str], cwd: Path, env: dict[str, str], pass_fds: tuple[int, ...], scoped: bool,
-                setpriv: str | None) -> Started:
+                setpriv: str | None, dies_with_parent: bool = False) -> Started:
     """Start ``argv`` in a new session, its output piped to us, made to die with us (through ``setpriv`` when
-    there is one); ``scoped``, in a Landlock domain of its own. Returns once it runs (``pass_fds`` may then be
-    closed)."""
-    if setpriv is not None:
+    there is one) unless it sees to that itself (``dies_with_parent``: bwrap's ``--die-with-parent``, one
+    process less than setpriv's exec, a millisecond of CPU a job); ``scoped``, in a Landlock domain of its own.
+    Returns once it runs (``pass_fds`` may then be closed)."""
+    if dies_with_parent:
+        preexec = None
+    elif setpriv is not None:
         argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
+        preexec = None
+    else:
+        preexec = die_with_parent
     loop = asyncio.get_running_loop()
     started: asyncio.Future[subprocess.Popen] = loop.create_future()
     exited: asyncio.Future[int] = loop.create_future()
@@ -69,7 +76,7 @@ async def start(argv: list[str], cwd: Path, env: dict[str, str], pass_fds: tuple
                 landlock.scope_self()
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds,
-                                    preexec_fn=die_with_parent if setpriv is None else None)
+                                    preexec_fn=preexec)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine
             _settle(loop, started, exception=exc)
             return

@@ -211,6 +211,8 @@ class Workspace:
                 self.repo_objects = objects.resolve()
                 (self.git_dir / "objects" / "info" / "alternates").write_text(ALTERNATES + "\n")
             self.git("remote", "add", "origin", url)
+            # No reflog: it would grow by a line at every job's checkout, as long as the runner lives.
+            self.git("config", "core.logAllRefUpdates", "false")
             _remove(self.git_dir / "hooks")  # git init's samples: nothing of ours runs hooks
         except subprocess.CalledProcessError as exc:
             raise JobError(f"cannot set up a clone of {url}: {_text(exc.stderr)}") from None
