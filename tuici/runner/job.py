@@ -522,8 +522,9 @@ def read_config(workspace: Workspace, sha: str) -> tuple[cfg.RepoConfig, set[str
     if tree[2] is None:
         raise JobError(f"the top directory of commit {sha} lists {tree[1]} bytes of entries, more than the "
                        f"{TREE_LIMIT} the runner reads to find its config")
-    names: set[str] = set()
-    entries = _tree_entries(tree[2], len(sha) // 2, wanted=("tuici.toml", "pyproject.toml"), names=names)
+    every = cfg.tree_entries(tree[2], len(sha) // 2)
+    names = {os.fsdecode(name) for name in every}
+    entries = {name: every[name.encode()] for name in ("tuici.toml", "pyproject.toml") if name.encode() in every}
 
     def read(name: str) -> bytes | None:
         if name not in entries:
@@ -555,23 +556,6 @@ _PARSED: dict[tuple[tuple[str, tuple[int, str]], ...], cfg.RepoConfig] = {}
 PARSED_CONFIGS = 64
 
 _NOT_FILES = {0o040000: "tree", 0o160000: "commit"}  # a directory, a submodule
-
-
-def _tree_entries(data: bytes, id_size: int, wanted: tuple[str, ...], names: set[str]) -> dict[str, tuple[int, str]]:
-    """name -> (mode, object id) of the ``wanted`` entries of a tree object, in git's binary format: ``mode
-    name\\0`` then the id's ``id_size`` raw bytes (20 for SHA-1, 32 for SHA-256); every name into ``names``."""
-    found: dict[str, tuple[int, str]] = {}
-    wanted_names = {name.encode(): name for name in wanted}
-    pos = 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        nul = data.index(b"\0", space)
-        name = data[space + 1:nul]
-        names.add(os.fsdecode(name))
-        if name in wanted_names:
-            found[wanted_names[name]] = (int(data[pos:space], 8), data[nul + 1:nul + 1 + id_size].hex())
-        pos = nul + 1 + id_size
-    return found
 
 
 # ---------------------------------------------------------------------- helpers
