@@ -95,6 +95,14 @@ class Group:
         return self._spawn("observer", "observer", str(self.repo.path), "--dispatcher", self.dispatcher_list,
                            *self._tls_ca)
 
+    def start_two(self) -> None:
+        """Two dispatchers, d1 active and d2 standing by, a runner and an observer: most tests' group."""
+        self.start_dispatcher("d1")
+        self.start_dispatcher("d2")
+        assert self.active() == "d1"
+        self.start_runner("r1")
+        self.start_observer()
+
     def endpoint(self) -> p.Endpoint:
         return p.Endpoint(p.parse_addresses(self.dispatcher_list), self.token,
                           p.client_tls(str(self.ca) if self.ca else None))
@@ -204,11 +212,7 @@ class EventWatcher:
 def test_a_standby_takes_over_a_killed_dispatcher_and_the_running_job_is_not_lost(repo, outside, group_factory):
     gate = outside / "go"
     g = group_factory(repo)
-    g.start_dispatcher("d1")
-    g.start_dispatcher("d2")
-    assert g.active() == "d1"
-    g.start_runner("r1")
-    g.start_observer()
+    g.start_two()
     sha = repo.commit("waits", config=toml_command(
         f"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; echo after", timeout=120))
     wait_for(lambda: (s := g.status_or_none()) and any(j.commit == sha and j.state == "running" for j in s.jobs), 60,
@@ -245,11 +249,7 @@ def test_a_standby_takes_over_a_killed_dispatcher_and_the_running_job_is_not_los
 
 def test_a_stopped_dispatcher_steps_down_and_hands_out_no_job_after_its_lease(repo, group_factory):
     g = group_factory(repo)
-    g.start_dispatcher("d1")
-    g.start_dispatcher("d2")
-    assert g.active() == "d1"
-    g.start_runner("r1")
-    g.start_observer()
+    g.start_two()
     wait_for(lambda: (s := g.status_or_none()) and any(j.state == "passed" for j in s.jobs), 60,
              message="the first job")
     os.kill(g.procs["d1"].pid, signal.SIGSTOP)
@@ -279,11 +279,7 @@ def test_test_results_are_kept_in_the_database_and_answered_after_a_takeover(rep
     the same for the jobs the first one stored, and goes on storing (where a test broke, across the switch);
     retention deletes them with the jobs' logs."""
     g = group_factory(repo)
-    g.start_dispatcher("d1")
-    g.start_dispatcher("d2")
-    assert g.active() == "d1"
-    g.start_runner("r1")
-    g.start_observer()
+    g.start_two()
     def ask(*args: str):  # from a directory that is no repository, as from another machine
         return tuici(*args, cwd=g.tmp, TUICI_DISPATCHER=g.dispatcher_list, TUICI_TOKEN=g.token)
 
